@@ -1,0 +1,106 @@
+"""`ElasticLoRALinear`: an `nn.Linear` with a LoRA branch whose rank and widths can shrink.
+
+The active rank is a prefix: rank r uses ``lora_A.weight[:r]`` and ``lora_B.weight[:, :r]``.
+Active widths keep the first channels of the base weight and of the adapter alike (Mode B).
+Everything is sliced, never masked: views cost no copy, the inactive part costs no compute,
+and switching configs only sets three integers.
+
+The scale is ``alpha / r_max`` (``alpha / sqrt(r_max)`` with rsLoRA) for every sub-rank, as the
+reference trains and evaluates its super-adapters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ElasticLoRALinear(nn.Module):
+    """Wrap a frozen ``nn.Linear`` (kept as ``base_layer``) with an elastic LoRA branch.
+
+    Args:
+        base_layer: the linear layer of the model; its weights are used in place, not copied.
+        rank: the trained (maximal) LoRA rank; 0 means no adapter, only elastic widths.
+        alpha: LoRA alpha; the scale is ``alpha / rank`` (``alpha / sqrt(rank)`` with rsLoRA).
+        dropout: dropout on the adapter's input during training, as in PEFT.
+        use_rslora: use rank-stabilised scaling.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        rank: int = 0,
+        alpha: float = 1.0,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.max_rank = int(rank)
+        self.alpha = float(alpha)
+        self.use_rslora = use_rslora
+        self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank) if rank else 0.0
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if rank:
+            kw = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+            self.lora_A = nn.Linear(self.in_features, rank, bias=False, **kw)
+            self.lora_B = nn.Linear(rank, self.out_features, bias=False, **kw)
+            self.reset_adapter_parameters()
+        else:
+            self.lora_A = self.lora_B = None
+        self.active_rank = self.max_rank
+        self.active_in = self.in_features
+        self.active_out = self.out_features
+
+    def reset_adapter_parameters(self) -> None:
+        """PEFT's LoRA initialisation: Kaiming-uniform A, zero B (the adapter starts as a no-op)."""
+        if self.lora_A is not None:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
+
+    def set_active(self, rank: int | None = None, in_features: int | None = None, out_features: int | None = None) -> None:
+        """Choose the active sub-layer; ``None`` keeps the maximal value of that dimension."""
+        rank = self.max_rank if rank is None else int(rank)
+        in_features = self.in_features if in_features is None else int(in_features)
+        out_features = self.out_features if out_features is None else int(out_features)
+        if not 0 <= rank <= self.max_rank:
+            raise ValueError(f"rank {rank} outside [0, {self.max_rank}]")
+        if not 0 < in_features <= self.in_features or not 0 < out_features <= self.out_features:
+            raise ValueError(f"width {in_features}x{out_features} outside {self.in_features}x{self.out_features}")
+        self.active_rank, self.active_in, self.active_out = rank, in_features, out_features
+
+    def reset(self) -> None:
+        """Activate the maximal sub-layer."""
+        self.set_active()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, i, o = self.active_rank, self.active_in, self.active_out
+        weight = self.base_layer.weight
+        bias = self.base_layer.bias
+        if i != self.in_features or o != self.out_features:
+            weight = weight[:o, :i]
+            bias = bias[:o] if bias is not None else None
+        y = F.linear(x, weight, bias)
+        if r:
+            a = self.lora_A.weight[:r, :i]
+            b = self.lora_B.weight[:o, :r]
+            y = y + F.linear(F.linear(self.lora_dropout(x), a), b) * self.scaling
+        return y
+
+    def active_delta_weight(self) -> torch.Tensor | None:
+        """``scale * B[:o, :r] @ A[:r, :i]``, the adapter folded into a weight of the active shape."""
+        r, i, o = self.active_rank, self.active_in, self.active_out
+        if not r:
+            return None
+        return (self.lora_B.weight[:o, :r] @ self.lora_A.weight[:r, :i]) * self.scaling
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.active_in}/{self.in_features}, out={self.active_out}/{self.out_features}, "
+            f"rank={self.active_rank}/{self.max_rank}, scaling={self.scaling:g}"
+        )

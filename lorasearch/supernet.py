@@ -1,0 +1,224 @@
+"""`SuperNetwork`: a base model, a search space and elastic LoRA adapters, one sub-network active.
+
+Typical use::
+
+    net = SuperNetwork.from_pretrained("default", "search_spaces/smollm2-135m.yaml")
+    with net.activated(net.space.heuristic()):
+        logits = net.model(input_ids).logits
+
+The base model stays frozen; only the adapters' ``lora_A``/``lora_B`` are trainable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .binding import SpaceBinding, bind, linear_modules
+from .elastic import ElasticLoRALinear
+from .errors import AdapterError, SpaceError
+from .models import LoadedModel, load_model
+from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .space import Config, SearchSpace
+
+SPACE_FILE_NAME = "lorasearch_space.yaml"
+
+
+class SuperNetwork:
+    """Wrap ``model`` with elastic LoRA modules as ``space`` declares, fresh or from a PEFT folder.
+
+    Args:
+        model: a Hugging Face causal LM (Llama, Mistral, Qwen2, Phi-3, ...), modified in place.
+        space: a `SearchSpace` or the path of a space file.
+        adapter: a PEFT LoRA super-adapter folder; omitted, fresh adapters are built as the space's
+            ``adapter`` section says (Kaiming A, zero B, so the model starts unchanged).
+        tokenizer: kept for evaluators and training.
+        model_spec: how the model was loaded, recorded in saved adapters and runs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: SearchSpace | str | Path,
+        adapter: str | Path | None = None,
+        *,
+        tokenizer: Any = None,
+        model_spec: str | None = None,
+    ) -> None:
+        if not isinstance(space, SearchSpace):
+            space = SearchSpace.load(space)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_spec = model_spec or getattr(getattr(model, "config", None), "_name_or_path", None)
+        self.binding: SpaceBinding = bind(space, model)
+        self.space: SearchSpace = self.binding.space
+        folder = read_adapter(adapter) if adapter is not None else None
+        self.adapter_path = Path(adapter) if adapter is not None else None
+        model.requires_grad_(False)
+        self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
+        self._active: Config = self.space.max()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        space: SearchSpace | str | Path,
+        adapter: str | Path | None = None,
+        **load_kwargs: Any,
+    ) -> "SuperNetwork":
+        """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it."""
+        loaded: LoadedModel = load_model(model, **load_kwargs)
+        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec)
+
+    # ------------------------------------------------------------------------ building
+    def _wrap(self, folder: AdapterFolder | None) -> dict[str, ElasticLoRALinear]:
+        linears = linear_modules(self.model)
+        names = list(self.binding.modules)
+        if folder is not None:
+            self._check_adapter_covers(folder, linears)
+            names += [n for n in folder.modules if n not in set(names)]
+        wrapped = {}
+        for name in names:
+            base = linears[name]
+            if isinstance(base, ElasticLoRALinear):
+                raise SpaceError(f"{name}: the model is already wrapped; fix: build the SuperNetwork from a fresh model")
+            module = self._make_module(name, base, folder)
+            _set_submodule(self.model, name, module)
+            wrapped[name] = module
+        return wrapped
+
+    def _make_module(self, name: str, base: nn.Linear, folder: AdapterFolder | None) -> ElasticLoRALinear:
+        spec = self.space.adapter
+        if folder is not None:
+            if name not in folder.modules:
+                return ElasticLoRALinear(base)  # width-only module
+            tensors = folder.modules[name]
+            module = ElasticLoRALinear(base, tensors.rank, tensors.alpha, folder.dropout, folder.use_rslora)
+            _copy_tensors(module, tensors, folder, name)
+            return module
+        has_adapter = name in self.binding.rank_modules or name in self.binding.fixed_modules
+        if not has_adapter:
+            return ElasticLoRALinear(base)
+        return ElasticLoRALinear(base, spec.rank or 0, spec.effective_alpha, spec.dropout, spec.use_rslora)
+
+    def _check_adapter_covers(self, folder: AdapterFolder, linears: Mapping[str, nn.Module]) -> None:
+        for name, tensors in folder.modules.items():
+            if name not in linears:
+                raise AdapterError(
+                    f"{folder.weights_file}: module {name} is not a linear layer of the model; "
+                    "fix: load the base model the adapter was trained on"
+                )
+            _check_shapes(linears[name], tensors, folder, name)
+        first_choice = self._first_rank_choice()
+        for name in self.binding.rank_modules:
+            if name not in folder.modules:
+                raise AdapterError(
+                    f"{folder.weights_file}: no lora_A/lora_B for {name}, which the space makes elastic; "
+                    "fix: use the adapter the space was written for, or drop the module from the space"
+                )
+            trained, wanted = folder.modules[name].rank, first_choice[name]
+            if wanted != trained:
+                raise SpaceError(
+                    f"{self.space.source}: rank choices for {name} start at {wanted} but the adapter's trained rank "
+                    f"is {trained}; fix: make {trained} the first rank choice (and no choice above it)"
+                )
+
+    def _first_rank_choice(self) -> dict[str, int]:
+        first = {}
+        for key, slots in self.binding.slots.items():
+            gene = next(g for g in self.space.genes if g.key == key)
+            for slot in slots:
+                if slot.dim == "rank":
+                    first[slot.module] = gene.choices[0]
+        return first
+
+    # ---------------------------------------------------------------------- activation
+    @property
+    def active_config(self) -> Config:
+        """A copy of the active config."""
+        return dict(self._active)
+
+    def activate(self, config: Mapping[str, Any]) -> None:
+        """Make ``config`` the active sub-network (validated first; nothing changes on error)."""
+        sizes = self.binding.resolve(config)
+        for name, module in self.elastic.items():
+            dims = sizes.get(name, {})
+            module.set_active(dims.get("rank"), dims.get("in"), dims.get("out"))
+        self._active = dict(config)
+
+    def reset(self) -> None:
+        """Activate the maximal sub-network."""
+        self.activate(self.space.max())
+
+    @contextlib.contextmanager
+    def activated(self, config: Mapping[str, Any]) -> Iterator["SuperNetwork"]:
+        """Activate ``config`` for the ``with`` block, then restore the previous config."""
+        previous = self.active_config
+        self.activate(config)
+        try:
+            yield self
+        finally:
+            self.activate(previous)
+
+    # ------------------------------------------------------------------------ adapters
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters: every adapter's ``lora_A`` and ``lora_B`` weights."""
+        return [p for m in self.elastic.values() if m.lora_A is not None for p in (m.lora_A.weight, m.lora_B.weight)]
+
+    def train_adapters(self) -> None:
+        """Make the adapters trainable (the base stays frozen)."""
+        for p in self.adapter_parameters():
+            p.requires_grad_(True)
+
+    def adapter_modules(self) -> dict[str, AdapterModule]:
+        """The full (max-rank) adapter tensors per module name, as a PEFT folder stores them."""
+        return {
+            name: AdapterModule(m.lora_A.weight, m.lora_B.weight, m.alpha)
+            for name, m in self.elastic.items()
+            if m.lora_A is not None
+        }
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Save the super-adapter (all ranks) as a PEFT folder, with the space file beside it."""
+        modules = self.adapter_modules()
+        if not modules:
+            raise SpaceError(f"{self.space.source}: the space has no adapters to save")
+        use_rslora = any(m.use_rslora for m in self.elastic.values())
+        dropout = next((m.lora_dropout.p for m in self.elastic.values() if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
+        path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
+        self.space.save(path / SPACE_FILE_NAME)
+        return path
+
+    def __repr__(self) -> str:
+        n_adapters = sum(m.lora_A is not None for m in self.elastic.values())
+        return (
+            f"SuperNetwork(space={self.space.name!r}, mode={self.space.mode}, genes={len(self.space.genes)}, "
+            f"elastic_modules={len(self.elastic)}, adapters={n_adapters})"
+        )
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def _check_shapes(base: nn.Module, tensors: AdapterModule, folder: AdapterFolder, name: str) -> None:
+    expected = {"lora_A": (tensors.rank, base.in_features), "lora_B": (base.out_features, tensors.rank)}
+    for part, tensor in (("lora_A", tensors.A), ("lora_B", tensors.B)):
+        if tuple(tensor.shape) != expected[part]:
+            raise AdapterError(
+                f"{folder.weights_file}: base_model.model.{name}.{part}.weight has shape {tuple(tensor.shape)}, "
+                f"expected {expected[part]}; fix: load the base model the adapter was trained on"
+            )
+
+
+def _copy_tensors(module: ElasticLoRALinear, tensors: AdapterModule, folder: AdapterFolder, name: str) -> None:
+    for part, tensor in (("lora_A", tensors.A), ("lora_B", tensors.B)):
+        target = getattr(module, part).weight
+        with torch.no_grad():
+            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
