@@ -38,6 +38,7 @@ class SuperNetwork:
             ``adapter`` section says (Kaiming A, zero B, so the model starts unchanged).
         tokenizer: kept for evaluators and training.
         model_spec: how the model was loaded, recorded in saved adapters and runs.
+        seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class SuperNetwork:
         *,
         tokenizer: Any = None,
         model_spec: str | None = None,
+        seed: int = 0,
     ) -> None:
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
@@ -59,7 +61,9 @@ class SuperNetwork:
         folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
-        self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
         self._active: Config = self.space.max()
 
     @classmethod
@@ -68,11 +72,16 @@ class SuperNetwork:
         model: str,
         space: SearchSpace | str | Path,
         adapter: str | Path | None = None,
+        *,
+        seed: int = 0,
         **load_kwargs: Any,
     ) -> "SuperNetwork":
-        """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it."""
+        """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it.
+
+        ``load_kwargs`` go to `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...).
+        """
         loaded: LoadedModel = load_model(model, **load_kwargs)
-        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec)
+        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed)
 
     # ------------------------------------------------------------------------ building
     def _wrap(self, folder: AdapterFolder | None) -> dict[str, ElasticLoRALinear]:

@@ -1,0 +1,419 @@
+"""NLS training: Neural Low-rank adapter Search (Shears, SQFT) and its Mode B form (LoNAS).
+
+The base model stays frozen; the adapters train while a sub-network config, drawn once per
+optimizer step by a sampler (``lorasearch.sampling``), is active. A run folder holds::
+
+    train_run.yaml     the run's settings (a different run refuses to write here)
+    train_log.jsonl    one flushed line per step: loss, lr, the sampled configs' genes
+    checkpoint/        adapters, optimizer, scheduler, RNG states and step (for --resume)
+    adapter/           the super-adapter in PEFT format (stock PEFT loads it), with the space
+    space.yaml         the search space
+    nls_stats.json     per-gene activation counts and mean training loss per sampled config
+    heuristics.json    the midpoint, most-frequent and min-loss subnets
+
+Every step's data, config draws and dropout come from generators seeded by (seed, step), so a
+resumed run ends in exactly the state of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .errors import LoraSearchError
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .sampling import make_sampler
+from .space import Config, SearchSpace
+from .supernet import SuperNetwork
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainArgs:
+    """Settings of one NLS training run (what ``lorasearch train`` takes as options)."""
+
+    steps: int = 250
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    schedule: str = "cosine"
+    """cosine, linear or constant decay after warm-up."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 disables)."""
+    sampler: str = "random"
+    """random (NLS), sandwich (max + min + k random) or fixed (plain LoRA at the max config)."""
+    sandwich_k: int = 2
+    dtype: str = "fp32"
+    """fp32 or bf16 (autocast)."""
+    seed: int = 0
+    checkpoint_every: int = 50
+    """Steps between checkpoints (and at the end)."""
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    """auto (cuda when present, else cpu), cpu or cuda."""
+
+    def check(self) -> None:
+        """Raise a one-line error for settings that cannot work."""
+        rules = [
+            (self.steps >= 1, "steps", "use at least 1"),
+            (self.batch_size >= 1, "batch_size", "use at least 1"),
+            (self.grad_accum >= 1, "grad_accum", "use at least 1"),
+            (self.lr > 0, "lr", "use a positive learning rate"),
+            (self.schedule in ("cosine", "linear", "constant"), "schedule", "use cosine, linear or constant"),
+            (self.dtype in ("fp32", "bf16"), "dtype", "use fp32 or bf16"),
+            (self.warmup_steps >= 0, "warmup_steps", "use 0 or more"),
+            (self.checkpoint_every >= 1, "checkpoint_every", "use at least 1"),
+        ]
+        for ok, name, fix in rules:
+            if not ok:
+                raise LoraSearchError(f"train: {name}={getattr(self, name)!r} is invalid; fix: {fix}")
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put its outputs, and its last losses."""
+
+    out_dir: Path
+    adapter_dir: Path
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+# ------------------------------------------------------------------------- batching
+def collate(examples: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids``/``labels`` pairs into a batch with an attention mask."""
+    length = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[row, :n] = torch.as_tensor(e["input_ids"])
+        labels[row, :n] = torch.as_tensor(e["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def micro_batch_indices(n_examples: int, batch_size: int, seed: int, index: int) -> list[int]:
+    """Example indices of the ``index``-th micro-batch: epochs of seeded permutations, no state."""
+    per_epoch = max(1, n_examples // batch_size)
+    epoch, pos = divmod(index, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples)
+    return order[pos * batch_size : (pos + 1) * batch_size].tolist()
+
+
+def response_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over the response tokens only.
+
+    The output projection runs on the response positions alone: prompts are most of the tokens,
+    and the vocabulary projection is the most expensive layer of a small model.
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def lr_lambda(args: TrainArgs) -> Callable[[int], float]:
+    """Warm-up then cosine, linear or constant decay, as a multiplier of ``args.lr``."""
+
+    def factor(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / (args.warmup_steps + 1)
+        if args.schedule == "constant":
+            return 1.0
+        progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+        progress = min(progress, 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if args.schedule == "cosine" else 1.0 - progress
+
+    return factor
+
+
+# ------------------------------------------------------------------------- statistics
+class NLSStats:
+    """Per-gene activation counts and the mean training loss of each sampled config."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.counts = {g.key: [0] * len(g.choices) for g in space.genes}
+        self.losses: dict[tuple[int, ...], list[float]] = {}
+
+    def record(self, config: Config, loss: float) -> None:
+        genes = self.space.canonical(config)
+        for gene, index in zip(self.space.genes, genes):
+            self.counts[gene.key][index] += 1
+        total, n = self.losses.get(genes, (0.0, 0))
+        self.losses[genes] = [total + loss, n + 1]
+
+    def most_frequent(self) -> Config:
+        """The most often activated choice of every gene (ties go to the larger choice)."""
+        return self.space.decode([int(np.argmax(self.counts[g.key])) for g in self.space.genes])
+
+    def min_loss(self, k: int = 5) -> list[Config]:
+        """The ``k`` sampled configs with the lowest mean training loss."""
+        ranked = sorted(self.losses.items(), key=lambda item: item[1][0] / item[1][1])
+        return [self.space.decode(genes) for genes, _ in ranked[:k]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "losses": [{"genes": list(g), "mean_loss": t / n, "n": n} for g, (t, n) in self.losses.items()],
+        }
+
+    def load_dict(self, data: Mapping[str, Any]) -> None:
+        self.counts = {k: list(v) for k, v in data["counts"].items()}
+        self.losses = {tuple(e["genes"]): [e["mean_loss"] * e["n"], e["n"]] for e in data["losses"]}
+
+
+# ---------------------------------------------------------------------------- trainer
+class NLSTrainer:
+    """Train the adapters of ``net`` on tokenised ``examples`` into ``out_dir``.
+
+    ``examples`` are dicts with ``input_ids`` and ``labels`` (prompt tokens masked with -100),
+    as ``lorasearch.data.encode_for_training`` makes them.
+    """
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        examples: Sequence[Mapping[str, Sequence[int]]],
+        args: TrainArgs,
+        out_dir: str | Path,
+        *,
+        run_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        args.check()
+        if not examples:
+            raise LoraSearchError("train: the dataset is empty; fix: give a task file with records")
+        self.net, self.examples, self.args = net, examples, args
+        self.out_dir = Path(out_dir)
+        self.run_info = {"args": dataclasses.asdict(args), "space": net.space.to_dict(), **(run_info or {})}
+        self.device = _device(args.device)
+        self.sampler = make_sampler(args.sampler, net.space, args.sandwich_k)
+        self.stats = NLSStats(net.space)
+        pad = getattr(net.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
+        self.step = 0
+        self._resume_states: dict[str, Any] | None = None
+
+    # -- folder and checkpoints
+    def prepare(self, *, resume: bool = False, overwrite: bool = False) -> None:
+        """Claim the output folder: refuse another run's folder unless resuming or overwriting."""
+        info_file = self.out_dir / "train_run.yaml"
+        if overwrite and self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        if info_file.exists():
+            previous = yaml.safe_load(info_file.read_text())
+            if previous != _plain(self.run_info):
+                diff = _first_difference(previous, _plain(self.run_info))
+                raise LoraSearchError(
+                    f"{info_file}: the folder holds a different run ({diff}); fix: use --overwrite or another --out"
+                )
+            if not resume:
+                raise LoraSearchError(f"{self.out_dir}: already holds this run; fix: pass --resume to continue or --overwrite")
+        elif self.out_dir.exists() and any(self.out_dir.iterdir()):
+            raise LoraSearchError(f"{self.out_dir}: exists and is not a training run; fix: choose an empty --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(info_file, yaml.safe_dump(_plain(self.run_info), sort_keys=False))
+        if resume and (self.out_dir / "checkpoint" / "state.json").exists():
+            self._load_checkpoint()
+
+    def _save_checkpoint(self, optimizer, scheduler) -> None:
+        tmp, final = self.out_dir / "checkpoint.tmp", self.out_dir / "checkpoint"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tensors = {f"{n}.{part}": getattr(m, part).weight.detach().cpu().contiguous()
+                   for n, m in self.net.elastic.items() if m.lora_A is not None for part in ("lora_A", "lora_B")}
+        save_file(tensors, str(tmp / "adapters.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        state = {"step": self.step, "stats": self.stats.to_dict(), "rng": _rng_states()}
+        (tmp / "state.json").write_text(json.dumps(state))
+        old = self.out_dir / "checkpoint.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> None:
+        folder = self.out_dir / "checkpoint"
+        tensors = load_file(str(folder / "adapters.safetensors"))
+        with torch.no_grad():
+            for key, value in tensors.items():
+                name, part = key.rsplit(".", 1)
+                getattr(self.net.elastic[name], part).weight.copy_(value)
+        state = json.loads((folder / "state.json").read_text())
+        self.step = state["step"]
+        self.stats.load_dict(state["stats"])
+        _set_rng_states(state["rng"])
+        self._resume_states = torch.load(folder / "optimizer.pt", weights_only=True)
+        # Steps logged after the checkpoint will be trained again: drop them from the log.
+        log = self.out_dir / "train_log.jsonl"
+        kept = [r for r in read_jsonl(log) if r["step"] <= self.step]
+        atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- the loop
+    def train(self, progress: bool = True) -> TrainResult:
+        """Run (or finish) the training; return where the super-adapter was written."""
+        net, args = self.net, self.args
+        net.model.to(self.device)
+        net.train_adapters()
+        net.model.train()
+        if args.gradient_checkpointing:
+            net.model.gradient_checkpointing_enable()
+            net.model.enable_input_require_grads()
+        params = net.adapter_parameters()
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+        if self._resume_states:
+            optimizer.load_state_dict(self._resume_states["optimizer"])
+            scheduler.load_state_dict(self._resume_states["scheduler"])
+        start, loss = time.perf_counter(), float("nan")
+        with _progress(progress, args.steps, self.step) as bar:
+            while self.step < args.steps:
+                loss = self._one_step(optimizer, scheduler)
+                bar.advance(loss, scheduler.get_last_lr()[0])
+                if self.step % args.checkpoint_every == 0 or self.step == args.steps:
+                    self._save_checkpoint(optimizer, scheduler)
+        net.model.eval()
+        net.reset()
+        return self._finish(loss, time.perf_counter() - start)
+
+    def _one_step(self, optimizer, scheduler) -> float:
+        args, step = self.args, self.step
+        torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of this step
+        configs = self.sampler.step_configs(np.random.default_rng([args.seed, step]))
+        losses = []
+        for config in configs:
+            self.net.activate(config)
+            total = 0.0
+            for micro in range(args.grad_accum):
+                idx = micro_batch_indices(len(self.examples), args.batch_size, args.seed, step * args.grad_accum + micro)
+                batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in idx], self.pad_id).items()}
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+                    loss = response_loss(self.net.model, batch) / args.grad_accum
+                (loss / len(configs)).backward()
+                total += loss.item()
+            losses.append(total)
+            self.stats.record(config, total)
+        if args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.adapter_parameters(), args.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        mean = float(np.mean(losses))
+        genes = [list(self.net.space.canonical(c)) for c in configs]
+        append_jsonl(self.out_dir / "train_log.jsonl", {"step": self.step, "loss": mean, "lr": lr, "losses": losses, "genes": genes})
+        return mean
+
+    def _finish(self, loss: float, seconds: float) -> TrainResult:
+        space = self.net.space
+        adapter_dir = self.net.save_adapter(self.out_dir / "adapter")
+        space.save(self.out_dir / "space.yaml")
+        atomic_write_json(self.out_dir / "nls_stats.json", self.stats.to_dict())
+        heuristics = {"midpoint": space.heuristic(), "most_frequent": self.stats.most_frequent(),
+                      "min_loss": self.stats.min_loss(5)}
+        atomic_write_json(self.out_dir / "heuristics.json", heuristics)
+        return TrainResult(self.out_dir, adapter_dir, self.step, loss, seconds)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LoraSearchError("train: device cuda asked for but no GPU is visible; fix: use --device cpu or auto")
+    return torch.device(name)
+
+
+def _rng_states() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": repr(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import ast
+
+    random.setstate(ast.literal_eval(states["python"]))
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(states["torch"], dtype=torch.uint8))
+
+
+def _plain(obj: Any) -> Any:
+    """Round-trip through JSON so comparisons see what YAML stores (tuples as lists, ...)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path or 'value'}: {a!r} there, {b!r} now"
+
+
+class _Bar:
+    def __init__(self, progress, task) -> None:
+        self.progress, self.task = progress, task
+        self.start, self.count = time.perf_counter(), 0
+
+    def advance(self, loss: float, lr: float) -> None:
+        self.count += 1
+        if self.progress is not None:
+            speed = self.count / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.2f}")
+
+
+class _progress:
+    """A rich progress bar with loss, learning rate and steps per second (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self) -> _Bar:
+        if not self.enabled:
+            self.progress = None
+            return _Bar(None, None)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]} steps/s"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        task = self.progress.add_task("train", total=self.total, completed=self.done, loss="-", lr="-", speed="-")
+        return _Bar(self.progress, task)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
