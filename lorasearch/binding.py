@@ -48,6 +48,7 @@ class SpaceBinding:
         rank_modules: full names of modules with elastic-rank adapters.
         fixed_modules: full names of modules with fixed-rank adapters (``adapter.targets``).
         width_modules: full names of modules whose base channels are elastic (Mode B).
+        modules: all of the above, in model order.
     """
 
     space: SearchSpace
@@ -55,12 +56,8 @@ class SpaceBinding:
     rank_modules: tuple[str, ...]
     fixed_modules: tuple[str, ...]
     width_modules: tuple[str, ...]
-
-    @property
-    def modules(self) -> tuple[str, ...]:
-        """Every module that gets wrapped in an `ElasticLoRALinear`, in model order."""
-        seen = dict.fromkeys(self.rank_modules + self.fixed_modules + self.width_modules)
-        return tuple(seen)
+    modules: tuple[str, ...]
+    """Every module that gets wrapped in an `ElasticLoRALinear`, in model order."""
 
     def resolve(self, config: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         """Map a config to ``module -> {dim: active size}`` (dims not named stay maximal)."""
@@ -125,7 +122,10 @@ class _Binder:
         fixed = self._fixed_targets(set(rank_modules))
         order = {name: n for n, name in enumerate(self.linears)}
         by_model_order = lambda names: tuple(sorted(names, key=order.__getitem__))  # noqa: E731
-        return SpaceBinding(self.space, slots, by_model_order(rank_modules), by_model_order(fixed), by_model_order(width_modules))
+        return SpaceBinding(
+            self.space, slots, by_model_order(rank_modules), by_model_order(fixed), by_model_order(width_modules),
+            by_model_order(set(rank_modules) | set(fixed) | set(width_modules)),
+        )
 
     def _prefixes(self, group: Group, gene: Gene) -> list[str]:
         if self.space.per_layer is None:
@@ -145,16 +145,16 @@ class _Binder:
             else:
                 slots += self._head_slots(group, prefix)
         for slot in slots:
-            self._claim(slot, group)
+            self._claim(slot, group, gene)
         return tuple(slots)
 
-    def _claim(self, slot: Slot, group: Group) -> None:
+    def _claim(self, slot: Slot, group: Group, gene: Gene) -> None:
         key = (slot.module, slot.dim)
-        other = self.owner.setdefault(key, group.name)
-        if other != group.name:
+        other = self.owner.setdefault(key, gene.key)
+        if other != gene.key:
             raise SpaceError(
-                f"{where(self.space.source, f'groups.{group.name}')}module {slot.module} ({slot.dim}) is already "
-                f"driven by group {other!r}; fix: list each module in one group only"
+                f"{where(self.space.source, f'groups.{group.name}')}module {slot.module} ({slot.dim}) is driven by "
+                f"both {other!r} and {gene.key!r}; fix: make the patterns match each module once"
             )
 
     def _match(self, prefix: str, pattern: str, field: str) -> list[str]:

@@ -75,7 +75,7 @@ def read_adapter(path: str | Path) -> AdapterFolder:
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_file}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        raise AdapterError(f"{config_file}: line {exc.lineno}: malformed JSON ({exc.msg}); fix the syntax or re-save the adapter") from None
     _check_config(config, config_file)
     weights_file, tensors = _read_tensors(path)
     return AdapterFolder(path, config, _group_tensors(tensors, config, weights_file), weights_file)
@@ -90,7 +90,7 @@ def _check_config(config: dict[str, Any], file: Path) -> None:
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{file}: bias: {config['bias']!r} is not supported; fix: train with bias='none'")
     if not isinstance(config.get("r", 8), int) or config.get("r", 8) < 1:
-        raise AdapterError(f"{file}: r: {config.get('r')!r} is not a positive integer")
+        raise AdapterError(f"{file}: r: {config.get('r')!r} is not a positive integer; fix: set r to the adapter's rank")
 
 
 def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -99,13 +99,13 @@ def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         try:
             return safe, load_file(str(safe))
         except Exception as exc:  # safetensors raises several types for corrupt files
-            raise AdapterError(f"{safe}: unreadable safetensors file ({exc}); fix: re-save the adapter") from None
+            raise AdapterError(f"{safe}: unreadable safetensors file ({_first_line(exc)}); fix: re-save the adapter") from None
     if pickled.is_file():
         warnings.warn(f"{pickled}: pickle-based weights; loading with torch.load(weights_only=True)", stacklevel=3)
         try:
             return pickled, torch.load(pickled, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise AdapterError(f"{pickled}: refused or unreadable ({exc}); fix: convert it to safetensors") from None
+            raise AdapterError(f"{pickled}: refused or unreadable ({_first_line(exc)}); fix: convert it to safetensors") from None
     raise AdapterError(f"{path}: no {WEIGHTS_NAME} (or {PICKLE_NAME}); fix: point --adapter at a PEFT LoRA folder")
 
 
@@ -185,3 +185,9 @@ def write_adapter(
 def _exact(module: str) -> str:
     """A pattern key that PEFT's ``(.*\\.)?(key)$`` match accepts for this module name only."""
     return re.escape(module)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's text, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -141,7 +141,7 @@ class SearchSpace:
     def loads(cls, text: str, *, source: str = "<string>", fmt: str = "yaml") -> "SearchSpace":
         """Parse a space from YAML (a superset of JSON) or strict JSON text."""
         try:
-            data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+            data = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_UniqueKeyLoader)
         except json.JSONDecodeError as exc:
             raise SpaceError(f"{source}: line {exc.lineno}: malformed JSON ({exc.msg}); fix the syntax") from None
         except yaml.YAMLError as exc:
@@ -245,19 +245,18 @@ class SearchSpace:
 
     def encode(self, config: Mapping[str, Any]) -> np.ndarray:
         """Turn a config into its gene vector (index into each descending list; 0 = largest)."""
+        field_ = f"{self.source or self.name}: config"
         unknown = set(config) - set(self.keys)
         if unknown:
-            raise SpaceError(f"config: unknown key {sorted(unknown)[0]!r}; fix: use keys of space {self.name!r}")
+            raise SpaceError(f"{field_}: unknown key {sorted(unknown)[0]!r}; fix: use the keys of space {self.name!r}")
         genes = np.empty(len(self.genes), dtype=np.int64)
         for n, gene in enumerate(self.genes):
             if gene.key not in config:
-                raise SpaceError(f"config: key {gene.key!r} is missing; fix: give a value from {list(gene.choices)}")
+                raise SpaceError(f"{field_}: key {gene.key!r} is missing; fix: give a value from {list(gene.choices)}")
             value = config[gene.key]
             matches = [j for j, c in enumerate(gene.choices) if _same(c, value)]
             if not matches:
-                raise SpaceError(
-                    f"config: {gene.key}={value!r} is not a choice; fix: pick one of {list(gene.choices)}"
-                )
+                raise SpaceError(f"{field_}: {gene.key}={value!r} is not a choice; fix: pick one of {list(gene.choices)}")
             genes[n] = matches[0]
         return genes
 
@@ -332,6 +331,21 @@ def _same(choice: Any, value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------- parsing
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_space(data: Any, source: str) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise SpaceError(f"{source}: the file must hold a mapping with name and groups; fix: see search_spaces/")
@@ -426,6 +440,9 @@ def _parse_group(name: str, raw: Any, source: str, adapter: AdapterSpec, per_lay
 def _rank_group(group: Group, raw: Mapping, source: str, adapter: AdapterSpec) -> Group:
     field_ = f"groups.{group.name}"
     modules = _string_list(raw.get("modules"), source, f"{field_}.modules")
+    repeated = sorted({m for m in modules if modules.count(m) > 1})
+    if repeated:
+        raise SpaceError(f"{source}: {field_}.modules: {repeated[0]!r} is listed twice; fix: list each module once")
     if not modules:
         raise SpaceError(f"{source}: {field_}.modules: a rank group needs modules; fix: e.g. [self_attn.q_proj]")
     if adapter.rank is None:

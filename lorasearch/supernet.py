@@ -122,6 +122,12 @@ class SuperNetwork:
                     "fix: load the base model the adapter was trained on"
                 )
             _check_shapes(linears[name], tensors, folder, name)
+        for name in self.binding.fixed_modules:
+            if name not in folder.modules:
+                raise AdapterError(
+                    f"{folder.weights_file}: no lora_A/lora_B for {name}, which adapter.targets lists; "
+                    "fix: use the adapter the space was written for, or drop it from adapter.targets"
+                )
         first_choice = self._first_rank_choice()
         for name in self.binding.rank_modules:
             if name not in folder.modules:
