@@ -34,7 +34,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .errors import LoraSearchError
-from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write_json, atomic_write_text, first_difference, read_jsonl
 from .sampling import make_sampler
 from .space import Config, SearchSpace
 from .supernet import SuperNetwork
@@ -228,7 +228,7 @@ class NLSTrainer:
         if info_file.exists():
             previous = yaml.safe_load(info_file.read_text())
             if previous != _plain(self.run_info):
-                diff = _first_difference(previous, _plain(self.run_info))
+                diff = first_difference(previous, _plain(self.run_info))
                 raise LoraSearchError(
                     f"{info_file}: the folder holds a different run ({diff}); fix: use --overwrite or another --out"
                 )
@@ -371,14 +371,6 @@ def _set_rng_states(states: Mapping[str, Any]) -> None:
 def _plain(obj: Any) -> Any:
     """Round-trip through JSON so comparisons see what YAML stores (tuples as lists, ...)."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-    return f"{path or 'value'}: {a!r} there, {b!r} now"
 
 
 class _Bar:
