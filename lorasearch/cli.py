@@ -94,6 +94,169 @@ def quickstart(
     run_quickstart(model=model, out=out, console=console)
 
 
+def _network(model, space, adapter, gguf_file, trust_remote_code, seed=0):
+    from .session import NetworkSettings
+
+    return NetworkSettings(model=model, space=str(space) if space else None, adapter=str(adapter) if adapter else None,
+                           gguf_file=gguf_file, trust_remote_code=trust_remote_code, seed=seed)
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    space: Optional[Path] = typer.Option(None, help="Space file (default: the adapter's own)."),
+    adapter: Optional[Path] = typer.Option(None, help="PEFT LoRA super-adapter folder."),
+    config: Optional[str] = typer.Option("max", help="max, min, heuristic, or a JSON file with a config."),
+    task: Optional[Path] = typer.Option(None, help="Task file; default: the synthetic task."),
+    evaluator: str = typer.Option("auto", help="auto, text, label, exact or loss."),
+    limit: Optional[int] = typer.Option(200, help="Items in the seeded subset."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(8),
+    seq_len: int = typer.Option(128, help="Tokens per sequence for the MAC count."),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Score one subnet and print its accuracy, MACs and parameters."""
+    from .cost import CostModel
+    from .session import TaskSettings, build_evaluator, build_network, resolve_config
+
+    net = build_network(_network(model, space, adapter, gguf_file, trust_remote_code))
+    chosen = resolve_config(net.space, config)
+    evaluate = build_evaluator(net, TaskSettings(str(task) if task else None, evaluator, limit, seed, batch_size))
+    result = evaluate(chosen)
+    cost = CostModel(net, seq_len=seq_len, reference="analytic")
+    params = cost.parameters(chosen, nonzero=False)
+    se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
+    console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
+    for deployment in ("unmerged", "merged"):
+        console.print(f"MACs ({deployment}, {seq_len} tokens): {cost.gmacs(chosen, deployment):.4f} G")
+    console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
+
+
+@app.command("cost")
+def cost_command(
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    space: Optional[Path] = typer.Option(None, help="Space file (default: the adapter's own)."),
+    adapter: Optional[Path] = typer.Option(None, help="PEFT LoRA super-adapter folder."),
+    config: Optional[str] = typer.Option("max", help="max, min, heuristic, or a JSON file with a config."),
+    seq_len: int = typer.Option(128, help="Tokens per sequence."),
+    deployment: str = typer.Option("unmerged", help="unmerged (adapters beside the base) or merged."),
+    backend: str = typer.Option("closed", help="closed (closed form) or fvcore (trace the subnet)."),
+    csv: Optional[Path] = typer.Option(None, help="Also write the breakdown as CSV."),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Print the per-module MAC and parameter breakdown of one subnet."""
+    from .cost import CostModel, fvcore_macs
+    from .session import build_network, resolve_config
+
+    if backend not in ("closed", "fvcore"):
+        raise LoraSearchError(f"--backend: unknown {backend!r}; fix: use closed or fvcore")
+    net = build_network(_network(model, space, adapter, gguf_file, trust_remote_code))
+    chosen = resolve_config(net.space, config)
+    cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference="analytic")
+    table = cost.breakdown(chosen)
+    if backend == "fvcore":
+        total, by_module = fvcore_macs(net, chosen, seq_len, deployment=deployment)
+        table["fvcore_macs"] = [by_module.get(m, 0) if m != "total" else total for m in table["module"]]
+    if csv:
+        table.to_csv(csv, index=False)
+    print(table.to_string(index=False, max_rows=80))
+    console.print(cost.describe(chosen))
+
+
+@app.command("train")
+def train_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for the super-adapter, logs and checkpoints."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    space: Optional[Path] = typer.Option(None, help="Space file (default: the adapter's own)."),
+    adapter: Optional[Path] = typer.Option(None, help="Continue from this PEFT super-adapter (default: fresh adapters)."),
+    task: list[Path] = typer.Option([], help="Task file(s); repeat for a mix. Default: the synthetic task."),
+    max_records: Optional[int] = typer.Option(None, help="Seeded subset per task file."),
+    val_size: float = typer.Option(0.1, help="Held-out share (or count, if >= 1) written to validation.jsonl."),
+    target: str = typer.Option("text", help="text (correct option's text) or label (the reference's 'answer2')."),
+    max_length: int = typer.Option(256, help="Tokens per example (longer ones are truncated)."),
+    steps: int = typer.Option(250),
+    batch_size: int = typer.Option(8),
+    grad_accum: int = typer.Option(1),
+    lr: float = typer.Option(3e-4),
+    schedule: str = typer.Option("cosine", help="cosine, linear or constant."),
+    warmup_steps: int = typer.Option(10),
+    sampler: str = typer.Option("random", help="random (NLS), sandwich, or fixed (plain LoRA at the max)."),
+    sandwich_k: int = typer.Option(2),
+    dtype: str = typer.Option("fp32", help="fp32 or bf16."),
+    seed: int = typer.Option(0),
+    checkpoint_every: int = typer.Option(50),
+    gradient_checkpointing: bool = typer.Option(False),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace whatever --out holds."),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
+    from .training_run import prepare_training
+
+    from .train import TrainArgs
+
+    args = TrainArgs(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, schedule=schedule,
+                     warmup_steps=warmup_steps, sampler=sampler, sandwich_k=sandwich_k, dtype=dtype, seed=seed,
+                     checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, device=device)
+    network = _network(model, space, adapter, gguf_file, trust_remote_code, seed)
+    trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
+                               val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite, log=console.print)
+    result = trainer.train(progress=True)
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
+    console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
+
+
+@app.command("search")
+def search_command(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    space: Optional[Path] = typer.Option(None, help="Space file (default: the adapter's own)."),
+    adapter: Optional[Path] = typer.Option(None, help="PEFT LoRA super-adapter folder."),
+    task: Optional[Path] = typer.Option(None, help="Validation task file; default: the synthetic task."),
+    evaluator: str = typer.Option("auto", help="auto, text, label, exact or loss."),
+    limit: Optional[int] = typer.Option(200, help="Items in the seeded validation subset."),
+    objectives: str = typer.Option("accuracy,macs", help="Comma-separated: accuracy, macs, macs_merged, macs_unmerged, params, latency."),
+    constraint: list[str] = typer.Option([], help="e.g. macs<=2.5e8 (repeatable)."),
+    strategy: str = typer.Option("nsga2", help="nsga2, random, tpe, optuna-nsga2 or exhaustive."),
+    budget: int = typer.Option(100, help="Distinct configs to evaluate."),
+    population: int = typer.Option(10),
+    seed: int = typer.Option(0),
+    seq_len: int = typer.Option(128, help="Tokens per sequence for the MAC objective."),
+    deployment: str = typer.Option("unmerged", help="What the macs objective models: unmerged or merged."),
+    batch_size: int = typer.Option(8),
+    config: Optional[Path] = typer.Option(None, "--config", help="Start a new run from a run.yaml (with --out)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory."),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
+    from .search.engine import SearchSettings
+    from .search_run import SearchRun, run_from_file
+
+    if resume is not None:
+        plan, out = run_from_file(resume / "run.yaml"), resume
+    elif config is not None:
+        plan = run_from_file(config)
+    else:
+        from .session import TaskSettings
+
+        plan = SearchRun(
+            network=_network(model, space, adapter, gguf_file, trust_remote_code),
+            task=TaskSettings(str(task) if task else None, evaluator, limit, seed, batch_size),
+            settings=SearchSettings(strategy=strategy, budget=budget, population=population, seed=seed),
+            objectives=[o.strip() for o in objectives.split(",") if o.strip()],
+            constraints=list(constraint), seq_len=seq_len, deployment=deployment,
+        )
+    if out is None:
+        raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
+    result, net = plan.run(out, resume=resume is not None, log=console.print)
+    _print_search_summary(result, net.space)
+
+
 # --------------------------------------------------------------------------- printing
 def _print_space(space: SearchSpace, file: Path) -> None:
     console.print(f"[bold]{escape(space.name)}[/bold] (Mode {space.mode}) from {escape(str(file))}")
@@ -131,6 +294,8 @@ def _modules_text(group) -> str:
 
 
 def _print_configs(space: SearchSpace, net: Any) -> None:
+    from .search_run import group_summary
+
     table = Table(show_edge=False)
     table.add_column("config")
     table.add_column("choices per group")
@@ -140,7 +305,7 @@ def _print_configs(space: SearchSpace, net: Any) -> None:
         table.add_column("trainable params", justify="right")
         table.add_column("total params", justify="right")
     for label, config in (("max", space.max()), ("heuristic", space.heuristic()), ("min", space.min())):
-        row = [label, summarize_config(space, config)]
+        row = [label, group_summary(space, config)]
         if net is not None:
             counts = parameter_counts(net, config)
             row += [f"{counts.trainable:,}", f"{counts.total:,}"]
@@ -148,14 +313,20 @@ def _print_configs(space: SearchSpace, net: Any) -> None:
     console.print(table)
 
 
-def summarize_config(space: SearchSpace, config: dict[str, Any]) -> str:
-    """One short line per config: each group's value, or its distinct values when they vary."""
-    parts = []
-    for group in space.groups:
-        values = [config[g.key] for g in space.genes if g.group == group.name]
-        distinct = sorted(set(values), key=values.index)
-        parts.append(f"{group.name} {distinct[0]}" if len(distinct) == 1 else f"{group.name} {'/'.join(map(str, distinct))}")
-    return " · ".join(parts)
+def _print_search_summary(result, space: SearchSpace) -> None:
+    from .search_run import summary_table
+
+    console.print(f"\n[bold]Pareto front[/bold] ({len(result.pareto)} of {len(result.table)} evaluations)")
+    print(summary_table(result, space).to_string(index=False))
+    for label in ("max", "heuristic", "min"):
+        row = result.reference(label)
+        if row is not None:
+            values = ", ".join(f"{s.name} {row[s.name]:.4g}" for s in result.specs)
+            console.print(f"{label:>9}: {values}")
+    for line in result.noise_notes():
+        console.print(f"noise: {line}")
+    if result.out_dir is not None:
+        console.print(f"run directory: {result.out_dir}")
 
 
 # ------------------------------------------------------------------------------ entry

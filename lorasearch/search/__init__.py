@@ -5,6 +5,7 @@ callable ``config -> value``; `standard_objectives` builds accuracy, MACs, param
 from a super-network, an evaluator and a cost model.
 """
 
+from .api import search_network
 from .backends import EvaluationBackend, LocalBackend
 from .engine import SearchEngine, SearchResult, SearchSettings, run_search
 from .objectives import Constraint, Measurement, Objective, ObjectiveContext, parse_constraint, standard_objectives
@@ -23,5 +24,6 @@ __all__ = [
     "SearchSettings",
     "parse_constraint",
     "run_search",
+    "search_network",
     "standard_objectives",
 ]
