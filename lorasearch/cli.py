@@ -257,6 +257,34 @@ def search_command(
     _print_search_summary(result, net.space)
 
 
+@app.command("plot")
+def plot_command(
+    run_dirs: list[Path] = typer.Argument(..., help="One run directory, or several to compare."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: RUN_DIR/plots)."),
+) -> None:
+    """Draw the Pareto front, the search progression and the hypervolume (PNG and SVG)."""
+    from .plot import comparison_figure, plot_run, save_figure
+
+    if len(run_dirs) == 1:
+        written = plot_run(run_dirs[0], out)
+    else:
+        folder = out or Path("comparison")
+        written = save_figure(comparison_figure([str(d) for d in run_dirs]), folder / "comparison")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A search's run directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Markdown file (default: RUN_DIR/report.md)."),
+) -> None:
+    """Write a markdown (and HTML) report of a search: the front, relative figures, settings, plots."""
+    from .report import write_report
+
+    console.print(f"wrote {write_report(run_dir, out)}")
+
+
 # --------------------------------------------------------------------------- printing
 def _print_space(space: SearchSpace, file: Path) -> None:
     console.print(f"[bold]{escape(space.name)}[/bold] (Mode {space.mode}) from {escape(str(file))}")

@@ -65,7 +65,7 @@ class SearchResult:
 
     def reference(self, source: str) -> pd.Series | None:
         """The row of the ``max``, ``min`` or ``heuristic`` config, when it was evaluated."""
-        rows = self.table[self.table["source"] == source]
+        rows = self.table[self.table["source"].str.split("+").apply(lambda labels: source in labels)]
         return rows.iloc[0] if len(rows) else None
 
     def noise_notes(self) -> list[str]:

@@ -55,14 +55,15 @@ class Strategy(Protocol):
 
 
 def reference_genes(space: SearchSpace) -> list[Proposal]:
-    """The max, min and heuristic configs as gene vectors, labelled (duplicates dropped)."""
-    out, seen = [], set()
+    """The max, min and heuristic configs as gene vectors, labelled.
+
+    A config that is several of them at once (the heuristic of two-value lists is the max) is
+    proposed once, with the labels joined by ``+`` (``max+heuristic``).
+    """
+    labels: dict[tuple[int, ...], list[str]] = {}
     for label, config in (("max", space.max()), ("min", space.min()), ("heuristic", space.heuristic())):
-        genes = space.encode(config)
-        if tuple(genes) not in seen:
-            seen.add(tuple(genes))
-            out.append((genes, label))
-    return out
+        labels.setdefault(tuple(int(g) for g in space.encode(config)), []).append(label)
+    return [(np.array(key), "+".join(names)) for key, names in labels.items()]
 
 
 class NSGA2Strategy:
