@@ -72,7 +72,9 @@ def evaluate_task(net: SuperNetwork, name: str, args: argparse.Namespace) -> dic
     row: dict = {"task": name, "test_size": len(records)}
     predictions = {}
     for mode in MODES:
-        ev = MultipleChoiceEvaluator(net, records, mode=mode, limit=args.limit, seed=args.seed, batch_size=args.batch_size)
+        ev = MultipleChoiceEvaluator(
+            net, records, mode=mode, limit=args.limit, seed=args.seed, batch_size=args.batch_size
+        )
         result = ev(config)
         predictions[mode] = result.predictions
         top, top_count = Counter(result.predictions).most_common(1)[0]
@@ -85,36 +87,58 @@ def evaluate_task(net: SuperNetwork, name: str, args: argparse.Namespace) -> dic
             "most_predicted": f"{top} ({top_count / result.n:.0%})",
         }
         row["chance"] = sum(1 / len(item.labels) for item in ev.items) / len(ev.items)
-        print(f"{name:>11} {mode:>5}: {result.score:.3f} ± {result.stderr:.3f} (n={result.n}, {result.seconds:.0f} s)", flush=True)
-    row["agreement"] = sum(a == b for a, b in zip(predictions["label"], predictions["text"])) / len(predictions["label"])
+        print(
+            f"{name:>11} {mode:>5}: {result.score:.3f} ± {result.stderr:.3f} (n={result.n}, {result.seconds:.0f} s)",
+            flush=True,
+        )
+    row["agreement"] = sum(a == b for a, b in zip(predictions["label"], predictions["text"])) / len(
+        predictions["label"]
+    )
     return row
+
+
+HEADER = (
+    "| task | n | chance | label acc ± se | label s | text acc ± se | text s | earlier text | agreement "
+    "| label mostly picks |"
+)
 
 
 def markdown(report: dict) -> str:
     env = report["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines = [
         "# Baseline evaluation: untuned SmolLM2-135M-Instruct",
         "",
         f"- command: `{env['command']}`",
         f"- date: {env['date']}",
-        f"- machine: {env['platform']} ({env['processor']}), {env['cpu_count']} CPUs, torch threads {env['torch_threads']}",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + f", python {env['python']}",
-        f"- model: {report['model']} (GGUF Q4_1 de-quantised to fp32), fresh adapters (B = 0: the base model), max config",
+        f"- machine: {env['platform']} ({env['processor']}), {env['cpu_count']} CPUs, "
+        f"torch threads {env['torch_threads']}",
+        f"- versions: {versions}, python {env['python']}",
+        f"- model: {report['model']} (GGUF Q4_1 de-quantised to fp32), fresh adapters (B = 0: the base model), "
+        "max config",
         f"- subset: {report['limit']} items per task (seed {report['seed']}), batch size {report['batch_size']}",
         "- label mode: Alpaca prompt + `the correct answer is `, log-probability of the first distinguishing token "
         "of each label; text mode: `Question: {question}\\nAnswer:` + ` {option}`, log-likelihood per character "
         "(BoolQ options read `yes`/`no`)",
         "",
-        "| task | n | chance | label acc ± se | label s | text acc ± se | text s | earlier text | agreement | label mostly picks |",
+        HEADER,
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["tasks"]:
         lab, txt = row["label"], row["text"]
-        lines.append(
-            f"| {row['task']} | {lab['n']} | {row['chance']:.3f} | {lab['accuracy']:.3f} ± {lab['stderr']:.3f} | {lab['seconds']:.0f} "
-            f"| {txt['accuracy']:.3f} ± {txt['stderr']:.3f} | {txt['seconds']:.0f} | {EARLIER_TEXT.get(row['task'], '–')} "
-            f"| {row['agreement']:.3f} | {lab['most_predicted']} |"
-        )
+        cells = [
+            row["task"],
+            lab["n"],
+            f"{row['chance']:.3f}",
+            f"{lab['accuracy']:.3f} ± {lab['stderr']:.3f}",
+            f"{lab['seconds']:.0f}",
+            f"{txt['accuracy']:.3f} ± {txt['stderr']:.3f}",
+            f"{txt['seconds']:.0f}",
+            EARLIER_TEXT.get(row["task"], "–"),
+            f"{row['agreement']:.3f}",
+            lab["most_predicted"],
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"Total wall time: {report['total_seconds']:.0f} s (model load {report['load_seconds']:.0f} s).", ""]
     return "\n".join(lines)
 

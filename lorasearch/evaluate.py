@@ -1,0 +1,589 @@
+"""Evaluators: the score of one sub-network on a fixed validation subset, higher is better.
+
+Every evaluator follows one protocol: ``evaluator(config) -> EvalResult``. It holds a
+`SuperNetwork` and a seeded subset of a task, activates ``config`` for the duration of the call,
+runs the model under ``torch.inference_mode()`` in eval mode, and caches the result under
+``net.space.canonical(config)``, so a search that revisits a config pays nothing.
+
+* `MultipleChoiceEvaluator` ``mode="label"``: one forward per question on the Alpaca prompt plus
+  ``"the correct answer is "``; compares the log-probabilities of the options' labels.
+* `MultipleChoiceEvaluator` ``mode="text"``: length-normalised log-likelihood of each option's text
+  after ``"Question: {question}\\nAnswer:"``.
+* `ExactMatchEvaluator`: greedy generation, the number after "The answer is" (else the last
+  number), compared with a tolerance (GSM8K, SVAMP, ...).
+* `LossEvaluator`: negative mean token loss (or perplexity) on held-out records or texts.
+* `LMEvalEvaluator`: a thin adapter to lm-evaluation-harness, when ``lm_eval`` is installed.
+
+Sequences are left-padded with explicit position ids, so a sequence's scores do not depend on
+what it is batched with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .data import DataError, Record, encode_for_training, format_prompt, load_records, parse_choices, subset
+from .errors import LoraSearchError
+from .results import binomial_stderr
+
+if TYPE_CHECKING:
+    from .supernet import SuperNetwork
+
+RESPONSE_PREFIX = "the correct answer is "
+TEXT_TEMPLATE = "Question: {question}\nAnswer:"
+NORMALIZATIONS = ("char", "token", "none")
+
+_NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+_ANSWER_IS_RE = re.compile(rf"the answer is\s*:?\s*\$?\s*({_NUMBER})", re.IGNORECASE)
+_NUMBER_RE = re.compile(_NUMBER)
+
+
+class EvalError(LoraSearchError):
+    """An evaluator cannot be built or run on the given network and data."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of evaluating one config.
+
+    Attributes:
+        score: higher is better (accuracy, or the negative loss).
+        n: items evaluated.
+        stderr: standard error of ``score`` where it applies (binomial for accuracies), else None.
+        seconds: wall time of the evaluation (of the first call, for cached results).
+        metric: what ``score`` is: ``accuracy``, ``neg_loss`` or ``neg_perplexity``.
+        predictions: per item, the predicted label (multiple choice) or number (exact match).
+        extra: other figures (``loss``, ``perplexity``, ``tokens``, ``truncated``).
+    """
+
+    score: float
+    n: int
+    stderr: float | None
+    seconds: float = field(compare=False)
+    metric: str = "accuracy"
+    predictions: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for logs, without the per-item predictions."""
+        out = asdict(self)
+        out.pop("predictions")
+        out["extra"] = dict(self.extra)
+        return out
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Anything that maps a config to an `EvalResult` (higher score is better)."""
+
+    metric: str
+
+    def __call__(self, config: Mapping[str, Any]) -> EvalResult: ...
+
+
+def extract_number(text: str) -> float | None:
+    """The number after "The answer is", else the last number in ``text``; None when there is none."""
+    match = _ANSWER_IS_RE.search(text)
+    raw = match.group(1) if match else (_NUMBER_RE.findall(text) or [None])[-1]
+    if raw is None:
+        return None
+    try:
+        return float(raw.replace(",", ""))
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- base
+class _CachedEvaluator:
+    """The shared part: the network, the seeded subset, the cache and the activation around a run."""
+
+    metric = "accuracy"
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        records: Sequence[Record] | str | Path,
+        *,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if net.tokenizer is None:
+            raise EvalError("the SuperNetwork has no tokenizer; fix: build it with tokenizer= or from_pretrained")
+        if batch_size < 1:
+            raise EvalError(f"batch_size {batch_size}: must be 1 or more")
+        self.net = net
+        self.tokenizer = net.tokenizer
+        all_records = load_records(records) if isinstance(records, (str, Path)) else list(records)
+        if not all_records:
+            raise DataError("no records to evaluate on; fix: pass a non-empty task file or list")
+        self.records: list[Any] = subset(all_records, limit, seed)
+        self.batch_size = batch_size
+        self.max_length = max_length or _model_max_length(net.model)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._cache: dict[Any, EvalResult] = {}
+
+    def __call__(self, config: Mapping[str, Any]) -> EvalResult:
+        """Evaluate ``config`` on the subset (from the cache when seen before)."""
+        key = self.net.space.canonical(config)
+        if key in self._cache:
+            return self._cache[key]
+        start = time.perf_counter()
+        with _evaluating(self.net, config):
+            result = self._evaluate()
+        result = replace(result, seconds=time.perf_counter() - start)
+        self._cache[key] = result
+        return result
+
+    def _evaluate(self) -> EvalResult:
+        raise NotImplementedError
+
+    @property
+    def cache(self) -> dict[Any, EvalResult]:
+        """Results so far, keyed by ``net.space.canonical(config)``."""
+        return self._cache
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.net.model.parameters()).device
+
+    def _bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+
+    def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
+        """Log-probabilities over the vocabulary at the last ``keep`` positions of left-padded ``seqs``."""
+        ids, mask = _left_pad(seqs, _pad_id(self.tokenizer), self._device)
+        out = self.net.model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), logits_to_keep=keep)
+        return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
+
+
+@contextlib.contextmanager
+def _evaluating(net: SuperNetwork, config: Mapping[str, Any]) -> Iterator[None]:
+    """Eval mode, ``config`` active and inference mode for the block; all restored afterwards."""
+    was_training = net.model.training
+    net.model.eval()
+    try:
+        with net.activated(config), torch.inference_mode():
+            yield
+    finally:
+        net.model.train(was_training)
+
+
+def _accuracy_result(correct: Sequence[bool], predictions: Sequence[Any], **extra: Any) -> EvalResult:
+    n = len(correct)
+    p = sum(correct) / n
+    return EvalResult(p, n, binomial_stderr(p, n), 0.0, "accuracy", tuple(predictions), extra)
+
+
+# -------------------------------------------------------------------------------- multiple choice
+@dataclass
+class _LabelItem:
+    context: list[int]  # prompt + response prefix + the labels' common token prefix
+    candidates: list[int]  # the first distinguishing token of each label
+    labels: tuple[str, ...]
+    answer: int
+
+
+@dataclass
+class _TextItem:
+    context: list[int]
+    continuations: list[list[int]]
+    lengths: list[float]  # the normaliser of each option's log-likelihood
+    labels: tuple[str, ...]
+    answer: int
+
+
+class MultipleChoiceEvaluator(_CachedEvaluator):
+    """Accuracy on a multiple-choice task in the LLM-Adapters format.
+
+    Args:
+        net: the `SuperNetwork` (with its tokenizer).
+        records: records or the path of a task file.
+        mode: ``"label"`` scores the option labels after the response prefix (how the reference's
+            models answer), one forward per question; ``"text"`` scores each option's text.
+        limit: size of the seeded validation subset (None: every record).
+        seed: the subset's seed.
+        batch_size: sequences per forward.
+        normalization: text mode only: divide an option's log-likelihood by its length in
+            characters (``"char"``, default), tokens (``"token"``) or not at all (``"none"``).
+        response_prefix: label mode: the start of the response before the label.
+        template: text mode: the context before each option, with ``{question}``.
+        max_length: longest sequence; longer contexts lose their start (default: the model's limit).
+        progress: show a progress bar (default: when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        records: Sequence[Record] | str | Path,
+        *,
+        mode: str = "label",
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        normalization: str = "char",
+        response_prefix: str = RESPONSE_PREFIX,
+        template: str = TEXT_TEMPLATE,
+        max_length: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if mode not in ("label", "text"):
+            raise EvalError(f"mode {mode!r}: use 'label' or 'text'")
+        if normalization not in NORMALIZATIONS:
+            raise EvalError(f"normalization {normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        super().__init__(
+            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        self.mode = mode
+        self.normalization = normalization
+        self.response_prefix = response_prefix
+        self.template = template
+        self.truncated = 0
+        prepare = self._label_item if mode == "label" else self._text_item
+        self.items = [prepare(r) for r in self.records]
+
+    # ------------------------------------------------------------------ preparation
+    def _label_item(self, record: Record) -> _LabelItem:
+        choices = parse_choices(record)
+        prompt = format_prompt(record) + self.response_prefix
+        full = [self.tokenizer(prompt + label).input_ids for label in choices.labels]
+        common = _common_prefix_length(full)
+        if any(len(ids) <= common for ids in full):
+            raise EvalError(
+                f"{record.where}: one option label is a prefix of another ({'/'.join(choices.labels)}); "
+                "fix: use mode='text'"
+            )
+        candidates = [ids[common] for ids in full]
+        if len(set(candidates)) != len(candidates):
+            raise EvalError(
+                f"{record.where}: labels {'/'.join(choices.labels)} share their first distinguishing token; "
+                "fix: use mode='text'"
+            )
+        context = self._truncate(full[0][:common])
+        return _LabelItem(context, candidates, choices.labels, choices.answer)
+
+    def _text_item(self, record: Record) -> _TextItem:
+        choices = parse_choices(record)
+        context = self.tokenizer(self.template.format(question=choices.question)).input_ids
+        continuations, lengths = [], []
+        for label, text in zip(choices.labels, choices.texts):
+            ids = self.tokenizer(" " + text, add_special_tokens=False).input_ids
+            if not text or not ids:
+                raise DataError(
+                    f"{record.where}: option {label} has no text; fix: give every option a text or use mode='label'"
+                )
+            continuations.append(ids)
+            lengths.append({"char": len(" " + text), "token": len(ids), "none": 1}[self.normalization])
+        budget = self.max_length - max(len(c) for c in continuations)
+        return _TextItem(self._truncate(context, budget), continuations, lengths, choices.labels, choices.answer)
+
+    def _truncate(self, ids: list[int], budget: int | None = None) -> list[int]:
+        budget = self.max_length if budget is None else budget
+        if len(ids) <= budget:
+            return ids
+        self.truncated += 1
+        return ids[len(ids) - max(budget, 1) :]
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def option_scores(self) -> list[list[float]]:
+        """Per item, the score of each option under the active config (no cache, no activation)."""
+        return self._label_scores() if self.mode == "label" else self._text_scores()
+
+    def _evaluate(self) -> EvalResult:
+        scores = self.option_scores()
+        picks = [max(range(len(s)), key=s.__getitem__) for s in scores]
+        correct = [p == item.answer for p, item in zip(picks, self.items)]
+        predictions = [item.labels[p] for p, item in zip(picks, self.items)]
+        return _accuracy_result(correct, predictions, mode=self.mode, truncated=self.truncated)
+
+    def _label_scores(self) -> list[list[float]]:
+        order = sorted(range(len(self.items)), key=lambda i: -len(self.items[i].context))
+        scores: list[list[float]] = [[] for _ in self.items]
+        with self._bar(len(order), f"mc-label ({len(order)} questions)") as bar:
+            for batch in _chunks(order, self.batch_size):
+                logprobs = self._forward([self.items[i].context for i in batch], keep=1)[:, -1]
+                for row, i in enumerate(batch):
+                    scores[i] = logprobs[row, self.items[i].candidates].tolist()
+                bar.update(len(batch))
+        return scores
+
+    def _text_scores(self) -> list[list[float]]:
+        pairs = [(i, j) for i, item in enumerate(self.items) for j in range(len(item.continuations))]
+        pairs.sort(key=lambda p: -(len(self.items[p[0]].context) + len(self.items[p[0]].continuations[p[1]])))
+        scores: list[list[float]] = [[0.0] * len(item.continuations) for item in self.items]
+        with self._bar(len(pairs), f"mc-text ({len(pairs)} options)") as bar:
+            for batch in _chunks(pairs, self.batch_size):
+                conts = [self.items[i].continuations[j] for i, j in batch]
+                keep = max(len(c) for c in conts) + 1
+                logprobs = self._forward([self.items[i].context + c for (i, _), c in zip(batch, conts)], keep=keep)
+                for row, ((i, j), cont) in enumerate(zip(batch, conts)):
+                    # the token at position t is predicted at t - 1; the sequence ends at the last kept position
+                    window = logprobs[row, keep - 1 - len(cont) : keep - 1]
+                    total = window.gather(-1, torch.tensor(cont, device=window.device)[:, None]).sum().item()
+                    scores[i][j] = total / self.items[i].lengths[j]
+                bar.update(len(batch))
+        return scores
+
+
+# ---------------------------------------------------------------------------------- exact match
+class ExactMatchEvaluator(_CachedEvaluator):
+    """Accuracy of greedy generation on math word problems (GSM8K, SVAMP, ...).
+
+    The prompt is the Alpaca prompt of each record; the predicted number is the one after
+    "The answer is", else the last number of the generated text; it is correct when it lies within
+    ``tolerance`` of the record's ``answer``.
+
+    Args:
+        net, records, limit, seed, batch_size, max_length, progress: as for `MultipleChoiceEvaluator`.
+        max_new_tokens: generation limit per item.
+        tolerance: absolute tolerance of the numeric comparison.
+    """
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        records: Sequence[Record] | str | Path,
+        *,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        max_new_tokens: int = 256,
+        tolerance: float = 1e-3,
+        max_length: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(
+            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        self.max_new_tokens = max_new_tokens
+        self.tolerance = tolerance
+        self.golds = [self._gold(r) for r in self.records]
+        budget = max(self.max_length - max_new_tokens, 1)
+        self.prompts = [self.tokenizer(format_prompt(r)).input_ids[-budget:] for r in self.records]
+
+    @staticmethod
+    def _gold(record: Record) -> float:
+        try:
+            return float(record.answer.replace(",", ""))
+        except ValueError:
+            raise DataError(
+                f"{record.where}: answer {record.answer!r} is not a number; "
+                "fix: use a math task or MultipleChoiceEvaluator"
+            ) from None
+
+    @torch.inference_mode()
+    def generations(self) -> list[str]:
+        """The greedy completion of every item under the active config (no cache, no activation)."""
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=_pad_id(tok),
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
+        order = sorted(range(len(self.prompts)), key=lambda i: -len(self.prompts[i]))
+        texts = [""] * len(self.prompts)
+        with self._bar(len(order), f"generate ({len(order)} problems)") as bar:
+            for batch in _chunks(order, self.batch_size):
+                ids, mask = _left_pad([self.prompts[i] for i in batch], _pad_id(tok), self._device)
+                out = self.net.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                for row, i in enumerate(batch):
+                    texts[i] = tok.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
+                bar.update(len(batch))
+        return texts
+
+    def _evaluate(self) -> EvalResult:
+        predicted = [extract_number(t) for t in self.generations()]
+        correct = [p is not None and abs(p - g) <= self.tolerance for p, g in zip(predicted, self.golds)]
+        return _accuracy_result(correct, predicted)
+
+
+# ------------------------------------------------------------------------------------------ loss
+class LossEvaluator(_CachedEvaluator):
+    """Negative mean token loss (or perplexity) on held-out data.
+
+    Records are scored on their response only (the prompt masked, as in training); plain strings
+    are scored on every token after the first.
+
+    Args:
+        net, limit, seed, batch_size, max_length, progress: as for `MultipleChoiceEvaluator`.
+        records: records, strings, or the path of a task file.
+        metric: ``"neg_loss"`` (score = -mean loss) or ``"neg_perplexity"`` (score = -exp(mean loss)).
+    """
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        records: Sequence[Record | str] | str | Path,
+        *,
+        metric: str = "neg_loss",
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if metric not in ("neg_loss", "neg_perplexity"):
+            raise EvalError(f"metric {metric!r}: use 'neg_loss' or 'neg_perplexity'")
+        super().__init__(
+            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        self.metric = metric
+        self.examples = [self._encode(r) for r in self.records]
+
+    def _encode(self, item: Record | str) -> tuple[list[int], list[int]]:
+        if isinstance(item, Record):
+            enc = encode_for_training(self.tokenizer, item, self.max_length)
+            return enc["input_ids"], enc["labels"]
+        ids = self.tokenizer(item).input_ids[: self.max_length]
+        return ids, list(ids)
+
+    def _evaluate(self) -> EvalResult:
+        total, tokens = 0.0, 0
+        order = sorted(range(len(self.examples)), key=lambda i: -len(self.examples[i][0]))
+        with self._bar(len(order), f"loss ({len(order)} items)") as bar:
+            for batch in _chunks(order, self.batch_size):
+                seqs = [self.examples[i][0] for i in batch]
+                width = max(len(s) for s in seqs)
+                logprobs = self._forward(seqs, keep=width)
+                for row, i in enumerate(batch):
+                    ids, labels = self.examples[i]
+                    lp = logprobs[row, width - len(ids) :]
+                    target = torch.tensor(labels[1:], device=lp.device)
+                    scored = target != -100
+                    picked = lp[:-1][scored].gather(-1, target[scored][:, None])
+                    total -= picked.sum().item()
+                    tokens += int(scored.sum())
+                bar.update(len(batch))
+        if tokens == 0:
+            raise DataError("no tokens to score (every response was truncated away); fix: raise max_length")
+        loss = total / tokens
+        perplexity = math.exp(min(loss, 700.0))
+        score = -loss if self.metric == "neg_loss" else -perplexity
+        extra = {"loss": loss, "perplexity": perplexity, "tokens": tokens}
+        return EvalResult(score, len(self.examples), None, 0.0, self.metric, (), extra)
+
+
+# --------------------------------------------------------------------------------------- lm-eval
+class LMEvalEvaluator:
+    """A thin adapter to lm-evaluation-harness (``pip install lm-eval``; optional).
+
+    Runs ``lm_eval.simple_evaluate`` on one task with the network's model as it stands under each
+    config. lm-eval's ``limit`` takes the first documents, not a seeded subset.
+
+    Args:
+        net: the `SuperNetwork`.
+        task: an lm-eval task name (``arc_easy``, ``boolq``, ...).
+        metric: the metric to report (``acc``, ``acc_norm``, ``exact_match``, ...).
+        limit: documents per evaluation (None: all).
+        num_fewshot, batch_size: passed to lm-eval.
+    """
+
+    def __init__(
+        self,
+        net: SuperNetwork,
+        task: str,
+        *,
+        metric: str = "acc",
+        limit: int | None = None,
+        num_fewshot: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise EvalError("LMEvalEvaluator needs lm-evaluation-harness; fix: pip install lm-eval") from None
+        if limit is not None and limit < 1:
+            raise DataError(f"limit {limit}: the subset would be empty; fix: use a limit of 1 or more")
+        self.net, self.task, self.metric = net, task, metric
+        self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
+        self._cache: dict[Any, EvalResult] = {}
+
+    def __call__(self, config: Mapping[str, Any]) -> EvalResult:
+        """Evaluate ``config`` with lm-eval (from the cache when seen before)."""
+        key = self.net.space.canonical(config)
+        if key in self._cache:
+            return self._cache[key]
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        start = time.perf_counter()
+        with _evaluating(self.net, config):
+            lm = HFLM(pretrained=self.net.model, tokenizer=self.net.tokenizer, batch_size=self.batch_size)
+            out = simple_evaluate(model=lm, tasks=[self.task], num_fewshot=self.num_fewshot, limit=self.limit)
+        found = out["results"][self.task]
+        key_name = f"{self.metric},none"
+        if key_name not in found:
+            raise EvalError(f"lm-eval task {self.task}: no metric {self.metric!r}; fix: use one of {sorted(found)}")
+        stderr = found.get(f"{self.metric}_stderr,none")
+        n = int(out.get("n-samples", {}).get(self.task, {}).get("effective", self.limit or 0))
+        result = EvalResult(
+            float(found[key_name]),
+            n,
+            float(stderr) if isinstance(stderr, (int, float)) else None,
+            time.perf_counter() - start,
+            self.metric,
+        )
+        self._cache[key] = result
+        return result
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    n = 0
+    for column in zip(*seqs):
+        if len(set(column)) != 1:
+            break
+        n += 1
+    return n
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each sequence's first real token (pads get 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _model_max_length(model: Any) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
