@@ -5,11 +5,13 @@ The pieces, each usable from Python and from the ``lorasearch`` command:
 * `SearchSpace` (``lorasearch.space``): declarative spaces of rank and width choices;
 * `ElasticLoRALinear` (``lorasearch.elastic``): the sliceable adapter layer;
 * `SuperNetwork` (``lorasearch.supernet``): a model, a space and its adapters, one subnet active;
-* `load_model` (``lorasearch.models``): Hugging Face names, paths, GGUF files and tiny test models.
+* `load_model` (``lorasearch.models``): Hugging Face names, paths, GGUF files and tiny test models;
+* `load_pruned` (``lorasearch.export``): loads a pruned Mode B export whose widths differ per layer.
 """
 
 from .elastic import ElasticLoRALinear
 from .errors import AdapterError, LoraSearchError, ModelError, SpaceError
+from .export import load_pruned
 from .models import load_model
 from .space import SearchSpace
 from .supernet import SuperNetwork
@@ -25,4 +27,5 @@ __all__ = [
     "SpaceError",
     "SuperNetwork",
     "load_model",
+    "load_pruned",
 ]

@@ -230,13 +230,20 @@ def search_command(
     batch_size: int = typer.Option(8),
     config: Optional[Path] = typer.Option(None, "--config", help="Start a new run from a run.yaml (with --out)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory."),
+    backend: str = typer.Option("local", help="Where configs are evaluated: local, processes or ray."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: one per GPU, else one per CPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="A running Ray cluster (host:port or auto); default: start Ray here."),
+    storage: Optional[str] = typer.Option(None, help="optuna storage URL shared with other search processes (tpe, optuna-nsga2), e.g. sqlite:///study.db."),
     gguf_file: Optional[str] = typer.Option(None),
     trust_remote_code: bool = typer.Option(False),
 ) -> None:
     """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
+    from .search.backends import BackendSettings
     from .search.engine import SearchSettings
     from .search_run import SearchRun, run_from_file
 
+    where = BackendSettings(backend, workers, ray_address)
+    where.check()
     if resume is not None:
         plan, out = run_from_file(resume / "run.yaml"), resume
     elif config is not None:
@@ -251,9 +258,11 @@ def search_command(
             objectives=[o.strip() for o in objectives.split(",") if o.strip()],
             constraints=list(constraint), seq_len=seq_len, deployment=deployment,
         )
+    if storage is not None:
+        plan.storage = storage  # a resume with another storage than run.yaml's is refused
     if out is None:
         raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
-    result, net = plan.run(out, resume=resume is not None, log=console.print)
+    result, net = plan.run(out, resume=resume is not None, log=console.print, backend=where)
     _print_search_summary(result, net.space)
 
 
@@ -283,6 +292,24 @@ def report_command(
     from .report import write_report
 
     console.print(f"wrote {write_report(run_dir, out)}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A search's run directory."),
+    pick: str = typer.Option("knee", help="knee | heuristic | max | min | 'row N' | 'max-accuracy-under-macs X'."),
+    format: str = typer.Option("config", "--format", "-f", help="config (subnet.json) | peft | merged | pruned."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output (default: RUN_DIR/exports/FORMAT-evalN)."),
+    model: Optional[str] = typer.Option(None, help="Override the run's model."),
+    adapter: Optional[Path] = typer.Option(None, help="Override the run's adapter."),
+    space: Optional[Path] = typer.Option(None, help="Override the run's space file."),
+) -> None:
+    """Export a subnet of a search: its config, a stock-PEFT sub-adapter, a merged or a pruned model."""
+    from .export import export_run
+
+    path = export_run(run_dir, pick, format, out, model=model, adapter=str(adapter) if adapter else None,
+                      space=str(space) if space else None)
+    console.print(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------- printing

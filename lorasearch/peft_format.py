@@ -164,7 +164,8 @@ def write_adapter(
         "use_rslora": use_rslora,
         "bias": "none",
         "fan_in_fan_out": False,
-        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}),
+        # Full names: leaf names (q_proj) would also give PEFT's fresh no-op adapters to modules not saved.
+        "target_modules": sorted(modules),
         "exclude_modules": None,
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,

@@ -1,45 +1,104 @@
-"""The README's main job on the embedded default model, as far as the landed features go."""
+"""The README's main job on the embedded default model, end to end, in a few CPU minutes.
+
+1. load the embedded default (SmolLM2-135M when installed, else tiny-llama) and its shipped space;
+2. train a super-adapter briefly with NLS on the synthetic task the project generates;
+3. search its subnets with NSGA-II on the held-out validation slice (option-text accuracy, MACs);
+4. draw the Pareto plot and write the report;
+5. export the knee subnet as ``subnet.json`` and as a PEFT adapter that stock PEFT loads.
+"""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from .cost import parameter_counts
-from .errors import SpaceError
-from .io import atomic_write_json
+from .errors import LoraSearchError, SpaceError
 from .models import default_model_spec, smollm2_gguf
-from .supernet import SuperNetwork
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+MARKER = ".lorasearch-quickstart"
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """How much work the quickstart does for a model."""
+
+    space: str
+    steps: int
+    lr: float
+    budget: int
+    population: int
+    limit: int
+
+
+SMALL = QuickstartPlan("smollm2-135m.yaml", steps=40, lr=1e-3, budget=24, population=8, limit=60)
+TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, limit=60)
 
 
 def shipped_space(name: str) -> Path:
     """Path of a space file shipped in the repository's ``search_spaces/`` folder."""
     path = SPACES_DIR / name
     if not path.is_file():
-        raise SpaceError(f"{path}: shipped space not found; fix: run from a clone of the repository or pass --space")
+        raise SpaceError(f"{path}: shipped space not found; fix: run from a clone of the repository")
     return path
 
 
+def _claim(out: Path) -> None:
+    """Reuse ``out`` only if an earlier quickstart made it."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise LoraSearchError(f"{out}: exists and was not made by the quickstart; fix: pass another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by lorasearch quickstart; rerunning replaces this folder\n")
+
+
 def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), console: Console | None = None) -> Path:
-    """Build the super-network of the default model and write its reference subnets to ``out``."""
+    """Run the main job into ``out`` and return it."""
+    from .export import export_config, export_peft, export_pruned, pick_config, row_objectives
+    from .plot import plot_run
+    from .report import write_report
+    from .search.engine import SearchSettings
+    from .search_run import SearchRun
+    from .session import NetworkSettings, TaskSettings
+    from .train import TrainArgs
+    from .training_run import prepare_training
+
     console = console or Console()
     spec = default_model_spec() if model == "default" else model
-    is_smollm2 = smollm2_gguf() is not None and spec == str(smollm2_gguf())
-    space_file = shipped_space("smollm2-135m.yaml" if is_smollm2 else "tiny-llama.yaml")
-    console.print(f"model: {spec}\nspace: {space_file}")
-    net = SuperNetwork.from_pretrained(spec, space_file)
-    console.print(repr(net))
-    out.mkdir(parents=True, exist_ok=True)
-    net.space.save(out / "space.yaml")
-    subnets = {}
-    for label, config in (("max", net.space.max()), ("heuristic", net.space.heuristic()), ("min", net.space.min())):
-        counts = parameter_counts(net, config)
-        subnets[label] = {"config": config, "trainable_params": counts.trainable, "total_params": counts.total}
-        console.print(f"{label:>9}: {counts.trainable:>12,} trainable / {counts.total:>12,} total parameters")
-    atomic_write_json(out / "subnets.json", subnets)
-    console.print(f"wrote {out / 'space.yaml'} and {out / 'subnets.json'}")
-    console.print("not yet here: NLS training, search, Pareto plot and export land with the later issues")
+    plan = SMALL if smollm2_gguf() is not None and spec == str(smollm2_gguf()) else TINY
+    out = Path(out)
+    _claim(out)
+    console.rule("1. super-network")
+    network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)))
+    args = TrainArgs(steps=plan.steps, batch_size=8, lr=plan.lr, warmup_steps=5, sampler="random", checkpoint_every=plan.steps)
+    console.rule("2. NLS training on the synthetic task")
+    trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=0.2, log=console.print)
+    trained = trainer.train(progress=True)
+    console.print(f"super-adapter: {trained.adapter_dir} ({trained.steps} steps, {trained.seconds:.0f} s)")
+
+    console.rule("3. NSGA-II search")
+    search = SearchRun(
+        network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir)),
+        task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.limit),
+        settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
+    )
+    result, net = search.run(out / "search", log=console.print)
+
+    console.rule("4. plots and report")
+    for path in plot_run(out / "search"):
+        console.print(f"wrote {path}")
+    console.print(f"wrote {write_report(out / 'search')}")
+
+    console.rule("5. export")
+    row, config = pick_config(result.table, "knee", net.space)
+    provenance = {"run": str(out / "search"), "pick": "knee", "eval_id": int(row["eval_id"])}
+    exported = [export_config(net, config, out / "exports" / "config", provenance, objectives=row_objectives(row, result.specs))]
+    # A Mode B subnet with narrower layers is no PEFT adapter: it becomes a physically smaller model.
+    fmt, export = ("pruned", export_pruned) if net.space.mode == "B" else ("peft", export_peft)
+    exported.append(export(net, config, out / "exports" / fmt, provenance, objectives=row_objectives(row, result.specs)))
+    console.print(f"knee subnet (evaluation {int(row['eval_id'])}): " + ", ".join(map(str, exported)))
     return out

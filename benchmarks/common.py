@@ -1,0 +1,62 @@
+"""Shared by the benchmark scripts: where things are, what machine ran them, how results are written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "llm-adapters"
+RUNS = ROOT.parent / "lorasearch-runs"  # trained adapters and long runs live outside the repository
+PACKAGES = ("lorasearch", "torch", "transformers", "peft", "pymoo", "optuna", "fvcore", "numpy", "pandas")
+
+
+def environment() -> dict[str, Any]:
+    """The command, machine, date and package versions of this run."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    import torch
+
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+
+
+def environment_markdown(env: dict[str, Any]) -> str:
+    """The environment as a few markdown lines."""
+    m = env["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    return (
+        f"- command: `{env['command']}`\n- machine: {m['platform']}, {m['cpus']} CPUs "
+        f"({m['torch_threads']} torch threads)\n- date: {env['date']}\n- versions: {versions}\n"
+    )
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
+    from lorasearch.io import atomic_write_json, atomic_write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    atomic_write_json(json_path, data)
+    atomic_write_text(md_path, markdown)
+    return json_path, md_path

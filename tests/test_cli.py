@@ -1,0 +1,111 @@
+"""The ``lorasearch`` command end to end on a tiny model, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lorasearch import SuperNetwork
+from lorasearch.cli import main
+from lorasearch.models import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = str(ROOT / "search_spaces" / "tiny-llama.yaml")
+MODE_A = str(ROOT / "search_spaces" / "llama-shears.yaml")
+
+
+def run_cli(*args: str) -> None:
+    try:
+        main(list(args))
+    except SystemExit as exc:  # typer exits 0 on success in some paths
+        assert exc.code in (0, None), exc.code
+
+
+def cli_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "train"
+    run_cli("train", "--model", "tiny-llama", "--space", MODE_A, "--out", str(out), "--steps", "8",
+            "--batch-size", "4", "--lr", "3e-3", "--checkpoint-every", "4")
+    return out
+
+
+def test_train_writes_an_adapter_that_peft_loads_and_a_super_network_activates(trained):
+    adapter = trained / "adapter"
+    peft_model = PeftModel.from_pretrained(tiny_model("llama"), adapter).eval()
+    net = SuperNetwork(tiny_model("llama"), trained / "space.yaml", adapter=adapter)
+    ids = torch.randint(3, 250, (1, 8))
+    with torch.inference_mode():
+        torch.testing.assert_close(net.model(ids).logits, peft_model(ids).logits, atol=1e-5, rtol=0)
+        net.activate(net.space.min())
+        assert not torch.allclose(net.model(ids).logits, peft_model(ids).logits)
+    assert (trained / "validation.jsonl").read_text().count("\n") == 40  # 10 % of the 400 synthetic records
+    assert len((trained / "train_log.jsonl").read_text().splitlines()) == 8
+
+
+def test_search_plot_report_export_from_the_command_line(trained, tmp_path):
+    run = tmp_path / "search"
+    run_cli("search", "--model", "tiny-llama", "--adapter", str(trained / "adapter"),
+            "--task", str(trained / "validation.jsonl"), "--limit", "12", "--budget", "12", "--population", "4",
+            "--out", str(run))
+    lines = (run / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    run_cli("plot", str(run))
+    assert (run / "plots" / "pareto.png").is_file() and (run / "plots" / "pareto.svg").is_file()
+    run_cli("report", str(run))
+    assert "Pareto front" in (run / "report.md").read_text()
+    run_cli("export", str(run), "--pick", "heuristic", "--format", "config", "--out", str(tmp_path / "subnet"))
+    subnet = json.loads((tmp_path / "subnet" / "subnet.json").read_text())
+    assert subnet["config"] == SuperNetwork(tiny_model("llama"), trained / "space.yaml").space.heuristic()
+
+
+def test_search_resume_from_the_run_directory_alone(trained, tmp_path):
+    run = tmp_path / "search"
+    common = ["--model", "tiny-llama", "--adapter", str(trained / "adapter"), "--task", str(trained / "validation.jsonl"),
+              "--limit", "8", "--population", "4"]
+    run_cli("search", *common, "--budget", "8", "--out", str(run))
+    # A finished run resumed with the same settings evaluates nothing new.
+    run_cli("search", "--resume", str(run))
+    assert len((run / "evaluations.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["space", "show", "missing.yaml"], "missing.yaml: cannot read"),
+        (["space", "show", SPACE, "--model", "tiny-phi3"], "self_attn.q_proj"),
+        (["search", "--model", "tiny-llama", "--space", SPACE, "--objectives", "accuracy,speed", "--out", "x"], "unknown objective 'speed'"),
+        (["search", "--model", "tiny-llama", "--space", SPACE, "--strategy", "annealing", "--out", "x"], "unknown 'annealing'"),
+        (["search", "--model", "tiny-llama", "--space", SPACE, "--budget", "3", "--out", "x"], "below the population"),
+        (["train", "--model", "tiny-llama", "--space", SPACE, "--out", "x", "--sampler", "greedy"], "unknown 'greedy'"),
+        (["eval", "--model", "tiny-llama", "--space", SPACE, "--config", "medium"], "--config"),
+        (["cost", "--model", "tiny-llama", "--space", SPACE, "--seq-len", "0"], "seq_len"),
+        (["export", "nowhere", "--pick", "knee", "--format", "config", "--out", "x"], "nowhere"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_problem(capsys, tmp_path, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    assert expected in cli_error(capsys, *args)
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngroups: {a: {rank: [8, 16], modules: [q_proj]}}\nadapter: {rank: 8}\n")
+    proc = subprocess.run([sys.executable, "-m", "lorasearch.cli", "space", "show", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "groups.a.rank" in proc.stderr and "descending" in proc.stderr
