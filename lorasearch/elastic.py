@@ -87,8 +87,12 @@ class ElasticLoRALinear(nn.Module):
             bias = bias[:o] if bias is not None else None
         y = F.linear(x, weight, bias)
         if r:
-            a = self.lora_A.weight[:r, :i]
-            b = self.lora_B.weight[:o, :r]
+            a, b = self.lora_A.weight, self.lora_B.weight
+            # Slice only what shrank: a full-size slice still adds a view and a backward copy.
+            if r != self.max_rank or i != self.in_features:
+                a = a[:r, :i]
+            if r != self.max_rank or o != self.out_features:
+                b = b[:o, :r]
             y = y + F.linear(F.linear(self.lora_dropout(x), a), b) * self.scaling
         return y
 
@@ -98,6 +102,13 @@ class ElasticLoRALinear(nn.Module):
         if not r:
             return None
         return (self.lora_B.weight[:o, :r] @ self.lora_A.weight[:r, :i]) * self.scaling
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight at the active sizes with the active adapter folded in (what merging stores)."""
+        weight = self.base_layer.weight[: self.active_out, : self.active_in]
+        delta = self.active_delta_weight()
+        return weight if delta is None else (weight.float() + delta.float()).to(weight.dtype)
 
     def extra_repr(self) -> str:
         return (
