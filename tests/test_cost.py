@@ -9,6 +9,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from conftest import merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import (
     CostError,
@@ -45,13 +46,6 @@ MODE_B = {
 SPACES = {"A": MODE_A, "B": MODE_B}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy two-core machine they cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_net(family: str = "llama", mode: str = "B", attn: str = "eager") -> SuperNetwork:
@@ -63,21 +57,6 @@ def nonzero_entries(d: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in d.items() if v}
 
 
-def merged_smaller_copy(net: SuperNetwork, original: nn.Module) -> nn.Module:
-    """A copy of the original model whose elastic linears are replaced by physically smaller ones
-    holding the kept base weights plus the active adapter delta."""
-    small = copy.deepcopy(original)
-    for name, m in net.elastic.items():
-        o, i = m.active_out, m.active_in
-        layer = nn.Linear(i, o, bias=m.base_layer.bias is not None)
-        with torch.no_grad():
-            weight = m.base_layer.weight[:o, :i].clone()
-            delta = m.active_delta_weight()
-            layer.weight.copy_(weight + delta if delta is not None else weight)
-            if layer.bias is not None:
-                layer.bias.copy_(m.base_layer.bias[:o])
-        small.set_submodule(name, layer)
-    return small.eval()
 
 
 # ------------------------------------------------------------------- closed form vs fvcore

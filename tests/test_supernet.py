@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from conftest import merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.models import tiny_config, tiny_model
 from lorasearch.peft_format import AdapterModule, write_adapter
@@ -173,21 +174,6 @@ MODE_B = {
 }
 
 
-def merged_smaller_copy(net: SuperNetwork, original: nn.Module) -> nn.Module:
-    """A copy of the original model whose elastic linears are replaced by physically smaller ones
-    holding the kept base weights plus the active adapter delta."""
-    small = copy.deepcopy(original)
-    for name, m in net.elastic.items():
-        o, i = m.active_out, m.active_in
-        layer = nn.Linear(i, o, bias=m.base_layer.bias is not None)
-        with torch.no_grad():
-            weight = m.base_layer.weight[:o, :i].clone()
-            delta = m.active_delta_weight()
-            layer.weight.copy_(weight + delta if delta is not None else weight)
-            if layer.bias is not None:
-                layer.bias.copy_(m.base_layer.bias[:o])
-        small.set_submodule(name, layer)
-    return small.eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
