@@ -13,8 +13,9 @@ lower, and the front's lowest MACs at the heuristic's accuracy or higher.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+from pathlib import Path
 
 from common import RUNS, environment, environment_markdown, write_results
 
@@ -33,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RUNS / "search-smollm2"))
+    p.add_argument("--strategies", nargs="+", default=["nsga2", "random"],
+                   help="run some strategies only (e.g. one per process); a later run with both resumes them")
     return p.parse_args()
 
 
@@ -59,18 +62,26 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     rows = {}
-    for strategy in ("nsga2", "random"):
+    for strategy in args.strategies:
         plan = SearchRun(
             network=NetworkSettings(model="default", adapter=f"{args.train_run}/adapter"),
             task=TaskSettings(task=f"{args.train_run}/validation.jsonl", evaluator="text", limit=args.limit),
             settings=SearchSettings(strategy=strategy, budget=args.budget, population=args.population, seed=args.seed),
         )
         out = f"{args.out}/{strategy}"
-        from pathlib import Path
+        saved = Path(out) / "bench_row.json"
+        if saved.is_file():  # finished by an earlier (e.g. per-strategy) invocation
+            rows[strategy] = json.loads(saved.read_text())
+            continue
+        lines: list[str] = []
 
-        start = time.perf_counter()
-        result, _ = plan.run(out, resume=(Path(out) / "run.yaml").exists(), log=lambda line: print(strategy, line, flush=True))
-        seconds = time.perf_counter() - start
+        def log(line: str, strategy=strategy) -> None:
+            lines.append(line)
+            print(strategy, line, flush=True)
+
+        result, _ = plan.run(out, resume=(Path(out) / "run.yaml").exists(), log=log)
+        # The engine's progress lines end with its elapsed time since the search began.
+        seconds = float(lines[-1].rsplit("|", 1)[-1].strip().removesuffix(" s")) if lines else float("nan")
         eval_seconds = float(result.table["seconds"].sum())
         rows[strategy] = {
             "hypervolume": float(result.hypervolume["hypervolume"].iloc[-1]),
@@ -78,7 +89,11 @@ def main() -> int:
             "seconds": seconds, "evaluation_seconds": eval_seconds,
             "machinery_share": max(seconds - eval_seconds, 0.0) / seconds, **heuristic_position(result),
         }
+        saved.write_text(json.dumps(rows[strategy], indent=2))
     data = {"environment": environment(), "settings": vars(args), "results": rows}
+    if set(args.strategies) != {"nsga2", "random"}:
+        print(markdown(data))
+        return 0
     write_results("search_real", data, markdown(data))
     print(markdown(data))
     return 0
