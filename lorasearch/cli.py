@@ -94,11 +94,15 @@ def quickstart(
     run_quickstart(model=model, out=out, console=console)
 
 
-def _network(model, space, adapter, gguf_file, trust_remote_code, seed=0):
+def _network(model, space, adapter, gguf_file, trust_remote_code, seed=0, adapter_mode=None):
     from .session import NetworkSettings
 
     return NetworkSettings(model=model, space=str(space) if space else None, adapter=str(adapter) if adapter else None,
-                           gguf_file=gguf_file, trust_remote_code=trust_remote_code, seed=seed)
+                           gguf_file=gguf_file, trust_remote_code=trust_remote_code, seed=seed, adapter_mode=adapter_mode)
+
+
+ADAPTER_MODE_HELP = ("dense (plain LoRA), sparse (SparsePEFT: delta masked by the base's zeros) or qa (QA-SparsePEFT on "
+                     "a quantized base); default: the adapter folder's saved mode, else dense.")
 
 
 @app.command("eval")
@@ -115,22 +119,27 @@ def eval_command(
     seq_len: int = typer.Option(128, help="Tokens per sequence for the MAC count."),
     gguf_file: Optional[str] = typer.Option(None),
     trust_remote_code: bool = typer.Option(False),
+    adapter_mode: Optional[str] = typer.Option(None, help=ADAPTER_MODE_HELP),
 ) -> None:
     """Score one subnet and print its accuracy, MACs and parameters."""
     from .cost import CostModel
     from .session import TaskSettings, build_evaluator, build_network, resolve_config
 
-    net = build_network(_network(model, space, adapter, gguf_file, trust_remote_code))
+    net = build_network(_network(model, space, adapter, gguf_file, trust_remote_code, adapter_mode=adapter_mode))
     chosen = resolve_config(net.space, config)
     evaluate = build_evaluator(net, TaskSettings(str(task) if task else None, evaluator, limit, seed, batch_size))
     result = evaluate(chosen)
     cost = CostModel(net, seq_len=seq_len, reference="analytic")
-    params = cost.parameters(chosen, nonzero=False)
+    params = cost.parameters(chosen, nonzero=True)
     se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
     console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
     for deployment in ("unmerged", "merged"):
         console.print(f"MACs ({deployment}, {seq_len} tokens): {cost.gmacs(chosen, deployment):.4f} G")
     console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
+    if params.nonzero is not None and params.nonzero < params.base:
+        effective = cost.effective_macs(chosen, "merged") / 1e9
+        console.print(f"sparse base: {params.nonzero:,} non-zero base parameters "
+                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {effective:.4f} G")
 
 
 @app.command("cost")
@@ -193,6 +202,7 @@ def train_command(
     overwrite: bool = typer.Option(False, help="Replace whatever --out holds."),
     gguf_file: Optional[str] = typer.Option(None),
     trust_remote_code: bool = typer.Option(False),
+    adapter_mode: Optional[str] = typer.Option(None, help=ADAPTER_MODE_HELP),
 ) -> None:
     """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
     from .training_run import prepare_training
@@ -202,12 +212,72 @@ def train_command(
     args = TrainArgs(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, schedule=schedule,
                      warmup_steps=warmup_steps, sampler=sampler, sandwich_k=sandwich_k, dtype=dtype, seed=seed,
                      checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, device=device)
-    network = _network(model, space, adapter, gguf_file, trust_remote_code, seed)
+    network = _network(model, space, adapter, gguf_file, trust_remote_code, seed, adapter_mode)
     trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
                                val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite, log=console.print)
     result = trainer.train(progress=True)
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
     console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
+
+
+@app.command("sparsify")
+def sparsify_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the sparse base (from_pretrained loads it)."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    method: str = typer.Option("wanda", help="wanda (|W| * ||X_j||, per output row) or magnitude (|W|, per layer)."),
+    ratio: float = typer.Option(0.5, help="Share of weights to zero, in [0, 1) (N:M patterns fix it at N/M)."),
+    pattern: str = typer.Option("unstructured", help="unstructured, 2:4 or 4:8."),
+    calibration: Optional[Path] = typer.Option(None, help="Task file whose texts calibrate Wanda."),
+    samples: int = typer.Option(128, help="Calibration windows (the reference uses 128)."),
+    seq_len: int = typer.Option(512, help="Tokens per calibration window."),
+    batch_size: int = typer.Option(8),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Prune a base model (Wanda or magnitude; unstructured or N:M) and save it with a per-layer report."""
+    from .compress.sparsity import save_sparse, sparsify
+    from .data import load_records
+    from .models import load_model
+
+    if out.exists():
+        raise LoraSearchError(f"{out}: already exists; fix: choose another --out or delete it")
+    if method == "wanda" and calibration is None:
+        raise LoraSearchError("--calibration: missing; Wanda needs calibration texts; fix: pass a task file, or --method magnitude")
+    records = load_records(calibration) if calibration is not None else None
+    loaded = load_model(model, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    report = sparsify(loaded.model, loaded.tokenizer, method=method, ratio=ratio, pattern=pattern, records=records,
+                      n_samples=samples, seq_len=seq_len, batch_size=batch_size)
+    provenance = {"model": loaded.spec, "calibration": str(calibration) if calibration else None}
+    save_sparse(loaded.model, loaded.tokenizer, out, report, provenance)
+    print(report.to_string(index=False, max_rows=40))
+    console.print(f"wrote {out} ({report['sparsity'].iloc[-1]:.1%} of the decoder linears' weights are zero)")
+
+
+@app.command("quantize")
+def quantize_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the quantized base."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP + " A sparse base stays sparse."),
+    bits: int = typer.Option(4, help="Bits per weight (asymmetric, integer zero point)."),
+    group_size: int = typer.Option(128, help="Inputs per quantization group; must divide every input size."),
+    gguf_file: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False),
+) -> None:
+    """Quantize a base's decoder linears group-wise to INT (round-to-nearest) and save codes, scales, zeros."""
+    import shutil
+
+    from .compress.quant import quantize_model, save_quantized
+    from .compress.sparsity import SPARSITY_FILE, sparsity_report
+    from .models import load_model
+
+    if out.exists():
+        raise LoraSearchError(f"{out}: already exists; fix: choose another --out or delete it")
+    loaded = load_model(model, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    quantize_model(loaded.model, bits, group_size)
+    save_quantized(loaded.model, loaded.tokenizer, out, {"model": loaded.spec})
+    if (Path(model) / SPARSITY_FILE).is_file():
+        shutil.copy(Path(model) / SPARSITY_FILE, out / SPARSITY_FILE)
+    sparsity = sparsity_report(loaded.model)["sparsity"].iloc[-1]
+    console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
 
 
 @app.command("search")
@@ -219,7 +289,7 @@ def search_command(
     task: Optional[Path] = typer.Option(None, help="Validation task file; default: the synthetic task."),
     evaluator: str = typer.Option("auto", help="auto, text, label, exact or loss."),
     limit: Optional[int] = typer.Option(200, help="Items in the seeded validation subset."),
-    objectives: str = typer.Option("accuracy,macs", help="Comma-separated: accuracy, macs, macs_merged, macs_unmerged, params, latency."),
+    objectives: str = typer.Option("accuracy,macs", help="Comma-separated: accuracy, macs, macs_merged, macs_unmerged, macs_effective, params, latency."),
     constraint: list[str] = typer.Option([], help="e.g. macs<=2.5e8 (repeatable)."),
     strategy: str = typer.Option("nsga2", help="nsga2, random, tpe, optuna-nsga2 or exhaustive."),
     budget: int = typer.Option(100, help="Distinct configs to evaluate."),
@@ -231,9 +301,11 @@ def search_command(
     config: Optional[Path] = typer.Option(None, "--config", help="Start a new run from a run.yaml (with --out)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory."),
     backend: str = typer.Option("local", help="Where configs are evaluated: local, processes or ray."),
-    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: one per GPU, else one per CPU)."),
-    ray_address: Optional[str] = typer.Option(None, help="A running Ray cluster (host:port or auto); default: start Ray here."),
-    storage: Optional[str] = typer.Option(None, help="optuna storage URL shared with other search processes (tpe, optuna-nsga2), e.g. sqlite:///study.db."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: one per GPU, else per CPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="A Ray cluster (host:port or auto); default: a local Ray."),
+    storage: Optional[str] = typer.Option(
+        None, help="optuna storage shared with other search processes (tpe, optuna-nsga2): sqlite:///study.db, postgresql://..."
+    ),
     gguf_file: Optional[str] = typer.Option(None),
     trust_remote_code: bool = typer.Option(False),
 ) -> None:

@@ -240,6 +240,8 @@ class CostModel:
         ]
         self._nonzero_cache: dict[tuple[str, int, int], int] = {}
         self._nonzero_const: int | None = None
+        self._zero_cache: dict[tuple[str, int, int], int] = {}
+        self._plain_zeros: int | None = None
 
     def _terms(self, quantity: str, deployment: str) -> list[Term]:
         rows = [r for r in self.rows if not (deployment == "merged" and r.kind == "adapter")]
@@ -305,6 +307,30 @@ class CostModel:
         trainable = self._adapter_params(config)
         count = self._nonzero(config) if nonzero else None
         return ParameterCounts(total=base + trainable, trainable=trainable, base=base, nonzero=count)
+
+    # ----------------------------------------------------------------- sparse bases
+    def effective_macs(self, config: Mapping[str, Any], deployment: str | None = None) -> int:
+        """MACs when multiplications by zero base weights are skipped: the sparse-base figure.
+
+        `macs` stays the dense figure; this one subtracts ``seq_len`` MACs per zero entry of every
+        linear's active slice (elastic and plain linears, ``lm_head`` included). Adapters count dense
+        (unmerged); merged, the base's zeros are assumed to survive (SparsePEFT / QA-SparsePEFT).
+        Zero counts are cached per module slice, so only the first call per slice reads weights.
+        Equals `macs` for a dense base.
+        """
+        dense = self.macs(config, deployment)
+        if self._plain_zeros is None:
+            elastic = set(self._net.elastic)
+            self._plain_zeros = sum(int(m.weight.numel() - torch.count_nonzero(m.weight))
+                                    for n, m in linear_modules(self._net.model).items() if n not in elastic)
+        zeros = self._plain_zeros
+        for name, out, in_ in self._slices:
+            key = (name, out.at(config), in_.at(config))
+            if key not in self._zero_cache:
+                weight = self._net.elastic[name].base_layer.weight[: key[1], : key[2]]
+                self._zero_cache[key] = int(weight.numel() - torch.count_nonzero(weight))
+            zeros += self._zero_cache[key]
+        return dense - self.seq_len * zeros
 
     def _nonzero(self, config: Mapping[str, Any]) -> int:
         if self._nonzero_const is None:

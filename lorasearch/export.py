@@ -72,6 +72,7 @@ PICKS = ("knee", "max-accuracy-under-macs X", "heuristic", "max", "min", "row N"
 # Directions of the registered objectives (lorasearch.search.objectives), for tables without run.yaml.
 KNOWN_DIRECTIONS = {
     "accuracy": "max", "macs": "min", "macs_merged": "min", "macs_unmerged": "min", "params": "min", "latency": "min",
+    "macs_effective": "min",
 }
 _META_COLUMNS = {
     "eval_id", "config", "genes", "generation", "source", "seconds", "is_pareto", "feasible", "constraints",
@@ -447,9 +448,11 @@ def export_merged(
     _refuse_existing(out)
     with net.activated(config):
         _refuse_shrunk(net, "merged", "--format pruned, which removes the dropped channels and heads")
+        _check_compression(net)
         model = merged_copy(net)
     with _staged(out) as tmp:
         _save_model(tmp, model, net.tokenizer)
+        _write_compression(tmp, net, model)
         _write_subnet(tmp, net, config, objectives, provenance)
     return Path(out)
 
@@ -484,6 +487,20 @@ def export_pruned(
         atomic_write_json(tmp / PRUNED_FILE, layout)
         _write_subnet(tmp, net, config, objectives, provenance)
     return Path(out)
+
+
+def _check_compression(net: Any) -> None:
+    """Sparse or quantized bases: refuse a merge that would lose the INT grid or hit a changed mask."""
+    from .compress.network import check_mergeable
+
+    check_mergeable(net)
+
+
+def _write_compression(folder: Path, net: Any, model: nn.Module) -> None:
+    """The INT codes (QA-SparsePEFT) and the sparsity report (SparsePEFT) beside a merged model."""
+    from .compress.network import write_compression_files
+
+    write_compression_files(folder, net, model)
 
 
 def _require_mode_b(space: SearchSpace) -> None:
@@ -525,10 +542,7 @@ def _forget_dequantized_gguf(model: nn.Module) -> None:
 def _plain_linear(m: ElasticLoRALinear) -> nn.Linear:
     o, i = m.active_out, m.active_in
     base = m.base_layer
-    weight = base.weight[:o, :i]
-    delta = m.active_delta_weight()
-    if delta is not None:
-        weight = (weight.float() + delta.float()).to(weight.dtype)
+    weight = m.merged_weight()  # SparsePEFT / QA-SparsePEFT modules keep the mask and the INT grid
     layer = torch.nn.utils.skip_init(
         nn.Linear, i, o, bias=base.bias is not None, device=weight.device, dtype=weight.dtype
     )
@@ -790,7 +804,22 @@ def _network(run: Mapping[str, Any], run_dir: Path) -> Any:
         raise ExportError(f"{run_dir / 'run.yaml'}: run.space is not recorded; fix: pass --space")
     kwargs = {"gguf_file": run["gguf_file"]} if run.get("gguf_file") else {}
     kwargs["trust_remote_code"] = bool(run.get("trust_remote_code", False))
+    compressed = _compressed_network(run, run_dir, space, adapter, kwargs)
+    if compressed is not None:
+        return compressed
     return SuperNetwork.from_pretrained(str(_resolve(run["model"], run_dir)), space, adapter, seed=int(run.get("seed", 0)), **kwargs)
+
+
+def _compressed_network(run: Mapping[str, Any], run_dir: Path, space: SearchSpace, adapter: Any, kwargs: dict) -> Any:
+    """A sparse/QA adapter or a quantized base: the network as `lorasearch.compress` builds it, else None."""
+    from .compress.network import build_compressed_network, needs_compressed_build
+    from .session import NetworkSettings
+
+    settings = NetworkSettings(model=str(_resolve(run["model"], run_dir)), adapter=str(adapter) if adapter else None,
+                               seed=int(run.get("seed", 0)), adapter_mode=run.get("adapter_mode"))
+    if not needs_compressed_build(settings):
+        return None
+    return build_compressed_network(settings, space, {"gguf_file": None, **kwargs})
 
 
 def _provenance(run_dir: Path, run: Mapping[str, Any], row: pd.Series | None, pick: str, net: Any) -> dict[str, Any]:

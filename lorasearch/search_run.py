@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,10 +12,40 @@ import pandas as pd
 import yaml
 
 from .errors import LoraSearchError
-from .search.api import search_network
+from .search.api import network_objectives, search_network
+from .search.backends import BackendSettings, make_backend
 from .search.engine import SearchResult, SearchSettings
+from .search.shared_study import check_shareable
+from .search.workers import WorkerSetup, supernet_fingerprint
 from .session import NetworkSettings, TaskSettings, build_evaluator, build_network, settings_dict, space_fingerprint
 from .space import SearchSpace
+
+
+@dataclass
+class NetworkRecipe:
+    """What a parallel worker needs to rebuild a search's objectives: picklable plain settings.
+
+    Calling it builds the super-network and the evaluator as the driver did, moves the model to
+    the worker's GPU when it has one, and returns the objectives with the network's fingerprint.
+    """
+
+    network: NetworkSettings
+    task: TaskSettings
+    objectives: list[str]
+    constraints: list[str]
+    seq_len: int = 128
+    deployment: str = "unmerged"
+
+    def __call__(self) -> WorkerSetup:
+        import torch
+
+        net = build_network(self.network)
+        evaluator = build_evaluator(net, self.task)
+        chosen, metrics, _ = network_objectives(net, evaluator, self.objectives, self.constraints,
+                                                seq_len=self.seq_len, deployment=self.deployment)
+        if torch.cuda.is_available():
+            net.model.to("cuda")
+        return WorkerSetup(chosen + metrics, supernet_fingerprint(net))
 
 
 @dataclass
@@ -28,9 +59,28 @@ class SearchRun:
     constraints: list[str] = field(default_factory=list)
     seq_len: int = 128
     deployment: str = "unmerged"
+    storage: str | None = None
+    """An optuna storage URL shared with other search processes (tpe and optuna-nsga2 only)."""
 
-    def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print):
-        """Build the network and evaluator, then search into ``out``; returns (result, network)."""
+    def recipe(self) -> NetworkRecipe:
+        """The workers' recipe, with file paths made absolute (workers may start elsewhere)."""
+        net = self.network
+        network = replace(net, model=_absolute(net.model), space=_absolute(net.space), adapter=_absolute(net.adapter))
+        task = replace(self.task, task=_absolute(self.task.task))
+        return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
+                             self.seq_len, self.deployment)
+
+    def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
+            backend: BackendSettings | None = None):
+        """Build the network and evaluator, then search into ``out``; returns (result, network).
+
+        ``backend`` says where evaluations run (default: here); it never changes the results.
+        """
+        backend = backend or BackendSettings()
+        backend.check()
+        self.settings.check()
+        if self.storage:
+            check_shareable(self.settings.strategy)
         net = build_network(self.network)
         evaluator = build_evaluator(net, self.task)
         run_info = {
@@ -38,11 +88,24 @@ class SearchRun:
             "space_fingerprint": space_fingerprint(net.space),
             "task": settings_dict(self.task),
         }
-        result = search_network(
-            net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
-            seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=run_info, resume=resume, log=log,
-        )
+        if self.storage:
+            run_info["storage"] = self.storage
+        with contextlib.ExitStack() as stack:
+            workers = None
+            if backend.kind != "local":  # the local backend is the engine's default
+                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=supernet_fingerprint(net))
+                workers = stack.enter_context(parallel)
+            result = search_network(
+                net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
+                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=run_info, resume=resume,
+                log=log, backend=workers, optuna_storage=self.storage,
+            )
         return result, net
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute when it names an existing file or folder (model names stay as they are)."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
 
 
 def run_from_file(path: str | Path) -> SearchRun:
@@ -62,6 +125,7 @@ def run_from_file(path: str | Path) -> SearchRun:
             constraints=list(search.get("constraints", [])),
             seq_len=int(run.get("seq_len", 128)),
             deployment=str(run.get("deployment", "unmerged")),
+            storage=run.get("storage"),
         )
     except TypeError as exc:
         raise LoraSearchError(f"{path}: unexpected field ({exc}); fix: compare with a run.yaml that lorasearch wrote") from None

@@ -36,6 +36,8 @@ class NetworkSettings:
     trust_remote_code: bool = False
     seed: int = 0
     """Seeds fresh adapters."""
+    adapter_mode: str | None = None
+    """dense, sparse (SparsePEFT) or qa (QA-SparsePEFT); none: the adapter folder's saved mode, else dense."""
 
 
 @dataclass
@@ -66,6 +68,10 @@ def resolve_space_path(settings: NetworkSettings) -> Path:
 def build_network(settings: NetworkSettings) -> SuperNetwork:
     """Load the model and wrap it as the settings say."""
     load = {"gguf_file": settings.gguf_file, "dtype": settings.dtype, "trust_remote_code": settings.trust_remote_code}
+    from .compress.network import build_compressed_network, needs_compressed_build
+
+    if needs_compressed_build(settings):
+        return build_compressed_network(settings, resolve_space_path(settings), load)
     return SuperNetwork.from_pretrained(
         settings.model, resolve_space_path(settings), settings.adapter, seed=settings.seed, **load
     )

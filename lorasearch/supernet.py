@@ -65,6 +65,8 @@ class SuperNetwork:
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
         self._active: Config = self.space.max()
+        self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
+        self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
 
     @classmethod
     def from_pretrained(
@@ -206,6 +208,11 @@ class SuperNetwork:
         dropout = next((m.lora_dropout.p for m in self.elastic.values() if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
         path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
         self.space.save(path / SPACE_FILE_NAME)
+        if self.adapter_metadata:
+            from .compress.masked import MODE_FILE
+            from .io import atomic_write_json
+
+            atomic_write_json(path / MODE_FILE, self.adapter_metadata)
         return path
 
     def __repr__(self) -> str:

@@ -10,6 +10,28 @@ from .engine import SearchResult, SearchSettings, run_search
 from .objectives import Constraint, Objective, ObjectiveContext, constraint_metrics, parse_constraint, standard_objectives
 
 
+def network_objectives(
+    net: Any,
+    evaluator: Any,
+    objectives: Sequence[str] = ("accuracy", "macs"),
+    constraints: Sequence[str | Constraint] = (),
+    *,
+    seq_len: int = 128,
+    deployment: str = "unmerged",
+    cost_reference: str = "fvcore",
+    extra_objectives: Mapping[str, Objective] | None = None,
+) -> tuple[list[Objective], list[Objective], list[Constraint]]:
+    """The objectives, the extra constraint metrics and the parsed constraints of a search.
+
+    The driver and every parallel worker build them with this one function, so they measure alike.
+    """
+    cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference=cost_reference)
+    ctx = ObjectiveContext(net=net, evaluator=evaluator, cost=cost, latency_seq_len=seq_len, extra=dict(extra_objectives or {}))
+    parsed = [c if isinstance(c, Constraint) else parse_constraint(c) for c in constraints]
+    chosen = standard_objectives(list(objectives), ctx)
+    return chosen, constraint_metrics(parsed, chosen, ctx), parsed
+
+
 def search_network(
     net: Any,
     evaluator: Any,
@@ -25,6 +47,7 @@ def search_network(
     run_info: Mapping[str, Any] | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = print,
+    backend: Any = None,
     **engine_kw: Any,
 ) -> SearchResult:
     """Search a `SuperNetwork`'s space on accuracy (from ``evaluator``) and cost objectives.
@@ -40,14 +63,17 @@ def search_network(
         cost_reference: ``fvcore`` (one trace checks the closed form) or ``analytic``.
         extra_objectives: user objectives by name (any callable ``config -> float``).
         out_dir, run_info, resume, log: see `lorasearch.search.run_search`.
+        backend: an `EvaluationBackend` (default: evaluate here); ``ProcessBackend`` and
+            ``RayBackend`` evaluate on workers that rebuild the network from a recipe
+            (`lorasearch.search_run.NetworkRecipe`).
+        engine_kw: e.g. ``optuna_storage`` (a study shared with other processes).
     """
-    cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference=cost_reference)
-    ctx = ObjectiveContext(net=net, evaluator=evaluator, cost=cost, latency_seq_len=seq_len, extra=dict(extra_objectives or {}))
-    parsed = [c if isinstance(c, Constraint) else parse_constraint(c) for c in constraints]
-    chosen = standard_objectives(list(objectives), ctx)
-    metrics = constraint_metrics(parsed, chosen, ctx)
+    chosen, metrics, parsed = network_objectives(
+        net, evaluator, objectives, constraints, seq_len=seq_len, deployment=deployment,
+        cost_reference=cost_reference, extra_objectives=extra_objectives,
+    )
     info = {"seq_len": seq_len, "deployment": deployment, **dict(run_info or {})}
     return run_search(
         net.space, chosen, settings or SearchSettings(), constraints=parsed, metrics=metrics,
-        out_dir=out_dir, run_info=info, resume=resume, log=log, **engine_kw,
+        out_dir=out_dir, run_info=info, resume=resume, log=log, backend=backend, **engine_kw,
     )

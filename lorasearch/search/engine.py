@@ -121,11 +121,32 @@ class SearchEngine:
         self.records: list[dict[str, Any]] = []
         self.cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._replay: set[tuple[int, ...]] = set()
-        strategy_kw = {"storage": optuna_storage, "study_name": "lorasearch"} if optuna_storage else {}
-        self.strategy = make_strategy(settings.strategy, space, len(objectives), len(self.constraints), settings, **strategy_kw)
         self.specs = self._start(dict(run_info or {}), resume)
         self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
+        self.strategy = self._strategy(optuna_storage, out_dir)
         self.start_time = time.perf_counter()
+
+    def _strategy(self, storage: str | None, out_dir: str | Path | None):
+        n_obj, n_constr = len(self.objectives), len(self.constraints)
+        if not storage:
+            return make_strategy(self.settings.strategy, self.space, n_obj, n_constr, self.settings)
+        from .shared_study import owner_name, shared_strategy, study_signature
+
+        # A shared study's sampler does not replay: the run keeps every logged evaluation as it is.
+        self.records, self.evaluated = [self.cache[key] for key in self._replay], len(self._replay)
+        self._replay = set()
+        return shared_strategy(
+            self.settings.strategy, self.space, n_obj, n_constr, self.settings, storage=storage,
+            budget=self.settings.budget, owner=owner_name(out_dir),
+            signature=study_signature(self.specs, self.constraints, self.space), logged=self._logged,
+        )
+
+    def _logged(self, key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The F and G rows of a logged config (for a shared study's unfinished trials), or None."""
+        if key not in self.cache:
+            return None
+        G = self._G([np.array(key)])
+        return self._F([np.array(key)])[0], (G[0] if G is not None else None)
 
     # -------------------------------------------------------------------------- setup
     def _run_document(self, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +189,13 @@ class SearchEngine:
         return self._finish()
 
     def _evaluate(self, proposals: Sequence[tuple[np.ndarray, str]], generation: int) -> bool:
-        """Evaluate the batch's new configs (up to the budget); False when the budget cut it short."""
-        new, seen = [], set()
+        """Evaluate the batch's new configs (up to the budget); False when the budget cut it short.
+
+        Eval ids follow the batch's order, not the order evaluations finish in, so a parallel
+        backend (and a resume after a crash in the middle of a batch) numbers them as a local run.
+        """
+        new, seen, order, replayed = [], set(), [], set()
+        first_id = self._next_id()
         for genes, source in proposals:
             key = tuple(int(g) for g in genes)
             if key in seen:
@@ -179,20 +205,31 @@ class SearchEngine:
                 self._replay.discard(key)
                 self.records.append(self.cache[key])
                 self.evaluated += 1
+                replayed.add(key)
+                order.append(key)
             elif key not in self.cache:
                 new.append((key, source))
+                order.append(key)
         room = self.settings.budget - self.evaluated
         todo = new[:max(room, 0)]
+        counted = replayed | {key for key, _ in todo}
+        ids = {key: first_id + i for i, key in enumerate(k for k in order if k in counted)}
         configs = [self.space.decode(key) for key, _ in todo]
         for index, values, seconds in self.backend.evaluate(configs):
             key, source = todo[index]
-            self._record(key, configs[index], values, seconds, generation, source)
+            self._record(ids[key], key, configs[index], values, seconds, generation, source)
         return len(new) <= room
 
-    def _record(self, key, config, values, seconds, generation, source) -> None:
+    def _next_id(self) -> int:
+        """The eval id of the next distinct config: the count so far (the largest id + 1 in a shared study)."""
+        if getattr(self.strategy, "shared", False):
+            return max((r["eval_id"] for r in self.cache.values()), default=-1) + 1
+        return self.evaluated
+
+    def _record(self, eval_id, key, config, values, seconds, generation, source) -> None:
         violations = {str(c): c.violation(values[c.metric]) for c in self.constraints}
         record = {
-            "eval_id": len(self.cache),
+            "eval_id": eval_id,
             "genes": list(key),
             "config": config,
             "objectives": dict(values),

@@ -8,7 +8,8 @@ an evaluator and a cost model:
 * ``macs`` (min): MACs per sequence, in the deployment the cost model was built for;
 * ``macs_merged`` / ``macs_unmerged`` (min): MACs in that deployment regardless;
 * ``params`` (min): total parameters of the subnet (unmerged: base plus active adapters);
-* ``latency`` (min): measured median seconds per forward of the merged subnet.
+* ``latency`` (min): measured median seconds per forward of the merged subnet;
+* ``macs_effective`` (min): MACs of the non-zero base weights only (sparse bases; equals ``macs`` when dense).
 
 A `Constraint` such as ``macs<=2.5e8`` becomes a pymoo inequality constraint (and an optuna
 ``constraints_func``); the metric it names is measured even when it is not an objective.
@@ -134,6 +135,12 @@ def _builders() -> dict[str, Callable[[ObjectiveContext], Objective]]:
             raise LoraSearchError("objective params: no cost model; fix: build the search with a model")
         return Objective("params", "min", lambda c: ctx.cost.parameters(c, nonzero=False).total, unit="params")
 
+    def macs_effective(ctx):
+        if ctx.cost is None:
+            raise LoraSearchError("objective macs_effective: no cost model; fix: build the search with a model")
+        label = f"MACs ({ctx.cost.deployment}, non-zero base weights)"
+        return Objective("macs_effective", "min", ctx.cost.effective_macs, unit=label)
+
     def latency(ctx):
         from ..cost import measure_latency
 
@@ -147,6 +154,7 @@ def _builders() -> dict[str, Callable[[ObjectiveContext], Objective]]:
         "macs_unmerged": lambda ctx: macs(ctx, "macs_unmerged", "unmerged"),
         "params": params,
         "latency": latency,
+        "macs_effective": macs_effective,
     }
 
 

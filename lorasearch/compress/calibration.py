@@ -1,0 +1,86 @@
+"""Calibration data and layer-by-layer replay of a decoder's blocks (for Wanda).
+
+Calibration samples are ``n_samples`` windows of ``seq_len`` tokens cut from one token stream made
+of a task file's training texts (prompt plus answer), as Wanda cuts C4 documents: no padding, so
+no attention mask is needed and every token counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..data import Record, format_example
+from .errors import CompressError
+
+
+def calibration_tokens(tokenizer: Any, records: Sequence[Record], n_samples: int, seq_len: int) -> torch.Tensor:
+    """``[n_samples, seq_len]`` token ids: consecutive windows of the records' concatenated texts.
+
+    Raises `CompressError` when the records hold fewer than ``n_samples * seq_len`` tokens.
+    """
+    if n_samples < 1 or seq_len < 1:
+        raise CompressError(f"calibration: {n_samples} samples of {seq_len} tokens; fix: use --samples >= 1 and --seq-len >= 1")
+    need = n_samples * seq_len
+    stream: list[int] = []
+    for record in records:
+        stream += tokenizer(format_example(record), add_special_tokens=False)["input_ids"]
+        if len(stream) >= need:
+            break
+    if len(stream) < need:
+        raise CompressError(
+            f"calibration set too small: {len(records)} records give {len(stream)} tokens, but {n_samples} samples "
+            f"of {seq_len} tokens need {need}; fix: use a larger task file, fewer --samples or a shorter --seq-len"
+        )
+    return torch.tensor(stream[:need], dtype=torch.long).view(n_samples, seq_len)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks (``model.model.layers`` for Llama-like models)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise CompressError(f"{type(model).__name__}: no decoder layers found (model.model.layers); only decoder-only LMs are supported")
+    return layers
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int) -> list[tuple[tuple, dict]]:
+    """The positional and keyword inputs of the first decoder block, one entry per batch of ``tokens``."""
+    first = decoder_layers(model)[0]
+    captured: list[tuple[tuple, dict]] = []
+
+    def hook(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(tokens), batch_size):
+            try:
+                model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_layer(layer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One decoder block on captured inputs; returns its hidden states (tuple outputs unwrapped)."""
+    out = layer(*args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """The captured inputs with the hidden states replaced (the previous block's output)."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}

@@ -1,0 +1,207 @@
+"""SparsePEFT and QA-SparsePEFT: elastic LoRA modules whose delta respects a sparse (and INT4) base.
+
+SparsePEFT (`SparseLoRALinear`) masks the adapter's delta ``s * B A`` with the base's non-zero
+pattern ``M = (W != 0)`` in training and on merge, so the merged weight ``W + (s * B A) * M`` keeps
+exactly the base's zeros. The forward computes *one* linear with that fused weight, instead of the
+reference's base linear plus a second linear with a dense masked delta: one ``T x in x out`` matmul
+less per layer (the ``out x r x in`` product ``B A`` is the only extra work). With adapter dropout
+active in training, the dropped input needs its own path, so the reference's two-linear form is used.
+
+QA-SparsePEFT (`QALoRALinear`) fake-quantizes the fused weight on the base's frozen grid
+(equation 3, then 4) with a straight-through estimator; merging stores that value, which lies on
+the grid and keeps the zeros (a zero weight maps to the integer zero point and back to 0).
+
+Under a JIT trace (fvcore's MAC count) both run the plain low-rank form, so traced MACs agree with
+the cost model's closed form (base plus ``r * (in + out)`` per token unmerged; merged adds nothing).
+
+Both record the base's mask (its non-zero count and a fingerprint per module) when they are built,
+write it beside a saved adapter (``lorasearch_adapter_mode.json``), and refuse to merge into, or load
+onto, a base whose mask differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..elastic import ElasticLoRALinear
+from .errors import CompressError
+from .quant import GRID_ATTR, QuantGrid
+
+ADAPTER_MODES = ("dense", "sparse", "qa")
+MODE_FILE = "lorasearch_adapter_mode.json"
+
+
+def mask_fingerprint(mask: torch.Tensor) -> str:
+    """A short hash of a boolean mask (its shape and bits)."""
+    bits = np.packbits(mask.detach().cpu().numpy().astype(np.uint8))
+    return hashlib.sha256(str(tuple(mask.shape)).encode() + bits.tobytes()).hexdigest()[:16]
+
+
+class SparseLoRALinear(ElasticLoRALinear):
+    """An `ElasticLoRALinear` whose delta is masked by the base's non-zero pattern (SparsePEFT).
+
+    Build one with `SparseLoRALinear.convert(module)`, which changes an existing module in place
+    (the adapter parameters stay the same objects).
+    """
+
+    mask: torch.Tensor
+
+    @classmethod
+    def convert(cls, module: ElasticLoRALinear) -> "SparseLoRALinear":
+        """Turn ``module`` into this class in place and record its base's mask."""
+        module.__class__ = cls
+        module._init_mode()
+        return module
+
+    def _init_mode(self) -> None:
+        mask = self.base_layer.weight != 0
+        self.register_buffer("mask", mask, persistent=False)
+        self.mask_nnz = int(mask.sum())
+        self.mask_fingerprint = mask_fingerprint(mask)
+
+    def masked_delta(self) -> torch.Tensor | None:
+        """``(s * B[:o, :r] @ A[:r, :i]) * M[:o, :i]``, or None at rank 0."""
+        r, i, o = self.active_rank, self.active_in, self.active_out
+        if not r:
+            return None
+        delta = (self.lora_B.weight[:o, :r] @ self.lora_A.weight[:r, :i]) * self.scaling
+        return delta * self.mask[:o, :i]
+
+    def _base(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        o, i = self.active_out, self.active_in
+        bias = self.base_layer.bias
+        return self.base_layer.weight[:o, :i], (bias[:o] if bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # fvcore's MAC trace: count what the cost model counts (base + r(in + out))
+            return super().forward(x)
+        weight, bias = self._base()
+        if not self.active_rank:
+            return F.linear(x, weight, bias)
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            return F.linear(x, weight, bias) + F.linear(self.lora_dropout(x), self.masked_delta())
+        return F.linear(x, weight + self.masked_delta(), bias)
+
+    def active_delta_weight(self) -> torch.Tensor | None:
+        """The masked delta: what merging adds to the base."""
+        return self.masked_delta()
+
+    def check_mask(self, name: str = "") -> None:
+        """Refuse a base whose non-zero pattern is no longer the one the adapter was built on."""
+        now = self.base_layer.weight != 0
+        if not torch.equal(now, self.mask):
+            raise CompressError(
+                f"{name or 'module'}: the base's sparsity mask changed since the SparsePEFT adapter was attached "
+                f"({int(now.sum()):,} non-zeros now, {self.mask_nnz:,} then); merging would break the sparsity; "
+                "fix: merge into the sparse base the adapter was trained on"
+            )
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """``W + (s * B A) * M`` at the active sizes (checks the mask first)."""
+        self.check_mask()
+        weight, _ = self._base()
+        delta = self.masked_delta()
+        return weight if delta is None else (weight.float() + delta.float()).to(weight.dtype)
+
+
+class QALoRALinear(SparseLoRALinear):
+    """QA-SparsePEFT: the fused weight ``W + L^p`` fake-quantized on the base's frozen INT grid (STE)."""
+
+    grid: QuantGrid
+
+    def _init_mode(self) -> None:
+        super()._init_mode()
+        grid = getattr(self.base_layer, GRID_ATTR, None)
+        if grid is None:
+            raise CompressError(
+                "--adapter-mode qa: the base is not quantized (no INT grid on its linears); "
+                "fix: quantize it first (lorasearch quantize) and train on that folder"
+            )
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            return ElasticLoRALinear.forward(self, x)
+        weight, bias = self._base()
+        if not self.active_rank:
+            return F.linear(x, weight, bias)  # the base already lies on its grid
+        return F.linear(x, self.grid.fake_quantize(weight + self.masked_delta()), bias)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """Equation 4 of equation 3: the de-quantised codes of ``W + L^p`` (on the grid, zeros kept)."""
+        self.check_mask()
+        weight, _ = self._base()
+        delta = self.masked_delta()
+        fused = weight.float() if delta is None else weight.float() + delta.float()
+        return self.grid.dequantize(self.grid.quantize(fused), weight.dtype)
+
+    def merged_codes(self) -> torch.Tensor:
+        """The INT codes of the merged weight (equation 3)."""
+        return self.grid.quantize(self.merged_weight()).to(torch.uint8)
+
+
+MODE_CLASSES = {"sparse": SparseLoRALinear, "qa": QALoRALinear}
+
+
+def check_mode(mode: str | None) -> str:
+    """``None`` is ``dense``; anything outside `ADAPTER_MODES` is refused."""
+    mode = mode or "dense"
+    if mode not in ADAPTER_MODES:
+        raise CompressError(f"--adapter-mode {mode!r}: unknown; fix: use one of {', '.join(ADAPTER_MODES)}")
+    return mode
+
+
+def adapter_folder_mode(adapter: str | Path | None) -> dict[str, Any] | None:
+    """The mode document saved beside a SparsePEFT/QA adapter, or None."""
+    if adapter is None or not (Path(adapter) / MODE_FILE).is_file():
+        return None
+    return json.loads((Path(adapter) / MODE_FILE).read_text())
+
+
+def apply_adapter_mode(net: Any, mode: str | None, saved: Mapping[str, Any] | None = None) -> Any:
+    """Turn ``net``'s adapter modules into SparsePEFT (``sparse``) or QA-SparsePEFT (``qa``) modules.
+
+    ``saved`` is the mode document of the adapter folder the network was loaded from: its per-module
+    masks must match the base's, else `CompressError` (the adapter was trained on another sparse base).
+    The network's ``adapter_metadata`` is set so `SuperNetwork.save_adapter` writes the document.
+    """
+    mode = check_mode(mode)
+    if mode == "dense":
+        return net
+    cls = MODE_CLASSES[mode]
+    modules = {}
+    for name, module in net.elastic.items():
+        if module.lora_A is None:
+            continue
+        cls.convert(module)
+        modules[name] = {"nonzero": module.mask_nnz, "fingerprint": module.mask_fingerprint}
+    if saved is not None:
+        _check_saved_masks(saved, modules, getattr(net, "adapter_path", None))
+    document: dict[str, Any] = {"format": "lorasearch-adapter-mode", "version": 1, "adapter_mode": mode, "modules": modules}
+    grids = [m.grid for m in net.elastic.values() if isinstance(m, QALoRALinear)]
+    if grids:
+        document["quant"] = {"bits": grids[0].bits, "group_size": grids[0].group_size}
+    net.adapter_metadata = document
+    net.adapter_mode = mode
+    return net
+
+
+def _check_saved_masks(saved: Mapping[str, Any], modules: Mapping[str, Any], adapter: Any) -> None:
+    for name, want in saved.get("modules", {}).items():
+        have = modules.get(name)
+        if have is not None and have["fingerprint"] != want["fingerprint"]:
+            raise CompressError(
+                f"{adapter}: {name}: the SparsePEFT adapter was trained on a base with {want['nonzero']:,} non-zeros "
+                f"(mask {want['fingerprint']}) but this base has {have['nonzero']:,} (mask {have['fingerprint']}); "
+                "merging would break the sparsity; fix: load the sparse base the adapter was trained on"
+            )

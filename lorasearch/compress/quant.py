@@ -1,0 +1,216 @@
+"""Group-wise asymmetric integer quantization of a base model (SQFT's INT4 base), round-to-nearest.
+
+Each row of a weight is cut into groups of ``group_size`` consecutive inputs; a group gets a scale
+``s = (max - min) / (2^bits - 1)`` and an *integer* zero point ``z = round(-min / s)``, with the
+range widened to hold 0 (``min <= 0 <= max``). A weight is stored as the code
+``q = clamp(round(w / s) + z, 0, 2^bits - 1)`` and read back as ``s * (q - z)`` (the paper's
+equations 3 and 4), so a zero weight maps to code ``z`` and back to exactly 0: quantization keeps
+a sparse base sparse.
+
+A quantized folder is a ``save_pretrained`` folder holding the de-quantised weights (stock
+``from_pretrained`` loads it as a float model) plus ``lorasearch_quant.safetensors`` (per layer:
+codes packed two per byte, scales, zero points) and ``lorasearch_quant.json``. `load_quantized`
+rebuilds the weights from the codes and attaches each layer's `QuantGrid` as ``layer.quant_grid``,
+which QA-SparsePEFT needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..io import atomic_write_json
+from .errors import CompressError
+from .sparsity import prunable_linears
+
+QUANT_FILE = "lorasearch_quant.json"
+CODES_FILE = "lorasearch_quant.safetensors"
+GRID_ATTR = "quant_grid"
+
+
+@dataclass
+class QuantGrid:
+    """The frozen grid of one linear: per-group ``scales`` and integer ``zeros`` (``[out, in / group_size]``)."""
+
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bits: int
+    group_size: int
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+    def sliced(self, out: int, in_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and zeros of the top-left ``out x in_`` slice (``in_`` must be a multiple of the group size)."""
+        if in_ % self.group_size:
+            raise CompressError(f"a width of {in_} inputs cuts a quantization group of {self.group_size}; fix: use widths that are multiples of the group size")
+        g = in_ // self.group_size
+        return self.scales[:out, :g], self.zeros[:out, :g]
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """Codes of ``w`` (a top-left slice of the weight) on this grid: equation 3."""
+        s, z = self._grouped(w)
+        q = torch.clamp(torch.round(w.float().view(*s.shape[:2], -1) / s) + z, 0, self.qmax)
+        return q.view_as(w)
+
+    def dequantize(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``s * (q - z)``: equation 4."""
+        s, z = self._grouped(codes)
+        return ((codes.float().view(*s.shape[:2], -1) - z) * s).view(codes.shape).to(dtype)
+
+    def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """``dequantize(quantize(w))`` forward, identity backward (straight-through estimator)."""
+        q = self.dequantize(self.quantize(w), w.dtype)
+        return w + (q - w).detach()
+
+    def _grouped(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, z = self.sliced(*w.shape)
+        s, z = s.to(w.device), z.to(w.device)
+        return s.float()[..., None], z.float()[..., None]
+
+
+def check_group_size(model: nn.Module, group_size: int) -> None:
+    """Refuse a group size that does not divide every decoder linear's input size."""
+    if group_size < 1:
+        raise CompressError(f"--group-size {group_size}: must be >= 1; fix: e.g. --group-size 128")
+    for name, layer in prunable_linears(model).items():
+        if layer.in_features % group_size:
+            divisors = [g for g in (256, 128, 64, 32, 16) if all(m.in_features % g == 0 for m in prunable_linears(model).values())]
+            hint = f"e.g. --group-size {divisors[0]}" if divisors else "a divisor of every input size"
+            raise CompressError(
+                f"--group-size {group_size}: {name} has {layer.in_features} inputs, not a multiple of {group_size}; fix: use {hint}"
+            )
+
+
+def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> tuple[QuantGrid, torch.Tensor]:
+    """Round-to-nearest asymmetric quantization of ``w`` (``[out, in]``): its grid and its uint8 codes."""
+    if not 2 <= bits <= 8:
+        raise CompressError(f"--bits {bits}: supported are 2 to 8 bits; fix: use --bits 4")
+    out, inp = w.shape
+    if inp % group_size:
+        raise CompressError(f"--group-size {group_size}: does not divide the input size {inp}; fix: use a divisor of {inp}")
+    groups = w.detach().float().view(out, inp // group_size, group_size)
+    lo = groups.amin(-1).clamp(max=0)
+    hi = groups.amax(-1).clamp(min=0)
+    qmax = 2**bits - 1
+    scales = (hi - lo) / qmax
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    zeros = torch.clamp(torch.round(-lo / scales), 0, qmax)
+    grid = QuantGrid(scales, zeros.to(torch.uint8), bits, group_size)
+    return grid, grid.quantize(w).to(torch.uint8)
+
+
+def dequantize(grid: QuantGrid, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight that ``codes`` stand for on ``grid``."""
+    return grid.dequantize(codes, dtype)
+
+
+def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
+    """Quantize-dequantize ``w`` on the frozen ``grid`` with a straight-through gradient."""
+    return grid.fake_quantize(w)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128) -> dict[str, torch.Tensor]:
+    """Quantize every decoder linear in place (weights become their de-quantised values, grids attached).
+
+    Returns the uint8 codes per layer name. Embeddings and ``lm_head`` stay in their precision.
+    """
+    check_group_size(model, group_size)
+    codes = {}
+    for name, layer in prunable_linears(model).items():
+        grid, q = quantize_weight(layer.weight, bits, group_size)
+        layer.weight.copy_(grid.dequantize(q, layer.weight.dtype))
+        setattr(layer, GRID_ATTR, grid)
+        codes[name] = q
+    return codes
+
+
+def layer_codes(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The codes of every quantized decoder linear's current weight on its grid."""
+    return {name: layer.quant_grid.quantize(layer.weight).to(torch.uint8)
+            for name, layer in prunable_linears(model).items() if hasattr(layer, GRID_ATTR)}
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte along the last axis (even length)."""
+    c = codes.to(torch.uint8)
+    return c[..., 0::2] | (c[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_int4`."""
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)
+
+
+def write_quant_files(folder: Path, model: nn.Module, provenance: Mapping[str, Any] | None = None) -> None:
+    """Write ``lorasearch_quant.{safetensors,json}`` for the quantized decoder linears of ``model``."""
+    from safetensors.torch import save_file
+
+    tensors, layers, meta = {}, [], None
+    for name, q in layer_codes(model).items():
+        grid: QuantGrid = getattr(prunable_linears(model)[name], GRID_ATTR)
+        meta = meta or {"bits": grid.bits, "group_size": grid.group_size}
+        tensors[f"{name}.codes"] = pack_int4(q) if grid.bits == 4 else q
+        tensors[f"{name}.scales"] = grid.scales.contiguous()
+        tensors[f"{name}.zeros"] = grid.zeros.contiguous()
+        layers.append(name)
+    if meta is None:
+        raise CompressError("the model has no quantized layers; fix: quantize it first (lorasearch quantize)")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(folder / CODES_FILE))
+    atomic_write_json(folder / QUANT_FILE, {"format": "lorasearch-quant", "version": 1, "method": "rtn", "asymmetric": True,
+                                           **meta, **dict(provenance or {}), "layers": layers})
+
+
+def save_quantized(model: nn.Module, tokenizer: Any, out: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Save a quantized model: de-quantised ``save_pretrained`` weights plus the INT codes and grids."""
+    from ..export import _forget_dequantized_gguf, _save_model, _staged
+
+    _forget_dequantized_gguf(model)
+    with _staged(out) as tmp:
+        _save_model(tmp, model, tokenizer)
+        write_quant_files(tmp, model, provenance)
+    return Path(out)
+
+
+def is_quantized_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by `save_quantized` (or a merged QA export)."""
+    return (Path(path) / QUANT_FILE).is_file()
+
+
+@torch.no_grad()
+def attach_grids(model: nn.Module, path: str | Path) -> None:
+    """Rebuild the decoder linears' weights from ``path``'s codes and attach their grids."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = json.loads((path / QUANT_FILE).read_text())
+    tensors = load_file(str(path / CODES_FILE))
+    linears = prunable_linears(model)
+    for name in meta["layers"]:
+        if name not in linears:
+            raise CompressError(f"{path / QUANT_FILE}: layer {name} is not a decoder linear of the model; fix: re-quantize")
+        layer = linears[name]
+        codes = tensors[f"{name}.codes"]
+        codes = unpack_int4(codes) if meta["bits"] == 4 else codes
+        grid = QuantGrid(tensors[f"{name}.scales"].to(layer.weight.device), tensors[f"{name}.zeros"].to(layer.weight.device),
+                         int(meta["bits"]), int(meta["group_size"]))
+        layer.weight.copy_(grid.dequantize(codes.to(layer.weight.device), layer.weight.dtype))
+        setattr(layer, GRID_ATTR, grid)
+
+
+def load_quantized(path: str | Path, **load_kwargs: Any):
+    """Load a quantized folder: a `LoadedModel` whose linears hold the de-quantised codes and carry their grids."""
+    from ..models import load_model
+
+    if not is_quantized_folder(path):
+        raise CompressError(f"{path}: no {QUANT_FILE}; fix: quantize the model first (lorasearch quantize --out ...)")
+    loaded = load_model(str(path), **load_kwargs)
+    attach_grids(loaded.model, path)
+    return loaded

@@ -1,0 +1,318 @@
+"""Sparse and INT4 bases, SparsePEFT and QA-SparsePEFT on tiny models: the invariants the issue asks for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lorasearch import SearchSpace, SuperNetwork
+from lorasearch.compress import CompressError, QALoRALinear, SparseLoRALinear, apply_adapter_mode, sparsify
+from lorasearch.compress.calibration import calibration_tokens
+from lorasearch.compress.quant import (
+    QUANT_FILE, load_quantized, pack_int4, quantize_model, quantize_weight, save_quantized, unpack_int4,
+)
+from lorasearch.compress.sparsity import SPARSITY_FILE, prunable_linears, prune_mask, save_sparse
+from lorasearch.cost import CostModel
+from lorasearch.data import synthetic_task
+from lorasearch.export import export_merged
+from lorasearch.models import byte_tokenizer, tiny_model
+from lorasearch.session import NetworkSettings, build_network
+
+ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+MLP = ["mlp.up_proj", "mlp.down_proj"]
+
+
+def space() -> SearchSpace:
+    return SearchSpace.from_dict({
+        "name": "t", "adapter": {"rank": 8, "alpha": 16}, "per_layer": "model.layers.{i}",
+        "groups": {"attn": {"modules": ATTN, "rank": [8, 4]}, "mlp": {"modules": MLP, "rank": [8, 6, 4]}},
+    })
+
+
+def sparse_model(ratio: float = 0.5, method: str = "wanda", pattern: str = "unstructured"):
+    model = tiny_model("llama")
+    report = sparsify(model, byte_tokenizer(), method=method, ratio=ratio, pattern=pattern,
+                      records=synthetic_task(60), n_samples=8, seq_len=32)
+    return model, report
+
+
+def train_adapters(net: SuperNetwork, steps: int = 3) -> None:
+    """Random non-zero adapters (a few SGD steps would do the same; this is quicker and exact)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def inputs() -> torch.Tensor:
+    return torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------------------------ Wanda
+def test_wanda_zeros_half_of_every_row_and_reports_per_layer():
+    model, report = sparse_model(0.5)
+    for name, layer in prunable_linears(model).items():
+        zeros_per_row = (layer.weight == 0).sum(1)
+        assert torch.all(zeros_per_row == layer.in_features // 2), name
+    assert report.iloc[-1]["module"] == "total" and report.iloc[-1]["sparsity"] == pytest.approx(0.5)
+    assert model.lm_head.weight.count_nonzero() == model.lm_head.weight.numel()
+
+
+def test_wanda_score_uses_input_norms():
+    # a column with huge activations survives even with small weights
+    score = torch.tensor([[1.0, 2.0, 3.0, 0.1]]) * torch.tensor([1.0, 1.0, 1.0, 100.0])
+    assert prune_mask(score, 0.5, None).tolist() == [[True, True, False, False]]
+
+
+def test_wanda_prunes_sequentially_layer_after_layer():
+    """Layer 1's statistics come from the pruned layer 0's outputs: pruning all at once from dense
+    activations gives a different result."""
+    seq, _ = sparse_model(0.5)
+    dense = tiny_model("llama")
+    from lorasearch.compress.calibration import capture_layer_inputs, decoder_layers, run_layer, with_hidden
+    from lorasearch.compress.sparsity import _InputNorms, block_linears
+
+    tokens = calibration_tokens(byte_tokenizer(), synthetic_task(60), 8, 32)
+    captured = capture_layer_inputs(dense, tokens, 8)
+    layers = decoder_layers(dense)
+    for args, kwargs in captured:  # dense layer 0 output feeds layer 1
+        pass
+    hidden = [with_hidden(a, k, run_layer(layers[0], a, k)) for a, k in captured]
+    lin = block_linears(layers[1])
+    norms = _InputNorms(lin)
+    for a, k in hidden:
+        run_layer(layers[1], a, k)
+    norms.remove()
+    w = lin["self_attn.q_proj"].weight
+    oneshot = prune_mask(w.abs().double() * norms.sums["self_attn.q_proj"].sqrt()[None], 0.5, None)
+    sequential = seq.model.layers[1].self_attn.q_proj.weight == 0
+    assert not torch.equal(oneshot, sequential)
+
+
+@pytest.mark.parametrize("pattern,m", [("2:4", 4), ("4:8", 8)])
+def test_n_m_patterns(pattern, m):
+    model, report = sparse_model(0.0, pattern=pattern)
+    n = int(pattern.split(":")[0])
+    for layer in prunable_linears(model).values():
+        groups = (layer.weight == 0).reshape(layer.out_features, -1, m).sum(-1)
+        assert torch.all(groups == n)
+    assert report.iloc[-1]["sparsity"] == pytest.approx(0.5)
+
+
+def test_magnitude_prunes_smallest_weights_per_layer():
+    model, report = sparse_model(0.3, method="magnitude")
+    layer = model.model.layers[0].mlp.up_proj.weight
+    kept, gone = layer[layer != 0].abs().min(), tiny_model("llama").model.layers[0].mlp.up_proj.weight
+    assert report.iloc[-1]["sparsity"] == pytest.approx(0.3, abs=1e-3)
+    assert gone[layer == 0].abs().max() <= kept
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"ratio": 1.0}, r"\[0, 1\)"),
+    ({"ratio": -0.1}, r"\[0, 1\)"),
+    ({"pattern": "3:5"}, "not a multiple of 5"),
+    ({"pattern": "bogus"}, "unknown"),
+    ({"n_samples": 500, "seq_len": 512}, "calibration set too small"),
+    ({"method": "random"}, "unknown"),
+])
+def test_bad_sparsify_input(kwargs, match):
+    args = {"method": "wanda", "ratio": 0.5, "pattern": "unstructured", "records": synthetic_task(20), "n_samples": 4, "seq_len": 16}
+    args.update(kwargs)
+    with pytest.raises(CompressError, match=match):
+        sparsify(tiny_model("llama"), byte_tokenizer(), **args)
+
+
+def test_saved_sparse_base_loads_with_from_pretrained(tmp_path):
+    model, report = sparse_model(0.5)
+    save_sparse(model, byte_tokenizer(), tmp_path / "sparse", report)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")
+    for name, layer in prunable_linears(model).items():
+        assert torch.equal(loaded.get_submodule(name).weight, layer.weight)
+    doc = json.loads((tmp_path / "sparse" / SPARSITY_FILE).read_text())
+    assert doc["method"] == "wanda" and doc["sparsity"] == pytest.approx(0.5) and len(doc["layers"]) == 4 * 7
+
+
+# ------------------------------------------------------------------------------ quantization
+def test_int4_grid_is_asymmetric_groupwise_and_keeps_zeros():
+    w = torch.randn(6, 64)
+    w[w.abs() < 0.5] = 0
+    grid, codes = quantize_weight(w, 4, 32)
+    assert grid.scales.shape == (6, 2) and codes.max() <= 15 and codes.dtype == torch.uint8
+    deq = grid.dequantize(codes)
+    assert torch.equal(deq == 0, w == 0)  # zeros map to the zero point and back to exactly 0
+    assert (deq - w).abs().max() <= grid.scales.max() / 2 + 1e-6
+    assert torch.equal(unpack_int4(pack_int4(codes)), codes)
+
+
+def test_group_size_must_divide_inputs():
+    with pytest.raises(CompressError, match="not a multiple of 48"):
+        quantize_model(tiny_model("llama"), 4, 48)
+    with pytest.raises(CompressError, match="--group-size 128"):
+        quantize_model(tiny_model("llama"), 4, 128)  # tiny inputs are 64 and 128
+
+
+def test_quantized_folder_round_trips(tmp_path):
+    model, _ = sparse_model(0.5)
+    quantize_model(model, 4, 32)
+    save_quantized(model, byte_tokenizer(), tmp_path / "q")
+    assert json.loads((tmp_path / "q" / QUANT_FILE).read_text())["group_size"] == 32
+    loaded = load_quantized(tmp_path / "q")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    for name, layer in prunable_linears(model).items():
+        assert torch.equal(loaded.model.get_submodule(name).weight, layer.weight)
+        assert torch.equal(plain.get_submodule(name).weight, layer.weight)
+        assert loaded.model.get_submodule(name).quant_grid.group_size == 32
+        assert torch.equal(layer.weight == 0, loaded.model.get_submodule(name).weight == 0)
+
+
+# ------------------------------------------------------------------------------- SparsePEFT
+def sparse_net(mode: str = "sparse", quant: bool = False) -> SuperNetwork:
+    model, _ = sparse_model(0.5)
+    if quant:
+        quantize_model(model, 4, 32)
+    net = SuperNetwork(model, space(), tokenizer=byte_tokenizer())
+    apply_adapter_mode(net, mode)
+    train_adapters(net)
+    return net
+
+
+def test_sparsepeft_merge_keeps_the_base_zero_pattern_and_the_outputs(tmp_path):
+    net = sparse_net("sparse")
+    assert all(isinstance(m, SparseLoRALinear) for m in net.elastic.values())
+    config = net.space.heuristic()
+    x = inputs()
+    with net.activated(config), torch.no_grad():
+        unmerged = net.model(input_ids=x).logits
+    base = {n: m.base_layer.weight.clone() for n, m in net.elastic.items()}
+    export_merged(net, config, tmp_path / "m")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    for name, w in base.items():
+        mw = merged.get_submodule(name).weight
+        assert torch.equal(mw == 0, w == 0), name
+        assert not torch.equal(mw, w), name  # the adapter did change the non-zeros
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, unmerged, atol=1e-4, rtol=1e-4)
+    assert json.loads((tmp_path / "m" / SPARSITY_FILE).read_text())["sparsity"] == pytest.approx(0.5)
+
+
+def test_sparsepeft_fused_forward_equals_reference_two_linear_form():
+    net = sparse_net("sparse")
+    m = net.elastic["model.layers.0.mlp.up_proj"]
+    m.set_active(4)
+    x = torch.randn(3, 5, 64)
+    reference = torch.nn.functional.linear(x, m.base_layer.weight) + torch.nn.functional.linear(
+        x, (m.lora_B.weight[:, :4] @ m.lora_A.weight[:4]) * m.scaling * m.mask)
+    torch.testing.assert_close(m(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_sparsepeft_gradients_reach_the_adapters_only_through_the_mask():
+    net = sparse_net("sparse")
+    net.train_adapters()
+    m = net.elastic["model.layers.0.self_attn.q_proj"]
+    loss = net.model(input_ids=inputs()).logits.square().mean()
+    loss.backward()
+    assert m.lora_A.weight.grad is not None and m.lora_A.weight.grad.abs().sum() > 0
+    assert m.base_layer.weight.grad is None
+
+
+def test_merging_into_a_base_whose_mask_changed_is_refused(tmp_path):
+    net = sparse_net("sparse")
+    with torch.no_grad():
+        net.elastic["model.layers.1.mlp.up_proj"].base_layer.weight[0, :] = 0.0
+    with pytest.raises(CompressError, match="mask changed"):
+        export_merged(net, net.space.max(), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_sparse_adapter_refuses_another_sparse_base(tmp_path):
+    net = sparse_net("sparse")
+    adapter = net.save_adapter(tmp_path / "adapter")
+    other = tiny_model("llama")
+    sparsify(other, method="magnitude", ratio=0.5)
+    with pytest.raises(CompressError, match="trained on a base with"):
+        from lorasearch.compress.network import resolve_mode
+
+        mode, saved = resolve_mode(None, adapter)
+        apply_adapter_mode(SuperNetwork(other, space(), adapter), mode, saved)
+
+
+def test_network_settings_carry_the_mode_through_save_and_load(tmp_path):
+    model, report = sparse_model(0.5)
+    save_sparse(model, byte_tokenizer(), tmp_path / "base", report)
+    space().save(tmp_path / "space.yaml")
+    net = build_network(NetworkSettings(model=str(tmp_path / "base"), space=str(tmp_path / "space.yaml"), adapter_mode="sparse"))
+    train_adapters(net)
+    net.save_adapter(tmp_path / "adapter")
+    again = build_network(NetworkSettings(model=str(tmp_path / "base"), adapter=str(tmp_path / "adapter")))
+    assert again.adapter_mode == "sparse"
+    assert isinstance(again.elastic["model.layers.0.mlp.up_proj"], SparseLoRALinear)
+
+
+# ---------------------------------------------------------------------------- QA-SparsePEFT
+def test_qa_sparsepeft_merge_lies_on_the_grid_and_keeps_zeros(tmp_path):
+    net = sparse_net("qa", quant=True)
+    assert all(isinstance(m, QALoRALinear) for m in net.elastic.values())
+    config = net.space.heuristic()
+    x = inputs()
+    with net.activated(config), torch.no_grad():
+        unmerged = net.model(input_ids=x).logits
+    base = {n: m.base_layer.weight.clone() for n, m in net.elastic.items()}
+    export_merged(net, config, tmp_path / "m")
+    loaded = load_quantized(tmp_path / "m")
+    for name, m in net.elastic.items():
+        mw = loaded.model.get_submodule(name).weight
+        grid = m.grid
+        assert torch.equal(grid.dequantize(grid.quantize(mw)), mw), name  # every weight on its group's grid
+        assert torch.all(mw[base[name] == 0] == 0), name  # the base's zeros hold
+        # equation 3 may round a tiny non-zero W + L^p to the zero point: never fewer zeros, rarely more
+        assert (mw == 0).sum() - (base[name] == 0).sum() <= mw.numel() * 0.05, name
+    changed = sum(not torch.equal(loaded.model.get_submodule(n).weight, w) for n, w in base.items())
+    assert changed > 0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=x).logits, unmerged, atol=1e-4, rtol=1e-4)
+
+
+def test_qa_fake_quant_has_straight_through_gradient():
+    net = sparse_net("qa", quant=True)
+    net.train_adapters()
+    net.model(input_ids=inputs()).logits.square().mean().backward()
+    grads = [p.grad for p in net.adapter_parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_qa_needs_a_quantized_base():
+    with pytest.raises(CompressError, match="not quantized"):
+        sparse_net("qa", quant=False)
+
+
+def test_plain_adapter_on_int4_base_cannot_be_merged(tmp_path):
+    net = sparse_net("dense", quant=True)
+    with pytest.raises(CompressError, match="INT4 base and a plain adapter"):
+        export_merged(net, net.space.max(), tmp_path / "m")
+
+
+# ------------------------------------------------------------------------------------- cost
+def test_cost_names_dense_and_effective_macs():
+    net = sparse_net("sparse")
+    cost = CostModel(net, seq_len=16, reference="analytic")
+    config = net.space.heuristic()
+    dense, effective = cost.macs(config), cost.effective_macs(config)
+    linear_macs = 16 * sum(m.in_features * m.out_features for m in prunable_linears(net.model).values()
+                           if type(m) is torch.nn.Linear)  # elastic bases and the plain decoder linears
+    assert dense - effective == linear_macs // 2
+    assert cost.parameters(config).nonzero < cost.parameters(config).base
+    dense_net = SuperNetwork(tiny_model("llama"), space())
+    dense_cost = CostModel(dense_net, seq_len=16, reference="analytic")
+    assert dense_cost.effective_macs(config) == dense_cost.macs(config)
+
+
+def test_macs_effective_objective_is_registered():
+    from lorasearch.search.objectives import ObjectiveContext, build_objective
+
+    net = sparse_net("sparse")
+    cost = CostModel(net, seq_len=8, reference="analytic")
+    objective = build_objective("macs_effective", ObjectiveContext(net=net, cost=cost))
+    assert objective.direction == "min" and objective.measure(net.space.max()).value == cost.effective_macs(net.space.max())
