@@ -94,9 +94,12 @@ def load_records(
         split: the split to read when the folder holds a ``DatasetDict``.
         columns: rename columns to the record fields, ``{"instruction": "question", ...}``.
     """
+    name = str(path)
     path = Path(path)
     if path.is_dir():
         rows = _read_hf_folder(path, split)
+    elif not path.is_file() and _HUB_NAME.match(name):
+        rows = _read_hf_hub(name, split)
     elif not path.is_file():
         raise DataError(f"{path}: task file not found; fix: check the path")
     elif path.suffix == ".jsonl":
@@ -156,6 +159,21 @@ def _read_jsonl(path: Path) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {n}: not valid JSON ({exc.msg}); fix: one JSON object per line") from None
     return rows
+
+
+_HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/dataset, with no such file here
+
+
+def _read_hf_hub(name: str, split: str | None) -> list[Any]:
+    """A Hugging Face hub dataset by name (needs `datasets` and a network connection)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{name}: not a file here; reading it from the Hugging Face hub needs `datasets`; fix: pip install datasets") from None
+    try:
+        return list(datasets.load_dataset(name, split=split or "train"))
+    except Exception as exc:  # datasets raises many types for a missing name or no network
+        raise DataError(f"{name}: not a file here, and the hub did not serve it ({type(exc).__name__}); fix: check the name or the path") from None
 
 
 def _read_hf_folder(path: Path, split: str | None) -> list[Any]:

@@ -281,3 +281,11 @@ def test_encode_for_training_truncates():
     enc = encode_for_training(tok, rec, max_length=20)
     assert len(enc["input_ids"]) == len(enc["labels"]) == 20
     assert set(enc["labels"]) == {-100}
+
+
+def test_a_missing_hub_name_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as exc:
+        load_records("someone/not-a-dataset")
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("someone/not-a-dataset: not a file here")
