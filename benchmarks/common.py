@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -57,6 +58,11 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
-    atomic_write_json(json_path, data)
-    atomic_write_text(md_path, markdown)
+    atomic_write_json(json_path, json.loads(relative_paths(json.dumps(data, default=str))))
+    atomic_write_text(md_path, relative_paths(markdown))
     return json_path, md_path
+
+
+def relative_paths(text: str) -> str:
+    """Paths of this machine written relative to the repository, so results read the same anywhere."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
