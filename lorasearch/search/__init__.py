@@ -6,16 +6,18 @@ from a super-network, an evaluator and a cost model.
 """
 
 from .api import search_network
-from .backends import EvaluationBackend, LocalBackend
+from .backends import BackendSettings, EvaluationBackend, LocalBackend, make_backend
 from .engine import SearchEngine, SearchResult, SearchSettings, run_search
 from .objectives import Constraint, Measurement, Objective, ObjectiveContext, parse_constraint, standard_objectives
 from .strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
+    "BackendSettings",
     "Constraint",
     "EvaluationBackend",
     "LocalBackend",
+    "make_backend",
     "Measurement",
     "Objective",
     "ObjectiveContext",
