@@ -517,33 +517,22 @@ class LMEvalEvaluator:
         self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
         self._cache: dict[Any, EvalResult] = {}
 
-    def __call__(self, config: Mapping[str, Any]) -> EvalResult:
-        """Evaluate ``config`` with lm-eval (from the cache when seen before)."""
-        key = self.net.space.canonical(config)
-        if key in self._cache:
-            return self._cache[key]
+    __call__ = _CachedEvaluator.__call__
+    cache = _CachedEvaluator.cache
+
+    def _evaluate(self) -> EvalResult:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
-        start = time.perf_counter()
-        with _evaluating(self.net, config):
-            lm = HFLM(pretrained=self.net.model, tokenizer=self.net.tokenizer, batch_size=self.batch_size)
-            out = simple_evaluate(model=lm, tasks=[self.task], num_fewshot=self.num_fewshot, limit=self.limit)
+        lm = HFLM(pretrained=self.net.model, tokenizer=self.net.tokenizer, batch_size=self.batch_size)
+        out = simple_evaluate(model=lm, tasks=[self.task], num_fewshot=self.num_fewshot, limit=self.limit)
         found = out["results"][self.task]
         key_name = f"{self.metric},none"
         if key_name not in found:
             raise EvalError(f"lm-eval task {self.task}: no metric {self.metric!r}; fix: use one of {sorted(found)}")
         stderr = found.get(f"{self.metric}_stderr,none")
         n = int(out.get("n-samples", {}).get(self.task, {}).get("effective", self.limit or 0))
-        result = EvalResult(
-            float(found[key_name]),
-            n,
-            float(stderr) if isinstance(stderr, (int, float)) else None,
-            time.perf_counter() - start,
-            self.metric,
-        )
-        self._cache[key] = result
-        return result
+        return EvalResult(float(found[key_name]), n, float(stderr) if isinstance(stderr, (int, float)) else None, 0.0, self.metric)
 
 
 # --------------------------------------------------------------------------------------- helpers

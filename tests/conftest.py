@@ -9,6 +9,19 @@ import torch
 from torch import nn
 
 
+# A Mode B space for the tiny models: ranks, MLP width and heads together.
+MODE_B = {
+    "name": "b",
+    "adapter": {"rank": 8, "alpha": 16},
+    "groups": {
+        "attn": {"modules": ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"], "rank": [8, 4]},
+        "mlp_rank": {"modules": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "rank": [8, 4]},
+        "mlp": {"width": [1.0, 0.75, 0.5], "channels": "mlp"},
+        "heads": {"heads": [4, 2]},
+    },
+}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from intra-op threads; on a busy two-core machine they cost 10x."""

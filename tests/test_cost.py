@@ -9,7 +9,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from conftest import merged_smaller_copy
+from conftest import MODE_B, merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import (
     CostError,
@@ -31,16 +31,6 @@ MODE_A = {
         "attn": {"modules": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "rank": [8, 6, 4, 2]},
         "up": {"modules": ["mlp.up_proj"], "rank": [8, 4, 0]},
         "down": {"modules": ["mlp.down_proj"], "rank": [8, 4], "share": "global"},
-    },
-}
-MODE_B = {
-    "name": "b",
-    "adapter": {"rank": 8, "alpha": 16},
-    "groups": {
-        "attn": {"modules": ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"], "rank": [8, 4]},
-        "mlp_rank": {"modules": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "rank": [8, 4]},
-        "mlp": {"width": [1.0, 0.75, 0.5], "channels": "mlp"},
-        "heads": {"heads": [4, 2]},
     },
 }
 SPACES = {"A": MODE_A, "B": MODE_B}

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from conftest import merged_smaller_copy
+from conftest import MODE_B, merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.models import tiny_config, tiny_model
 from lorasearch.peft_format import AdapterModule, write_adapter
@@ -162,16 +162,6 @@ def test_switching_configs_allocates_no_parameters():
 
 
 # ------------------------------------------------------------------------------ Mode B
-MODE_B = {
-    "name": "b",
-    "adapter": {"rank": 8, "alpha": 16},
-    "groups": {
-        "attn": {"modules": ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"], "rank": [8, 4]},
-        "mlp_rank": {"modules": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "rank": [8, 4]},
-        "mlp": {"width": [1.0, 0.75, 0.5], "channels": "mlp"},
-        "heads": {"heads": [4, 2]},
-    },
-}
 
 
 
