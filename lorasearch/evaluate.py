@@ -21,6 +21,7 @@ what it is batched with.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import re
 import sys
@@ -216,7 +217,7 @@ class MultipleChoiceEvaluator(_CachedEvaluator):
             models answer), one forward per question; ``"text"`` scores each option's text.
         limit: size of the seeded validation subset (None: every record).
         seed: the subset's seed.
-        batch_size: sequences per forward.
+        batch_size: sequences per forward (text mode: questions, each with all its options).
         normalization: text mode only: divide an option's log-likelihood by its length in
             characters (``"char"``, default), tokens (``"token"``) or not at all (``"none"``).
         response_prefix: label mode: the start of the response before the label.
@@ -322,21 +323,54 @@ class MultipleChoiceEvaluator(_CachedEvaluator):
         return scores
 
     def _text_scores(self) -> list[list[float]]:
-        pairs = [(i, j) for i, item in enumerate(self.items) for j in range(len(item.continuations))]
-        pairs.sort(key=lambda p: -(len(self.items[p[0]].context) + len(self.items[p[0]].continuations[p[1]])))
+        # Each question's context runs once; its options continue from the cached keys and values,
+        # so an item costs one context plus its options' few tokens instead of one context per option.
+        order = sorted(range(len(self.items)), key=lambda i: -len(self.items[i].context))
         scores: list[list[float]] = [[0.0] * len(item.continuations) for item in self.items]
-        with self._bar(len(pairs), f"mc-text ({len(pairs)} options)") as bar:
-            for batch in _chunks(pairs, self.batch_size):
-                conts = [self.items[i].continuations[j] for i, j in batch]
-                keep = max(len(c) for c in conts) + 1
-                logprobs = self._forward([self.items[i].context + c for (i, _), c in zip(batch, conts)], keep=keep)
-                for row, ((i, j), cont) in enumerate(zip(batch, conts)):
-                    # the token at position t is predicted at t - 1; the sequence ends at the last kept position
-                    window = logprobs[row, keep - 1 - len(cont) : keep - 1]
-                    total = window.gather(-1, torch.tensor(cont, device=window.device)[:, None]).sum().item()
-                    scores[i][j] = total / self.items[i].lengths[j]
-                bar.update(len(batch))
+        options = sum(len(item.continuations) for item in self.items)
+        with self._bar(options, f"mc-text ({len(self.items)} questions, {options} options)") as bar:
+            for batch in _chunks(order, self.batch_size):
+                for i, logprobs in zip(batch, self._continuation_logprobs([self.items[i] for i in batch])):
+                    item = self.items[i]
+                    scores[i] = [lp / n for lp, n in zip(logprobs, item.lengths)]
+                    bar.update(len(item.continuations))
         return scores
+
+    def _continuation_logprobs(self, items: Sequence[_TextItem]) -> list[list[float]]:
+        """Per item, the summed log-probability of each continuation after the item's context."""
+        device = self._device
+        ids, mask = _left_pad([item.context for item in items], _pad_id(self.tokenizer), device)
+        out = self.net.model(
+            input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=True, logits_to_keep=1
+        )
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each continuation's first token
+        rows = [(k, cont) for k, item in enumerate(items) for cont in item.continuations]
+        owner = torch.tensor([k for k, _ in rows], device=device)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache.batch_select_indices(owner)  # one cached context per option row
+        width = max(len(cont) for _, cont in rows)
+        cont_ids = torch.full((len(rows), width), _pad_id(self.tokenizer), dtype=torch.long)
+        cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (_, cont) in enumerate(rows):
+            cont_ids[r, : len(cont)] = torch.tensor(cont)
+            cont_mask[r, : len(cont)] = 1
+        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+        context_mask = mask[owner]
+        positions = context_mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+        logits = self.net.model(
+            input_ids=cont_ids,
+            attention_mask=torch.cat([context_mask, cont_mask], dim=1),
+            position_ids=positions,
+            **_cache_argument(self.net.model, cache),
+        ).logits
+        rest = torch.log_softmax(logits[:, :-1].float(), dim=-1) if width > 1 else None
+        totals: list[list[float]] = [[] for _ in items]
+        for r, (k, cont) in enumerate(rows):
+            total = first[k, cont[0]].item()
+            if len(cont) > 1:
+                total += rest[r, : len(cont) - 1].gather(-1, cont_ids[r, 1 : len(cont), None]).sum().item()
+            totals[k].append(total)
+        return totals
 
 
 # ---------------------------------------------------------------------------------- exact match
@@ -571,6 +605,12 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each sequence's first real token (pads get 0)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """The key-value cache as ``forward`` wants it: ``cache`` from transformers 5.2x on, else ``past_key_values``."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _model_max_length(model: Any) -> int:

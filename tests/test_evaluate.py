@@ -177,6 +177,25 @@ def test_padding_matches_an_unpadded_forward(net):
             torch.testing.assert_close(torch.tensor(got), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_text_scores_match_one_unpadded_forward_per_option(model_type):
+    """Scoring options from the cached context equals a plain forward on context + option."""
+    net = SuperNetwork(tiny_model(model_type), SearchSpace.from_dict(SPACE), tokenizer=byte_tokenizer())
+    with torch.no_grad():
+        for p in net.adapter_parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    ev = MultipleChoiceEvaluator(net, mixed_records(), mode="text", normalization="none", batch_size=4)
+    with net.activated(net.space.heuristic()), torch.inference_mode():
+        scores = ev.option_scores()
+        for item, got in zip(ev.items, scores):
+            expected = []
+            for cont in item.continuations:
+                logits = net.model(torch.tensor([item.context + cont])).logits[0]
+                logprobs = torch.log_softmax(logits[len(item.context) - 1 : -1], -1)
+                expected.append(logprobs.gather(-1, torch.tensor(cont)[:, None]).sum())
+            torch.testing.assert_close(torch.tensor(got), torch.stack(expected), atol=1e-4, rtol=0)
+
+
 def test_generation_does_not_depend_on_batch_size(net):
     records = [Record("x" * (2 + 5 * i), "", "The answer is 1.", "1", "m.json", i) for i in range(5)]
     texts = []
