@@ -29,6 +29,7 @@ from lorasearch.compress.sparsity import sparsity_report  # noqa: E402
 from lorasearch.data import load_records, subset  # noqa: E402
 from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
 from lorasearch.export import export_merged  # noqa: E402
+from lorasearch.results import binomial_stderr  # noqa: E402
 from lorasearch.models import load_model  # noqa: E402
 from lorasearch.session import NetworkSettings, build_network  # noqa: E402
 from lorasearch.targets import encode_records  # noqa: E402
@@ -52,6 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--calibration-samples", type=int)
     p.add_argument("--group-size", type=int, default=64, help="SmolLM2's 576 inputs are not a multiple of 128")
     p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 keeps runs beside other jobs stable)")
     a = p.parse_args()
     quick = {"steps": 12, "train_per_task": 60, "test_per_task": 25, "calibration_samples": 16}
     full = {"steps": 300, "train_per_task": 1000, "test_per_task": 300, "calibration_samples": 128}
@@ -73,13 +75,14 @@ def train(settings: NetworkSettings, records, args, sampler: str, out: Path):
     return net
 
 
-def accuracy(net, tests, config) -> float:
+def accuracy(net, tests, config) -> tuple[float, int]:
+    """Pooled text-mode accuracy over every test item, and the number of items."""
     scores, n = 0.0, 0
     for records in tests.values():
         result = MultipleChoiceEvaluator(net, records, mode="text", limit=len(records), progress=False)(config)
         scores += result.score * result.n
         n += result.n
-    return scores / n
+    return scores / n, n
 
 
 def merged_net(net, config, folder: Path, mode: str, space_settings):
@@ -91,6 +94,8 @@ def merged_net(net, config, folder: Path, mode: str, space_settings):
 
 def main() -> None:
     args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train_records, tests = [], {}
     for task in args.tasks:
@@ -112,8 +117,8 @@ def main() -> None:
     rows = []
 
     def row(name, net, config, sparsity, precision, seconds):
-        acc = accuracy(net, tests, config)
-        rows.append({"method": name, "accuracy": acc, "sparsity": sparsity, "precision": precision, "seconds": seconds})
+        acc, n = accuracy(net, tests, config)
+        rows.append({"method": name, "accuracy": acc, "stderr": binomial_stderr(acc, n), "sparsity": sparsity, "precision": precision, "seconds": seconds})
         print(rows[-1], flush=True)
 
     start = time.time()
@@ -142,18 +147,18 @@ def main() -> None:
         r["paper_accuracy"], r["paper_relative"] = PAPER[r["method"]]
     env = environment()
     n_test = sum(len(v) for v in tests.values())
-    lines = [f"# Table 2, small: sparse and INT4 bases on SmolLM2-135M ({'QUICK variant' if args.quick else 'full variant'})", "",
+    lines = [f"# Table 2, small: sparse and INT4 bases on SmolLM2-135M ({'quick variant' if args.quick else f'{args.steps} steps, {args.test_per_task} test items per task'})", "",
              environment_markdown(env),
              f"- tasks: {', '.join(args.tasks)}; training: {len(train_records)} records, {args.steps} steps of batch 4; "
              f"test: {n_test} items (text-mode multiple choice); Wanda: {args.calibration_samples} x 256 tokens from the "
              f"training mix; INT4 group size {args.group_size}; space {SPACE.name}; prep {prep:.0f} s", "",
-             "| method | accuracy | relative (vs 50% Wanda + LoRA) | paper acc. | paper relative | sparsity | precision (base + adapter / base) |",
+             "| method | accuracy ± s.e. | relative (vs 50% Wanda + LoRA) | paper acc. | paper relative | sparsity | precision (base + adapter / base) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = f"{r['relative_to_wanda_lora']:.1f}%" if r["relative_to_wanda_lora"] else "-"
         pa = f"{r['paper_accuracy']}" if r["paper_accuracy"] is not None else "-"
         pr = f"{r['paper_relative']}%" if r["paper_relative"] is not None else "-"
-        lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {rel} | {pa} | {pr} | {r['sparsity']:.1%} | {r['precision']} |")
+        lines.append(f"| {r['method']} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {rel} | {pa} | {pr} | {r['sparsity']:.1%} | {r['precision']} |")
     write_results("compress", {"environment": env, "args": vars(args), "rows": rows}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
