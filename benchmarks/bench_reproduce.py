@@ -308,12 +308,13 @@ def mode_a_table(rows: dict[str, dict]) -> list[str]:
 
 
 def mode_b_table(rows: dict[str, dict], lora: dict | None) -> list[str]:
-    lines = ["| method | pooled acc. | rel. to LoRA | vs LoRA (paired) | total params | GMACs (merged, 128 tokens) "
-             "| speed-up, batch 1 | speed-up, batch 8 | val. acc. | " + " | ".join(TEST) + " |",
-             "|---|" + "---:|" * (8 + len(TEST))]
+    heuristic = rows.get("LoNAS heuristic")
+    lines = ["| method | pooled acc. | rel. to LoRA | vs LoRA (paired) | vs heuristic (paired) | total params "
+             "| GMACs (merged, 128 tokens) | speed-up, batch 1 | speed-up, batch 8 | val. acc. | " + " | ".join(TEST) + " |",
+             "|---|" + "---:|" * (9 + len(TEST))]
     if lora and len(lora.get("tasks", {})) == len(TEST):
         acc, se, _ = pooled(lora)
-        lines.append(f"| LoRA (merged, dense) | {acc:.3f} ± {se:.3f} | 100.0 % | - | {lora['base_params'] / 1e6:.1f} M | "
+        lines.append(f"| LoRA (merged, dense) | {acc:.3f} ± {se:.3f} | 100.0 % | - | - | {lora['base_params'] / 1e6:.1f} M | "
                      f"{lora['merged_macs'] / 1e9:.2f} | 1.00× | 1.00× | - | " + " | ".join(task_cells(lora)) + " |")
     for name, entry in rows.items():
         if len(entry.get("tasks", {})) < len(TEST):
@@ -322,7 +323,8 @@ def mode_b_table(rows: dict[str, dict], lora: dict | None) -> list[str]:
         rel = f"{100 * acc / pooled(lora)[0]:.1f} %" if lora else "-"
         d, s = paired(entry, lora) if lora else (float("nan"), float("nan"))
         val = f"{entry['val_accuracy']:.3f}" if entry.get("val_accuracy") is not None else "-"
-        lines.append(f"| {name} | {acc:.3f} ± {se:.3f} | {rel} | {d:+.3f} ± {s:.3f} | {entry['params'] / 1e6:.1f} M | "
+        vs_h = "-" if heuristic is None or heuristic is entry else "{:+.3f} ± {:.3f}".format(*paired(entry, heuristic))
+        lines.append(f"| {name} | {acc:.3f} ± {se:.3f} | {rel} | {d:+.3f} ± {s:.3f} | {vs_h} | {entry['params'] / 1e6:.1f} M | "
                      f"{entry['merged_macs'] / 1e9:.2f} | {entry['speedup']['1']:.2f}× | {entry['speedup']['8']:.2f}× | "
                      f"{val} | " + " | ".join(task_cells(entry)) + " |")
     return lines
@@ -367,6 +369,12 @@ def figures(args: argparse.Namespace) -> list[str]:
     return made
 
 
+def stages_note(args: argparse.Namespace, seconds: float) -> str:
+    if set(args.stages) == set(STAGES):
+        return f"Wall time: {seconds / 60:.1f} min (stages finished earlier were reused)."
+    return f"This invocation ran {', '.join(args.stages)} ({seconds / 60:.1f} min); the other stages' stored work was read."
+
+
 def stage_report(args: argparse.Namespace, seconds: float) -> None:
     a = json.loads((args.runs / "test_a.json").read_text()) if (args.runs / "test_a.json").is_file() else {}
     b = json.loads((args.runs / "test_b.json").read_text()) if (args.runs / "test_b.json").is_file() else {}
@@ -388,7 +396,7 @@ def stage_report(args: argparse.Namespace, seconds: float) -> None:
              "Speed-up is the median forward time of merged plain LoRA over the pruned model's (batch x 128 "
              f"tokens, 1 thread, {args.rounds} interleaved rounds).", "",
              *mode_b_table(b, a.get("LoRA")), "", *[f"![{m}]({m})" for m in made[1:]], "",
-             f"Wall time of this invocation: {seconds / 60:.1f} min."]
+             stages_note(args, seconds)]
     strip = lambda rows: {n: {k: v for k, v in e.items() if k != "tasks"} | {  # noqa: E731
         "tasks": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in e.get("tasks", {}).items()}}
         for n, e in rows.items()}
