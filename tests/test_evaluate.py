@@ -23,6 +23,8 @@ from lorasearch.evaluate import (
 )
 from lorasearch.models import byte_tokenizer, tiny_model
 
+from conftest import MODE_B
+
 SPACE = {
     "name": "tiny",
     "adapter": {"rank": 8, "alpha": 16},
@@ -177,15 +179,17 @@ def test_padding_matches_an_unpadded_forward(net):
             torch.testing.assert_close(torch.tensor(got), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_text_scores_match_one_unpadded_forward_per_option(model_type):
-    """Scoring options from the cached context equals a plain forward on context + option."""
-    net = SuperNetwork(tiny_model(model_type), SearchSpace.from_dict(SPACE), tokenizer=byte_tokenizer())
+@pytest.mark.parametrize(("model_type", "space", "pick"), [
+    ("llama", SPACE, "heuristic"), ("qwen2", SPACE, "heuristic"), ("llama", MODE_B, "min"),
+])
+def test_text_scores_match_one_unpadded_forward_per_option(model_type, space, pick):
+    """Scoring options from the cached context equals a plain forward on context + option (Mode B too)."""
+    net = SuperNetwork(tiny_model(model_type), SearchSpace.from_dict(space), tokenizer=byte_tokenizer())
     with torch.no_grad():
         for p in net.adapter_parameters():
             p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
     ev = MultipleChoiceEvaluator(net, mixed_records(), mode="text", normalization="none", batch_size=4)
-    with net.activated(net.space.heuristic()), torch.inference_mode():
+    with net.activated(getattr(net.space, pick)()), torch.inference_mode():
         scores = ev.option_scores()
         for item, got in zip(ev.items, scores):
             expected = []
