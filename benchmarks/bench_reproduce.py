@@ -40,7 +40,7 @@ from common import DATA, RESULTS, ROOT, RUNS, environment, environment_markdown,
 from lorasearch.cost import CostModel  # noqa: E402
 from lorasearch.data import load_records  # noqa: E402
 from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.export import _row_config, export_merged, export_pruned, load_pruned, load_results, pick_config  # noqa: E402
+from lorasearch.export import export_merged, export_pruned, load_pruned, load_results, pick_config  # noqa: E402
 from lorasearch.io import atomic_write_json  # noqa: E402
 from lorasearch.models import smollm2_gguf  # noqa: E402
 from lorasearch.search.engine import SearchSettings  # noqa: E402
@@ -160,8 +160,13 @@ def front_picks(run_dir: Path, space: Any, heuristic_accuracy: float | None) -> 
             continue
         seen.add(int(row["eval_id"]))
         rows[f"Pareto #{int(row['eval_id'])} ({label})"] = {
-            "config": _row_config(row, space), "val_accuracy": float(row["accuracy"]), "eval_id": int(row["eval_id"])}
+            "config": row_config(table, row, space), "val_accuracy": float(row["accuracy"]), "eval_id": int(row["eval_id"])}
     return rows
+
+
+def row_config(table, row, space) -> dict:
+    """The config of one results row, through the export's own picker."""
+    return pick_config(table, f"row {int(row['eval_id'])}", space)[1]
 
 
 def finished(run_dir: Path, budget: int) -> bool:
@@ -229,7 +234,7 @@ def lonas_rows(net: Any, args: argparse.Namespace) -> dict[str, dict]:
             if not len(pool):
                 continue
             row = pool.loc[pool[pick].idxmax() if pick == "accuracy" else pool[pick].idxmin()]
-            config = _row_config(row, net.space)
+            config = row_config(table, row, net.space)
             if net.space.canonical(config) not in taken:  # the heuristic itself, or subnet-1 again
                 taken.add(net.space.canonical(config))
                 rows[f"LoNAS {label} (#{int(row['eval_id'])})"] = {"config": config, "val_accuracy": float(row["accuracy"])}
