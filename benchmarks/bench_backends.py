@@ -194,6 +194,17 @@ def estimate(args, per_token_s: float, params_small: int, tokens_per_item: float
     }
 
 
+def contention(runs: list[dict[str, Any]]) -> str:
+    """One sentence on whether the multi-worker runs got a core per worker."""
+    multi = [r for r in runs if r["workers"] > 1]
+    if not multi:
+        return ""
+    if min(r["cores_used"] / r["workers"] for r in multi) >= 0.9:
+        return "Each worker had a core of its own, so the wall speed-up is the real one."
+    return ("Other jobs held part of the machine during the runs, so the workers shared cores and the wall "
+            "speed-up understates what a core per worker gives.")
+
+
 def markdown(data: dict[str, Any]) -> str:
     s, e = data["setup"], data["estimate"]
     gpu_vs_cpu = e["assumed_gpu_effective_tflops"] * 1e3 / e["measured_cpu_effective_gflops"]
@@ -219,9 +230,7 @@ got of the machine, which other jobs shared (see the load average). *Speed-up wi
 worker* is ``workers x (CPU s per eval with 1 worker) / (CPU s per eval with n)``: the ratio on an
 idle machine, where each worker has its core, assuming the population divides evenly.
 
-On this shared machine other jobs held about a core during the runs, so two workers got one core
-between them and the wall times barely moved. What parallel evaluation itself costs shows in the
-CPU seconds: {overhead:+.0%} per evaluation with two workers side by side (shared caches and memory
+{contention(data["runs"])} What parallel evaluation itself costs shows in the CPU seconds: {overhead:+.0%} per evaluation with two workers side by side (shared caches and memory
 bandwidth); the generation's wall time is its evaluations' wall time over the workers, so sending
 configs and results costs nothing measurable.
 
