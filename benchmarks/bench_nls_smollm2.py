@@ -23,16 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA, RUNS, ROOT, environment, environment_markdown, write_results
+from common import DATA, RUNS, ROOT, environment, environment_markdown, train_on_commonsense, write_results
 
 from lorasearch.data import load_records
 from lorasearch.evaluate import MultipleChoiceEvaluator
 from lorasearch.models import smollm2_gguf
 from lorasearch.session import NetworkSettings, build_network
-from lorasearch.train import TrainArgs
-from lorasearch.training_run import prepare_training
 
-TRAIN = ["ARC-Easy/train.json", "boolq/train.json", "openbookqa/train.json"]
 TEST = {"ARC-Easy": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OpenBookQA": "openbookqa/test.json"}
 
 
@@ -55,18 +52,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def train(sampler: str, args: argparse.Namespace) -> Path:
-    out = args.out / sampler
-    if (out / "adapter" / "adapter_config.json").is_file():
-        print(f"{sampler}: reusing {out}")
-        return out
-    network = NetworkSettings(model="default", space=args.space, seed=0)
-    targs = TrainArgs(steps=args.steps, batch_size=args.batch_size, lr=args.lr, sampler=sampler, seed=0, checkpoint_every=25)
-    resume = (out / "checkpoint" / "state.json").is_file()
-    trainer = prepare_training(network, [str(DATA / t) for t in TRAIN], targs, out, target=args.target,
-                               max_length=256, val_size=0.1, max_records=args.per_task, resume=resume)
-    result = trainer.train(progress=sys.stderr.isatty())
-    print(f"{sampler}: {result.steps} steps in {result.seconds:.0f} s, last loss {result.final_loss:.4f}")
-    return out
+    return train_on_commonsense(args.out / sampler, args.space, sampler, steps=args.steps, lr=args.lr,
+                                per_task=args.per_task, batch_size=args.batch_size, target=args.target)
 
 
 def score(net, configs: dict[str, dict], args: argparse.Namespace) -> dict[str, dict[str, dict]]:

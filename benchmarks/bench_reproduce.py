@@ -23,6 +23,7 @@ loses at most one evaluation and stages can run in separate processes to use mor
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -35,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pruned import PlainModel, time_models  # noqa: E402
-from common import DATA, RESULTS, ROOT, RUNS, environment, environment_markdown, write_results  # noqa: E402
+from common import DATA, RESULTS, ROOT, RUNS, environment, environment_markdown, train_on_commonsense, write_results  # noqa: E402
 
 from lorasearch.cost import CostModel  # noqa: E402
 from lorasearch.data import load_records  # noqa: E402
@@ -46,10 +47,7 @@ from lorasearch.models import smollm2_gguf  # noqa: E402
 from lorasearch.search.engine import SearchSettings  # noqa: E402
 from lorasearch.search_run import SearchRun  # noqa: E402
 from lorasearch.session import NetworkSettings, TaskSettings, build_network  # noqa: E402
-from lorasearch.train import TrainArgs  # noqa: E402
-from lorasearch.training_run import prepare_training  # noqa: E402
 
-TRAIN = ["ARC-Easy/train.json", "boolq/train.json", "openbookqa/train.json"]
 TEST = {"ARC-E": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OBQA": "openbookqa/test.json",
         "PIQA": "piqa/test.json", "SIQA": "social_i_qa/test.json"}
 SHEARS = ROOT / "search_spaces" / "llama-shears.yaml"
@@ -89,18 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------- training
 def train(out: Path, space: Path, sampler: str, steps: int, args: argparse.Namespace) -> Path:
-    """One NLS (or plain LoRA) training on the commonsense mix; a finished run is reused, a broken one resumed."""
-    if (out / "adapter" / "adapter_config.json").is_file():
-        print(f"reusing {out}")
-        return out
-    targs = TrainArgs(steps=steps, batch_size=8, lr=args.lr, sampler=sampler, seed=0, checkpoint_every=25)
-    trainer = prepare_training(NetworkSettings(model="default", space=str(space), seed=0),
-                               [str(DATA / t) for t in TRAIN], targs, out, target="text", max_length=256,
-                               val_size=0.1, max_records=args.per_task,
-                               resume=(out / "checkpoint" / "state.json").is_file())
-    result = trainer.train(progress=sys.stderr.isatty())
-    print(f"{out.name}: {result.steps} steps in {result.seconds:.0f} s, last loss {result.final_loss:.4f}")
-    return out
+    return train_on_commonsense(out, space, sampler, steps=steps, lr=args.lr, per_task=args.per_task)
 
 
 # ------------------------------------------------------------------------------------- search
@@ -120,6 +107,7 @@ def run_search(plan: SearchRun, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- test scoring
+@functools.cache
 def test_records() -> dict[str, list]:
     return {task: load_records(DATA / path) for task, path in TEST.items()}
 
@@ -143,11 +131,16 @@ def score_rows(net: Any, rows: dict[str, dict], store: Path, args: argparse.Name
     return done
 
 
+def front_rows(table):
+    """The rows of a results table on its Pareto front."""
+    return table[table["is_pareto"].astype(str).str.lower() == "true"]
+
+
 def front_picks(run_dir: Path, space: Any, heuristic_accuracy: float | None) -> dict[str, dict]:
     """Three Pareto subnets of a search: the best validation accuracy, the knee, and the cheapest
     front point at least as accurate on validation as the heuristic."""
     table, _ = load_results(run_dir)
-    front = table[table["is_pareto"].astype(str).str.lower() == "true"]
+    front = front_rows(table)
     picks = {"best": front.loc[front["accuracy"].idxmax()], "knee": pick_config(table, "knee", space)[0]}
     if heuristic_accuracy is not None:
         good = front[front["accuracy"] >= heuristic_accuracy]
@@ -224,7 +217,7 @@ def lonas_rows(net: Any, args: argparse.Namespace) -> dict[str, dict]:
         row["val_accuracy"] = reference_val_accuracy(run_dir, source)
     if finished(run_dir, args.budget_b):
         table, _ = load_results(run_dir)
-        front = table[table["is_pareto"].astype(str).str.lower() == "true"]
+        front = front_rows(table)
         h = reference_val_accuracy(run_dir, "heuristic")
         h_macs = CostModel(net, seq_len=SEQ_LEN, deployment="merged", reference="analytic").macs(net.space.heuristic())
         cheaper = front[front["macs"] <= h_macs]

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "llm-adapters"
 RUNS = ROOT.parent / "lorasearch-runs"  # trained adapters and long runs live outside the repository
+COMMONSENSE_TRAIN = ("ARC-Easy/train.json", "boolq/train.json", "openbookqa/train.json")
 PACKAGES = ("lorasearch", "torch", "transformers", "peft", "pymoo", "optuna", "fvcore", "numpy", "pandas")
 
 
@@ -66,3 +67,28 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
 def relative_paths(text: str) -> str:
     """Paths of this machine written relative to the repository, so results read the same anywhere."""
     return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+
+
+def train_on_commonsense(out: Path, space: str | Path, sampler: str, *, steps: int, lr: float, per_task: int,
+                         batch_size: int = 8, target: str = "text") -> Path:
+    """NLS (or, with the fixed sampler, plain LoRA) on the commonsense mix with 10 % held out.
+
+    A finished run in ``out`` is reused and an interrupted one resumed.
+    """
+    import sys
+
+    from lorasearch.session import NetworkSettings
+    from lorasearch.train import TrainArgs
+    from lorasearch.training_run import prepare_training
+
+    if (out / "adapter" / "adapter_config.json").is_file():
+        print(f"reusing {out}")
+        return out
+    targs = TrainArgs(steps=steps, batch_size=batch_size, lr=lr, sampler=sampler, seed=0, checkpoint_every=25)
+    trainer = prepare_training(NetworkSettings(model="default", space=str(space), seed=0),
+                               [str(DATA / t) for t in COMMONSENSE_TRAIN], targs, out, target=target,
+                               max_length=256, val_size=0.1, max_records=per_task,
+                               resume=(out / "checkpoint" / "state.json").is_file())
+    result = trainer.train(progress=sys.stderr.isatty())
+    print(f"{out.name}: {result.steps} steps in {result.seconds:.0f} s, last loss {result.final_loss:.4f}")
+    return out
