@@ -33,16 +33,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no GGUF loading bars from the work
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import DATA, RESULTS, ROOT, environment, environment_markdown, write_results
+
 from lorasearch.models import smollm2_gguf
+from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings, build_evaluator, build_network
 from lorasearch.search.backends import BackendSettings, make_backend
 from lorasearch.search.engine import SearchSettings
-from lorasearch.search.strategies import NSGA2Strategy, StrategySettings
 from lorasearch.search.objectives import Objective
-from lorasearch.search.workers import WorkerSetup, supernet_fingerprint
-from lorasearch.search_run import SearchRun
-from lorasearch.session import NetworkSettings, TaskSettings, build_evaluator, build_network
+from lorasearch.search.strategies import NSGA2Strategy, StrategySettings
+from lorasearch.search.workers import WorkerSetup
 
 LLAMA2_7B = {"hidden": 4096, "intermediate": 11008, "layers": 32, "heads": 32, "kv_heads": 32, "rank": 32}
 
@@ -273,7 +272,7 @@ def main() -> None:
     tokens, items, net = tokens_per_evaluation(run, None)
     configs = generation(net.space, args.population, args.seed)
     warm = warm_up_configs(net.space, max(args.workers), configs, args.seed)
-    fingerprint, params_small = supernet_fingerprint(net), linear_params_per_token(net)
+    fingerprint, params_small = net.fingerprint(), linear_params_per_token(net)
     del net
     runs = []
     for kind in args.backends:

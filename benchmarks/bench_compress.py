@@ -29,9 +29,9 @@ from lorasearch.compress.sparsity import sparsity_report  # noqa: E402
 from lorasearch.data import load_records, subset  # noqa: E402
 from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
 from lorasearch.export import export_merged  # noqa: E402
-from lorasearch.results import binomial_stderr  # noqa: E402
 from lorasearch.models import load_model  # noqa: E402
-from lorasearch.session import NetworkSettings, build_network  # noqa: E402
+from lorasearch.results import binomial_stderr  # noqa: E402
+from lorasearch.runs import NetworkSettings, build_network  # noqa: E402
 from lorasearch.targets import encode_records  # noqa: E402
 from lorasearch.train import NLSTrainer, TrainArgs  # noqa: E402
 

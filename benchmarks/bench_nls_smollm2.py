@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA, RUNS, ROOT, environment, environment_markdown, train_on_commonsense, write_results
+from common import DATA, ROOT, RUNS, environment, environment_markdown, train_on_commonsense, write_results
 
 from lorasearch.data import load_records
 from lorasearch.evaluate import MultipleChoiceEvaluator
 from lorasearch.models import smollm2_gguf
-from lorasearch.session import NetworkSettings, build_network
+from lorasearch.runs import NetworkSettings, build_network
 
 TEST = {"ARC-Easy": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OpenBookQA": "openbookqa/test.json"}
 

@@ -41,12 +41,18 @@ from common import DATA, RESULTS, ROOT, RUNS, environment, environment_markdown,
 from lorasearch.cost import CostModel  # noqa: E402
 from lorasearch.data import load_records  # noqa: E402
 from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.export import export_merged, export_pruned, load_pruned, load_results, pick_config  # noqa: E402
+from lorasearch.export import export_merged, export_pruned, load_pruned  # noqa: E402
 from lorasearch.io import atomic_write_json  # noqa: E402
 from lorasearch.models import smollm2_gguf  # noqa: E402
+from lorasearch.results.pick import pick_config  # noqa: E402
+from lorasearch.runs import (  # noqa: E402
+    NetworkSettings,
+    SearchRun,  # noqa: E402
+    TaskSettings,
+    build_network,
+)
+from lorasearch.runs.export import load_results  # noqa: E402
 from lorasearch.search.engine import SearchSettings  # noqa: E402
-from lorasearch.search_run import SearchRun  # noqa: E402
-from lorasearch.session import NetworkSettings, TaskSettings, build_network  # noqa: E402
 
 TEST = {"ARC-E": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OBQA": "openbookqa/test.json",
         "PIQA": "piqa/test.json", "SIQA": "social_i_qa/test.json"}
@@ -139,7 +145,7 @@ def front_rows(table):
 def front_picks(run_dir: Path, space: Any, heuristic_accuracy: float | None) -> dict[str, dict]:
     """Three Pareto subnets of a search: the best validation accuracy, the knee, and the cheapest
     front point at least as accurate on validation as the heuristic."""
-    table, _ = load_results(run_dir)
+    table = load_results(run_dir).table
     front = front_rows(table)
     picks = {"best": front.loc[front["accuracy"].idxmax()], "knee": pick_config(table, "knee", space)[0]}
     if heuristic_accuracy is not None:
@@ -166,7 +172,7 @@ def finished(run_dir: Path, budget: int) -> bool:
     """Whether a search has spent its budget (Pareto picks from a partial search would mislead)."""
     if not (run_dir / "results.csv").is_file():
         return False
-    if len(load_results(run_dir)[0]) >= budget:
+    if len(load_results(run_dir).table) >= budget:
         return True
     print(f"{run_dir}: the search has not finished; its Pareto subnets are left out this time")
     return False
@@ -176,7 +182,7 @@ def reference_val_accuracy(run_dir: Path, source: str) -> float | None:
     """The validation accuracy a search measured for its seeded reference config (heuristic/max/min)."""
     if not (run_dir / "results.csv").is_file():
         return None
-    table, _ = load_results(run_dir)
+    table = load_results(run_dir).table
     labels = table["source"].astype(str).str.split("+") if "source" in table else None
     match = table[labels.apply(lambda names: source in names)] if labels is not None else table.iloc[0:0]
     return float(match["accuracy"].iloc[0]) if len(match) else None
@@ -216,7 +222,7 @@ def lonas_rows(net: Any, args: argparse.Namespace) -> dict[str, dict]:
     for row, source in zip(rows.values(), ("max", "heuristic")):
         row["val_accuracy"] = reference_val_accuracy(run_dir, source)
     if finished(run_dir, args.budget_b):
-        table, _ = load_results(run_dir)
+        table = load_results(run_dir).table
         front = front_rows(table)
         h = reference_val_accuracy(run_dir, "heuristic")
         h_macs = CostModel(net, seq_len=SEQ_LEN, deployment="merged", reference="analytic").macs(net.space.heuristic())
@@ -329,7 +335,7 @@ def mode_b_table(rows: dict[str, dict], lora: dict | None) -> list[str]:
 
 
 def search_summary(args: argparse.Namespace) -> tuple[list[str], dict]:
-    from lorasearch.rundata import load_run
+    from lorasearch.results import load_run
 
     lines = ["| strategy | evaluations | front size | hypervolume | best val. acc. on front | evaluation time |",
              "|---|---:|---:|---:|---:|---:|"]

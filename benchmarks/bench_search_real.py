@@ -20,9 +20,8 @@ from pathlib import Path
 from common import RUNS, environment, environment_markdown, write_results
 
 from lorasearch.models import smollm2_gguf
+from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
 from lorasearch.search.engine import SearchSettings
-from lorasearch.search_run import SearchRun
-from lorasearch.session import NetworkSettings, TaskSettings
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, RUNS, ROOT, environment, environment_markdown, write_results  # noqa: E402
+from common import DATA, ROOT, RUNS, environment, environment_markdown, write_results  # noqa: E402
 
 from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
 from lorasearch.models import smollm2_gguf  # noqa: E402
-from lorasearch.session import NetworkSettings, build_network  # noqa: E402
+from lorasearch.runs import NetworkSettings, build_network  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

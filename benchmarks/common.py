@@ -77,9 +77,8 @@ def train_on_commonsense(out: Path, space: str | Path, sampler: str, *, steps: i
     """
     import sys
 
-    from lorasearch.session import NetworkSettings
+    from lorasearch.runs import NetworkSettings, prepare_training
     from lorasearch.train import TrainArgs
-    from lorasearch.training_run import prepare_training
 
     if (out / "adapter" / "adapter_config.json").is_file():
         print(f"reusing {out}")

@@ -1,31 +1,72 @@
 """lorasearch: multi-objective architecture search over elastic LoRA super-networks of LLMs.
 
-The pieces, each usable from Python and from the ``lorasearch`` command:
+The front door: everything a notebook or script needs, importable from ``lorasearch``.
 
-* `SearchSpace` (``lorasearch.space``): declarative spaces of rank and width choices;
-* `ElasticLoRALinear` (``lorasearch.elastic``): the sliceable adapter layer;
-* `SuperNetwork` (``lorasearch.supernet``): a model, a space and its adapters, one subnet active;
-* `load_model` (``lorasearch.models``): Hugging Face names, paths, GGUF files and tiny test models;
-* `load_pruned` (``lorasearch.export``): loads a pruned Mode B export whose widths differ per layer.
+* `SearchSpace`: declarative spaces of rank and width choices (``lorasearch.space``);
+* `SuperNetwork`: a model, a space and its elastic adapters, one subnet active (``lorasearch.supernet``);
+* `build_network`, `NetworkSettings`, `TaskSettings`, `build_evaluator`: objects from plain settings
+  (``lorasearch.runs``);
+* `search_network`, `SearchSettings`, `SearchRun`: the search (``lorasearch.runs.search``);
+* `load_run`, `SearchResult`, `pick_config`: a finished search read back (``lorasearch.results``);
+* `export_config`, `export_peft`, `export_merged`, `export_pruned`, `export_run`, `load_pruned`: exports.
+
+Layers, bottom to top: the library (space, binding, elastic, supernet, models, data, cost,
+evaluate, train, compress, search, results, export, plot, report), then ``lorasearch.runs`` (the
+only code that builds objects from settings or run directories), then ``lorasearch.cli``.
 """
 
 from .elastic import ElasticLoRALinear
-from .errors import AdapterError, LoraSearchError, ModelError, SpaceError
-from .export import load_pruned
+from .errors import AdapterError, ExportError, LoraSearchError, ModelError, SpaceError
+from .evaluate import EvalResult, MultipleChoiceEvaluator
+from .export import export_config, export_merged, export_peft, export_pruned, load_pruned
 from .models import load_model
+from .results import SearchResult, load_run
+from .results.pick import pick_config
+from .runs import (
+    NetworkSettings,
+    SearchRun,
+    TaskSettings,
+    build_evaluator,
+    build_network,
+    export_run,
+    prepare_training,
+    search_network,
+)
+from .search import SearchSettings
 from .space import SearchSpace
 from .supernet import SuperNetwork
-
-__version__ = "0.1.0"
+from .train import TrainArgs
+from .version import __version__
 
 __all__ = [
     "AdapterError",
     "ElasticLoRALinear",
+    "EvalResult",
+    "ExportError",
     "LoraSearchError",
     "ModelError",
+    "MultipleChoiceEvaluator",
+    "NetworkSettings",
+    "SearchResult",
+    "SearchRun",
+    "SearchSettings",
     "SearchSpace",
     "SpaceError",
     "SuperNetwork",
+    "TaskSettings",
+    "TrainArgs",
+    "__version__",
+    "build_evaluator",
+    "build_network",
+    "export_config",
+    "export_merged",
+    "export_peft",
+    "export_pruned",
+    "export_run",
     "load_model",
     "load_pruned",
+    "load_run",
+    "pick_config",
+    "prepare_training",
+    "search_network",
 ]

@@ -35,6 +35,12 @@ PROMPT_WITH_INPUT = (
     "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 
+# The option-text evaluator's context before each option, and the training target that matches it.
+TEXT_TEMPLATE = "Question: {question}\nAnswer:"
+# The label evaluator's start of the response before the option label (the reference's output format).
+RESPONSE_PREFIX = "the correct answer is "
+IGNORE_INDEX = -100  # label of the tokens a loss skips (prompt tokens), as transformers uses it
+
 # Options that the instruction names but never spells out: how each reads as an answer to the question.
 BOOLEAN_TEXTS = {"true": "yes", "false": "no", "yes": "yes", "no": "no"}
 
@@ -361,5 +367,5 @@ def encode_for_training(tokenizer: Any, record: Record, max_length: int) -> dict
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}

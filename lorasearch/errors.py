@@ -19,6 +19,10 @@ class ModelError(LoraSearchError):
     """A model cannot be found, loaded or built."""
 
 
+class ExportError(LoraSearchError):
+    """A subnet cannot be picked or exported as asked."""
+
+
 def where(source: str | None, field: str | None = None) -> str:
     """Format the `file: field:` prefix of an error message."""
     parts = [p for p in (source, field) if p]

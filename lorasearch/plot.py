@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence, Union
+from typing import Iterable, NamedTuple, Sequence, Union
 
 import matplotlib as mpl
 import numpy as np
@@ -26,13 +26,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .errors import LoraSearchError
-from .results import ObjectiveSpec, hypervolume, pareto_mask, to_minimisation
-from .rundata import RunData, as_run
+from .results.run import SearchResult, as_run
+from .results.table import ObjectiveSpec, hypervolume, pareto_mask, to_minimisation
 
-if TYPE_CHECKING:
-    from .search.engine import SearchResult
-
-RunLike = Union[RunData, "SearchResult", str, Path]
+RunLike = Union[SearchResult, str, Path]
 
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
 OKABE_ITO = {
@@ -159,7 +156,7 @@ class ComparisonInfo(NamedTuple):
     reference_point: str
 
 
-def objective_axis(run: RunData, name: str, values: Iterable[float] | None = None) -> Axis:
+def objective_axis(run: SearchResult, name: str, values: Iterable[float] | None = None) -> Axis:
     """The axis of objective ``name``: MACs in G/M/K MACs with their deployment, parameters in
     B/M/K, seconds in ms when small; ``values`` (default: the run's) choose the prefix."""
     spec = _spec_or_column(run, name)
@@ -179,7 +176,7 @@ def objective_axis(run: RunData, name: str, values: Iterable[float] | None = Non
     return Axis(name, f"{name} ({detail})" if detail else name, 1.0, spec.direction)
 
 
-def _spec_or_column(run: RunData, name: str) -> ObjectiveSpec:
+def _spec_or_column(run: SearchResult, name: str) -> ObjectiveSpec:
     """The objective's spec, or a stand-in for a measured column that is no objective (e.g. params)."""
     if name in {s.name for s in run.specs} or name not in run.table:
         return run.spec(name)
@@ -194,7 +191,7 @@ def _si_prefix(top: float, letters: str, floor: float = 1.0) -> tuple[float, str
     return 1.0, ""
 
 
-def _macs_note(run: RunData, name: str, unit: str) -> str:
+def _macs_note(run: SearchResult, name: str, unit: str) -> str:
     inside = unit[unit.find("(") + 1:unit.rfind(")")] if "(" in unit else ""
     deployment = inside or (name.removeprefix("macs_") if name != "macs" else run.info.get("deployment", ""))
     seq_len = run.info.get("seq_len")
@@ -202,7 +199,7 @@ def _macs_note(run: RunData, name: str, unit: str) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def default_axes(run: RunData) -> tuple[str, str]:
+def default_axes(run: SearchResult) -> tuple[str, str]:
     """The objectives a Pareto figure plots by default: (macs or the first cost, accuracy or the first score)."""
     names = [s.name for s in run.specs]
     costs = [s.name for s in run.specs if s.direction == "min"] or names
@@ -250,19 +247,19 @@ def _stderr(table: pd.DataFrame, axis: Axis) -> np.ndarray | None:
     return table[column].to_numpy(float) / axis.scale
 
 
-def _references(run: RunData, x: Axis, y: Axis) -> list[Reference]:
+def _references(run: SearchResult, x: Axis, y: Axis) -> list[Reference]:
     return [
         Reference(source, float(row[x.name]) / x.scale, float(row[y.name]) / y.scale, int(row["eval_id"]))
         for source, row in run.references.items()
     ]
 
 
-def _title(run: RunData, *parts: str) -> str:
+def _title(run: SearchResult, *parts: str) -> str:
     head = run.name if not run.strategy or run.strategy == run.name else f"{run.name} ({run.strategy})"
     return " · ".join([head, *parts])
 
 
-def pareto_info(run: RunData, x: str | None = None, y: str | None = None) -> ParetoInfo:
+def pareto_info(run: SearchResult, x: str | None = None, y: str | None = None) -> ParetoInfo:
     """The data of the Pareto figure of ``run`` over objectives ``x`` and ``y`` (see `default_axes`)."""
     x, y = _pick_axes(run, x, y)
     ax_x, ax_y = objective_axis(run, x), objective_axis(run, y)
@@ -287,7 +284,7 @@ def pareto_info(run: RunData, x: str | None = None, y: str | None = None) -> Par
     )
 
 
-def _pick_axes(run: RunData, x: str | None, y: str | None) -> tuple[str, str]:
+def _pick_axes(run: SearchResult, x: str | None, y: str | None) -> tuple[str, str]:
     default_x, default_y = default_axes(run)
     x, y = x or default_x, y or default_y
     run.spec(x), run.spec(y)  # unknown names raise here
@@ -304,7 +301,7 @@ def generation_colours(generations: Iterable[int]) -> dict[int, tuple[float, flo
     return {g: tuple(float(c) for c in cmap(p)) for g, p in zip(ordered, positions)}
 
 
-def progression_info(run: RunData, x: str | None = None, y: str | None = None) -> ProgressionInfo:
+def progression_info(run: SearchResult, x: str | None = None, y: str | None = None) -> ProgressionInfo:
     """The data of the progression figure: every evaluation, coloured by its generation."""
     x, y = _pick_axes(run, x, y)
     ax_x, ax_y = objective_axis(run, x), objective_axis(run, y)
@@ -323,7 +320,7 @@ def progression_info(run: RunData, x: str | None = None, y: str | None = None) -
     )
 
 
-def reference_point_text(run: RunData, specs: Sequence[ObjectiveSpec] | None = None) -> str:
+def reference_point_text(run: SearchResult, specs: Sequence[ObjectiveSpec] | None = None) -> str:
     """The hypervolume's fixed reference point (each objective's ``worst`` bound), in plotted units."""
     parts = []
     for spec in specs or run.specs:
@@ -342,7 +339,7 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def hypervolume_info(run: RunData) -> HypervolumeInfo:
+def hypervolume_info(run: SearchResult) -> HypervolumeInfo:
     """The data of the hypervolume figure: the running hypervolume after each evaluation."""
     curve = run.hypervolume_by_evaluation()
     ends = _generation_ends(run.table, curve)
@@ -367,7 +364,7 @@ def _generation_ends(table: pd.DataFrame, curve: pd.DataFrame) -> np.ndarray:
 
 
 def comparison_info(
-    runs: Sequence[RunData],
+    runs: Sequence[SearchResult],
     labels: Sequence[str] | None = None,
     x: str | None = None,
     y: str | None = None,
@@ -413,7 +410,7 @@ def comparison_info(
     )
 
 
-def _check_same_objectives(runs: Sequence[RunData]) -> None:
+def _check_same_objectives(runs: Sequence[SearchResult]) -> None:
     names = [s.name for s in runs[0].specs]
     for run in runs[1:]:
         other = [s.name for s in run.specs]
@@ -424,7 +421,7 @@ def _check_same_objectives(runs: Sequence[RunData]) -> None:
             )
 
 
-def _labels(runs: Sequence[RunData]) -> list[str]:
+def _labels(runs: Sequence[SearchResult]) -> list[str]:
     """Strategy names when they tell the runs apart, else folder names."""
     strategies = [r.strategy for r in runs]
     if all(strategies) and len(set(strategies)) == len(runs):
@@ -603,7 +600,7 @@ def _finish_axes(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
 
 # ------------------------------------------------------------------------------ figures
 def pareto_figure(run: RunLike, x: str | None = None, y: str | None = None, ax: Axes | None = None) -> Figure:
-    """The Pareto front of a run (a `RunData`, a `SearchResult` or a run directory).
+    """The Pareto front of a run (a `SearchResult`, a `SearchResult` or a run directory).
 
     Args:
         x, y: objective names; default ``macs`` (or the first cost) against ``accuracy``
@@ -655,11 +652,7 @@ def plot_run(run_dir: RunLike, out: str | Path | None = None) -> list[Path]:
     ``pareto_<cost>``, per further cost objective), ``progression`` and ``hypervolume``,
     each as PNG and SVG. Returns the written paths."""
     run = as_run(run_dir)
-    if out is None:
-        if run.path is None:
-            raise LoraSearchError(f"{run.name}: an in-memory result has no run directory; fix: pass out=FOLDER")
-        out = run.path / "plots"
-    out = Path(out)
+    out = Path(out) if out is not None else run.beside("plots")
     x, y = default_axes(run)
     paths = save_figure(pareto_figure(run, x, y), out / "pareto")
     for cost in (s.name for s in run.specs if s.direction == "min" and s.name not in (x, y)):

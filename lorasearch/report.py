@@ -8,7 +8,6 @@ its fixed reference point, and the figures of `lorasearch.plot`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .errors import LoraSearchError
 from .io import atomic_write_text
 from .plot import RunLike, default_axes, hypervolume_info, objective_axis, plot_run
-from .results import noise_notes
-from .rundata import RunData, as_run
+from .results.run import SearchResult, as_run
+from .results.table import noise_notes
+from .space import config_summary
 
 FIGURES = {  # file stem -> caption
     "pareto": "Pareto front",
@@ -34,18 +33,14 @@ def write_report(run_dir: RunLike, out: str | Path | None = None, *, plots: bool
     """Write a markdown report of a run (and ``report.html`` beside it); return the markdown's path.
 
     Args:
-        run_dir: a run directory (or a `RunData` / `SearchResult` that has one, or pass ``out``).
+        run_dir: a run directory (or a `SearchResult` / `SearchResult` that has one, or pass ``out``).
         out: the report file (default ``RUN_DIR/report.md``).
         plots: draw the figures first (into ``RUN_DIR/plots``, or ``plots/`` beside ``out``);
             with False, existing figures are linked.
         html: also write the report as HTML (same name, ``.html``).
     """
     run = as_run(run_dir)
-    if out is None:
-        if run.path is None:
-            raise LoraSearchError(f"{run.name}: an in-memory result has no run directory; fix: pass out=FILE")
-        out = run.path / "report.md"
-    out = Path(out)
+    out = Path(out) if out is not None else run.beside("report.md")
     plot_dir = (run.path or out.parent) / "plots"
     if plots:
         plot_run(run, plot_dir)
@@ -56,7 +51,7 @@ def write_report(run_dir: RunLike, out: str | Path | None = None, *, plots: bool
     return out
 
 
-def report_markdown(run: RunData, figures: Mapping[str, str] | None = None) -> str:
+def report_markdown(run: SearchResult, figures: Mapping[str, str] | None = None) -> str:
     """The report as markdown; ``figures`` maps captions to image links."""
     sections = [
         f"# Search report: {run.name}",
@@ -79,7 +74,7 @@ def report_markdown(run: RunData, figures: Mapping[str, str] | None = None) -> s
 
 
 # -------------------------------------------------------------------------------- tables
-def front_table(run: RunData, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+def front_table(run: SearchResult, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """The front (or ``rows``) as display strings, cheapest first: eval id, source, config
     summary, then per objective (and ``params`` when measured) its value and its change in
     percent against the max and the heuristic config."""
@@ -101,41 +96,32 @@ def front_table(run: RunData, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def report_columns(run: RunData) -> list[str]:
+def summary_table(run: SearchResult) -> pd.DataFrame:
+    """The front as the CLI prints it: eval id, objectives (± standard error), source, config summary."""
+    front = run.pareto.sort_values(run.specs[-1].name)
+    rows = []
+    for _, row in front.iterrows():
+        entry: dict[str, Any] = {"eval": int(row["eval_id"])}
+        for spec in run.specs:
+            value = row[spec.name]
+            if spec.unit.startswith("MACs"):
+                entry[f"G{spec.name}"] = f"{value / 1e9:.4f}"
+            elif f"{spec.name}_stderr" in row and pd.notna(row[f"{spec.name}_stderr"]):
+                entry[spec.name] = f"{value:.4f} ± {row[f'{spec.name}_stderr']:.4f}"
+            else:
+                entry[spec.name] = f"{value:.4g}"
+        entry["source"] = row["source"]
+        entry["config"] = config_summary(row["config"])
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def report_columns(run: SearchResult) -> list[str]:
     """The measured columns a report shows: costs (min objectives), params if measured, scores."""
     costs = [s.name for s in run.specs if s.direction == "min"]
     scores = [s.name for s in run.specs if s.direction == "max"]
     extra = ["params"] if "params" in run.table and "params" not in costs + scores else []
     return costs + extra + scores
-
-
-def config_summary(config: str | Mapping[str, Any]) -> str:
-    """A config in one short line: per group its value, or its distinct values (largest first)
-    and their mean when layers differ, e.g. ``attn 32/16 (mean 24.5) · up 32``.
-
-    Groups come from the gene keys (``group``, ``group.layer``, ``group.layer.module``).
-    """
-    values = json.loads(config) if isinstance(config, str) else dict(config)
-    groups: dict[str, list[Any]] = {}
-    for key, value in values.items():
-        groups.setdefault(str(key).split(".")[0], []).append(value)
-    return " · ".join(_group_summary(name, chosen) for name, chosen in groups.items())
-
-
-def _group_summary(name: str, chosen: list[Any]) -> str:
-    distinct = sorted(set(chosen), key=lambda v: (-v, v) if isinstance(v, (int, float)) else (0, str(v)))
-    if len(distinct) == 1:
-        return f"{name} {_choice(distinct[0])}"
-    text = f"{name} {'/'.join(_choice(v) for v in distinct)}"
-    if all(isinstance(v, (int, float)) for v in chosen):
-        text += f" (mean {_choice(round(sum(chosen) / len(chosen), 3 if max(chosen) <= 1 else 1))})"
-    return text
-
-
-def _choice(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _value(row: pd.Series, name: str, scale: float) -> str:
@@ -172,7 +158,7 @@ def _missing(value: Any) -> bool:
         return True
 
 
-def settings_table(run: RunData) -> pd.DataFrame:
+def settings_table(run: SearchResult) -> pd.DataFrame:
     """The run's settings (run.yaml's ``run`` and ``search`` sections) as setting / value rows."""
     flat = dict(_flatten(run.info, "run")) | dict(_flatten(run.settings, "search"))
     return pd.DataFrame({"setting": list(flat), "value": [_setting(v) for v in flat.values()]})
@@ -214,7 +200,7 @@ def _cell(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ sections
-def _summary(run: RunData) -> str:
+def _summary(run: SearchResult) -> str:
     table = run.table
     n_gen = table["generation"].nunique() if "generation" in table else 0
     infeasible = len(table) - len(run.feasible)
@@ -228,7 +214,7 @@ def _summary(run: RunData) -> str:
     return " · ".join(parts) + "."
 
 
-def _front_intro(run: RunData) -> str:
+def _front_intro(run: SearchResult) -> str:
     missing = [s for s in RELATIVE_TO if run.reference(s) is None]
     note = (f" No evaluation is labelled {' or '.join(missing)} (a reference config that equals another one is "
             "evaluated once, under the first label), so those columns are empty.") if missing else ""
@@ -238,7 +224,7 @@ def _front_intro(run: RunData) -> str:
     )
 
 
-def _noise_section(run: RunData) -> str:
+def _noise_section(run: SearchResult) -> str:
     if "accuracy_stderr" not in run.table:
         return "No accuracy standard errors were recorded, so differences along the front are not checked against noise."
     notes = noise_notes(run.pareto)
@@ -250,7 +236,7 @@ def _noise_section(run: RunData) -> str:
     )
 
 
-def _hypervolume_section(run: RunData) -> str:
+def _hypervolume_section(run: SearchResult) -> str:
     info = hypervolume_info(run)
     final = info.hypervolume[-1]
     lines = [f"Final hypervolume **{final:.4f}** after {info.evaluations[-1]} evaluations (normalised objectives; "

@@ -35,6 +35,7 @@ of the value in its descending list (0 = largest). Gene keys are ``group`` (glob
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -48,6 +49,7 @@ import numpy as np
 import yaml
 
 from .errors import SpaceError, where
+from .io import atomic_write_text, parse_json, parse_yaml, read_text
 
 DEFAULT_PER_LAYER = "model.layers.{i}"
 KINDS = ("rank", "width", "heads")
@@ -131,24 +133,13 @@ class SearchSpace:
     def load(cls, path: str | Path) -> "SearchSpace":
         """Read a space from a ``.yaml``/``.yml`` or ``.json`` file."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpaceError(f"{path}: cannot read the space file ({exc.strerror}); fix: check the path") from None
+        text = read_text(path, SpaceError, "space file")
         return cls.loads(text, source=str(path), fmt="json" if path.suffix == ".json" else "yaml")
 
     @classmethod
     def loads(cls, text: str, *, source: str = "<string>", fmt: str = "yaml") -> "SearchSpace":
         """Parse a space from YAML (a superset of JSON) or strict JSON text."""
-        try:
-            data = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_UniqueKeyLoader)
-        except json.JSONDecodeError as exc:
-            raise SpaceError(f"{source}: line {exc.lineno}: malformed JSON ({exc.msg}); fix the syntax") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise SpaceError(f"{source}: {line}malformed YAML ({problem}); fix the syntax") from None
+        data = parse_json(text, source, SpaceError) if fmt == "json" else parse_yaml(text, source, SpaceError)
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -178,8 +169,6 @@ class SearchSpace:
 
     def save(self, path: str | Path) -> Path:
         """Write the space to ``path`` (JSON for ``.json``, else YAML), atomically."""
-        from .io import atomic_write_text
-
         path = Path(path)
         atomic_write_text(path, self.dumps("json" if path.suffix == ".json" else "yaml"))
         return path
@@ -331,21 +320,6 @@ def _same(choice: Any, value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------- parsing
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _parse_space(data: Any, source: str) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise SpaceError(f"{source}: the file must hold a mapping with name and groups; fix: see search_spaces/")
@@ -534,3 +508,39 @@ def _group_to_dict(g: Group, per_layer: str | None) -> dict[str, Any]:
     if g.layers is not None:
         out["layers"] = list(g.layers)
     return out
+
+
+# ------------------------------------------------------------------------------ summaries
+def space_fingerprint(space: SearchSpace) -> str:
+    """A short hash of a space's content, so a run notices an edited space file."""
+    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_summary(config: str | Mapping[str, Any]) -> str:
+    """A config in one short line: per group its value, or its distinct values (largest first)
+    and their mean when layers differ, e.g. ``attn 32/16 (mean 24.5) · up 32``.
+
+    Groups come from the gene keys (``group``, ``group.layer``, ``group.layer.module``), so a
+    config summarises the same with or without its space.
+    """
+    values = json.loads(config) if isinstance(config, str) else dict(config)
+    groups: dict[str, list[Any]] = {}
+    for key, value in values.items():
+        groups.setdefault(str(key).split(".")[0], []).append(value)
+    return " · ".join(_group_summary(name, chosen) for name, chosen in groups.items())
+
+
+def _group_summary(name: str, chosen: list[Any]) -> str:
+    distinct = sorted(set(chosen), key=lambda v: (-v, v) if isinstance(v, (int, float)) else (0, str(v)))
+    if len(distinct) == 1:
+        return f"{name} {_choice(distinct[0])}"
+    text = f"{name} {'/'.join(_choice(v) for v in distinct)}"
+    if all(isinstance(v, (int, float)) for v in chosen):
+        text += f" (mean {_choice(round(sum(chosen) / len(chosen), 3 if max(chosen) <= 1 else 1))})"
+    return text
+
+
+def _choice(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -12,6 +12,7 @@ The base model stays frozen; only the adapters' ``lora_A``/``lora_B`` are traina
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -21,11 +22,15 @@ from torch import nn
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
 from .errors import AdapterError, SpaceError
+from .io import atomic_write_json
 from .models import LoadedModel, load_model
 from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
-from .space import Config, SearchSpace
+from .space import Config, SearchSpace, space_fingerprint
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
+# Written beside an adapter whose modules a variant (lorasearch.compress: SparsePEFT, QA-SparsePEFT)
+# replaced: its `adapter_metadata`, so that loading the folder again builds the same variant.
+ADAPTER_MODE_FILE = "lorasearch_adapter_mode.json"
 
 
 class SuperNetwork:
@@ -209,11 +214,23 @@ class SuperNetwork:
         path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
         self.space.save(path / SPACE_FILE_NAME)
         if self.adapter_metadata:
-            from .compress.masked import MODE_FILE
-            from .io import atomic_write_json
-
-            atomic_write_json(path / MODE_FILE, self.adapter_metadata)
+            atomic_write_json(path / ADAPTER_MODE_FILE, self.adapter_metadata)
         return path
+
+    def fingerprint(self) -> str:
+        """A short hash of the space and the adapter tensors (every rank, every module).
+
+        Two networks with equal fingerprints score every config alike; parallel workers and
+        resumed runs compare it to refuse another adapter or space than the run's.
+        """
+        digest = hashlib.sha256(space_fingerprint(self.space).encode())
+        for name, module in sorted(self.adapter_modules().items()):
+            digest.update(f"{name}:{module.alpha}".encode())
+            for tensor in (module.A, module.B):
+                data = tensor.detach().to("cpu").contiguous()
+                digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
+                digest.update(data.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
         n_adapters = sum(m.lora_A is not None for m in self.elastic.values())

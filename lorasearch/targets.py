@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .data import Record, encode_for_training, is_multiple_choice, parse_choices
+from .data import IGNORE_INDEX, TEXT_TEMPLATE, Record, encode_for_training, is_multiple_choice, parse_choices
 from .errors import LoraSearchError
-from .evaluate import TEXT_TEMPLATE
 
 TARGETS = ("label", "text")
-IGNORE_INDEX = -100
 
 
 def encode_option_text(tokenizer: Any, record: Record, max_length: int) -> dict[str, list[int]]:

@@ -33,13 +33,12 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
+from .data import IGNORE_INDEX
 from .errors import LoraSearchError
 from .io import append_jsonl, atomic_write_json, atomic_write_text, first_difference, read_jsonl
 from .sampling import make_sampler
 from .space import Config, SearchSpace
 from .supernet import SuperNetwork
-
-IGNORE_INDEX = -100
 
 
 @dataclass

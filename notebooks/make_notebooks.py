@@ -50,8 +50,7 @@ QUICKSTART = [
     ),
     new_markdown_cell("## 3. NSGA-II on option-text accuracy and MACs"),
     new_code_cell(
-        "from lorasearch.evaluate import MultipleChoiceEvaluator\n"
-        "from lorasearch.search import SearchSettings, search_network\n\n"
+        "from lorasearch import MultipleChoiceEvaluator, SearchSettings, search_network\n\n"
         "evaluator = MultipleChoiceEvaluator(net, val, mode=\"text\", limit=30, progress=False)\n"
         "result = search_network(net, evaluator, objectives=[\"accuracy\", \"macs\"],\n"
         "                        settings=SearchSettings(strategy=\"nsga2\", budget=16, population=8),\n"
@@ -66,7 +65,7 @@ QUICKSTART = [
     ),
     new_markdown_cell("## 5. Export the knee subnet"),
     new_code_cell(
-        "from lorasearch.export import export_config, export_pruned, export_peft, pick_config\n\n"
+        "from lorasearch import export_config, export_peft, export_pruned, pick_config\n\n"
         "row, config = pick_config(result.table, \"knee\", space)\n"
         "export_config(net, config, WORK / \"exports\" / \"config\")\n"
         "exporter = export_pruned if space.mode == \"B\" else export_peft  # narrower Mode B layers: a pruned model\n"
@@ -89,9 +88,7 @@ ANALYSIS = [
     ),
     new_code_cell(
         "if not RUNS:\n"
-        "    from lorasearch.search.engine import SearchSettings\n"
-        "    from lorasearch.search_run import SearchRun\n"
-        "    from lorasearch.session import NetworkSettings, TaskSettings\n\n"
+        "    from lorasearch import NetworkSettings, SearchRun, SearchSettings, TaskSettings\n\n"
         "    work = Path(tempfile.mkdtemp(prefix=\"lorasearch-runs-\"))\n"
         "    for strategy in (\"nsga2\", \"random\"):\n"
         "        plan = SearchRun(\n"
@@ -105,7 +102,7 @@ ANALYSIS = [
     ),
     new_markdown_cell("## Open the runs"),
     new_code_cell(
-        "from lorasearch.rundata import load_run\n\n"
+        "from lorasearch import load_run\n\n"
         "runs = [load_run(path) for path in RUNS]\n"
         "for run in runs:\n"
         "    print(run.name, run.strategy, len(run.table), \"evaluations,\", len(run.pareto), \"on the front\")\n"
@@ -118,7 +115,7 @@ ANALYSIS = [
     ),
     new_markdown_cell("## Pick the most accurate subnet under a MAC budget"),
     new_code_cell(
-        "from lorasearch.export import pick_config\n\n"
+        "from lorasearch import pick_config\n\n"
         "front = runs[0].pareto\n"
         "budget = MAC_BUDGET or float(front[\"macs\"].median())\n"
         "row, config = pick_config(runs[0].table, f\"max-accuracy-under-macs {budget}\")\n"

@@ -24,12 +24,13 @@ from lorasearch.models import tiny_model
 from lorasearch.search import SearchSettings, run_search
 from lorasearch.search.backends import BackendSettings, LocalBackend
 from lorasearch.search.processes import ProcessBackend
-from lorasearch.search.workers import WorkerSetup, plan_workers, supernet_fingerprint
-from lorasearch.search_run import SearchRun
-from lorasearch.session import NetworkSettings, TaskSettings
+from lorasearch.search.workers import WorkerSetup, plan_workers
+from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
 from lorasearch.supernet import SuperNetwork
 
-from test_search import Surrogate, make_space, objectives
+from helpers import Surrogate, make_space, objectives
+
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = str(ROOT / "search_spaces" / "tiny-llama.yaml")
@@ -200,10 +201,10 @@ def test_fingerprint_tells_adapters_and_spaces_apart():
     def net(seed=0, space=SPACE):
         return SuperNetwork(tiny_model("llama"), space, seed=seed)
 
-    same = supernet_fingerprint(net())
-    assert supernet_fingerprint(net()) == same
-    assert supernet_fingerprint(net(seed=1)) != same  # other adapter weights
-    assert supernet_fingerprint(net(space=str(ROOT / "search_spaces" / "llama-shears.yaml"))) != same
+    same = net().fingerprint()
+    assert net().fingerprint() == same
+    assert net(seed=1).fingerprint() != same  # other adapter weights
+    assert net(space=str(ROOT / "search_spaces" / "llama-shears.yaml")).fingerprint() != same
 
 
 def test_a_worker_with_another_super_network_is_refused():

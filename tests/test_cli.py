@@ -12,28 +12,13 @@ import torch
 from peft import PeftModel
 
 from lorasearch import SuperNetwork
-from lorasearch.cli import main
 from lorasearch.models import tiny_model
+
+from helpers import cli_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = str(ROOT / "search_spaces" / "tiny-llama.yaml")
 MODE_A = str(ROOT / "search_spaces" / "llama-shears.yaml")
-
-
-def run_cli(*args: str) -> None:
-    try:
-        main(list(args))
-    except SystemExit as exc:  # typer exits 0 on success in some paths
-        assert exc.code in (0, None), exc.code
-
-
-def cli_error(capsys, *args: str) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +66,31 @@ def test_search_resume_from_the_run_directory_alone(trained, tmp_path):
     # A finished run resumed with the same settings evaluates nothing new.
     run_cli("search", "--resume", str(run))
     assert len((run / "evaluations.jsonl").read_text().splitlines()) == 8
+
+
+def test_old_option_spellings_work_for_one_release_with_a_warning(trained, tmp_path, capsys):
+    run_cli("cost", "--model", "tiny-llama", "--space", SPACE, "--config", "min", "--seq-len", "8", "--backend", "closed")
+    assert "cost --backend is deprecated; use --counter" in capsys.readouterr().out
+    first = tmp_path / "first"
+    common = ["--model", "tiny-llama", "--adapter", str(trained / "adapter"), "--task", str(trained / "validation.jsonl"),
+              "--limit", "8", "--population", "4", "--budget", "4"]
+    run_cli("search", *common, "--out", first)
+    run_cli("search", "--config", first / "run.yaml", "--out", tmp_path / "again")
+    assert "search --config is deprecated; use --run-file" in capsys.readouterr().out
+    assert len((tmp_path / "again" / "evaluations.jsonl").read_text().splitlines()) == 4
+
+
+def test_shared_options_carry_their_help_in_every_command():
+    from typer.main import get_command
+
+    from lorasearch.cli import app
+
+    group = get_command(app)
+    for name in ("eval", "cost", "train", "search", "sparsify", "quantize"):
+        options = {o: p for p in group.commands[name].params for o in p.opts}
+        assert options["--model"].help.startswith("Model: a Hugging Face name"), name
+        assert options["--trust-remote-code"].help == "Allow model code from the model's repository.", name
+        assert "--gguf-file" in options and options["--gguf-file"].help, name
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from lorasearch.cost import CostModel
 from lorasearch.data import synthetic_task
 from lorasearch.export import export_merged
 from lorasearch.models import byte_tokenizer, tiny_model
-from lorasearch.session import NetworkSettings, build_network
+from lorasearch.runs import NetworkSettings, build_network
 
 ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 MLP = ["mlp.up_proj", "mlp.down_proj"]
@@ -310,7 +310,7 @@ def test_cost_names_dense_and_effective_macs():
 
 
 def test_macs_effective_objective_is_registered():
-    from lorasearch.search.objectives import ObjectiveContext, build_objective
+    from lorasearch.runs.objectives import ObjectiveContext, build_objective
 
     net = sparse_net("sparse")
     cost = CostModel(net, seq_len=8, reference="analytic")

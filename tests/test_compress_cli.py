@@ -3,6 +3,7 @@ same train, search and export commands as a dense base, with sparsity and INT4 k
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,29 +11,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lorasearch.cli import main
 from lorasearch.compress.quant import load_quantized
 from lorasearch.compress.sparsity import SPARSITY_FILE, prunable_linears
 from lorasearch.data import synthetic_task
 
+import helpers
+from helpers import run_cli
+
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
+# progress bars of the earlier model loads come before the error line
+cli_error = functools.partial(helpers.cli_error, last_line=True)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODE_A = str(ROOT / "search_spaces" / "llama-shears.yaml")
-
-
-def run_cli(*args: str) -> None:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        assert exc.code in (0, None), exc.code
-
-
-def cli_error(capsys, *args: str) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars of earlier loads come first
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

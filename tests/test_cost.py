@@ -9,7 +9,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from conftest import MODE_B, merged_smaller_copy
+from helpers import MODE_B, merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import (
     CostError,

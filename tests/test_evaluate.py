@@ -23,7 +23,7 @@ from lorasearch.evaluate import (
 )
 from lorasearch.models import byte_tokenizer, tiny_model
 
-from conftest import MODE_B
+from helpers import MODE_B
 
 SPACE = {
     "name": "tiny",

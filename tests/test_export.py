@@ -23,12 +23,10 @@ from lorasearch.export import (
     export_merged,
     export_peft,
     export_pruned,
-    export_run,
-    knee_index,
     load_pruned,
-    load_results,
-    pick_config,
 )
+from lorasearch.results.pick import knee_index, pick_config
+from lorasearch.runs.export import export_run, load_results
 from lorasearch.models import byte_tokenizer, tiny_model
 
 ATOL_PEFT = 1e-5
@@ -359,3 +357,23 @@ def test_run_directory_without_results(tmp_path):
     (tmp_path / "run" / "results.csv").write_text("")
     with pytest.raises(ExportError, match="holds no evaluations"):
         load_results(tmp_path / "run")
+
+
+def test_export_of_a_run_rebuilds_its_network_with_every_recorded_setting(tmp_path):
+    """The network of `export RUN_DIR` comes from the one builder, so a recorded dtype is kept."""
+    from safetensors import safe_open
+
+    from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
+    from lorasearch.search import SearchSettings
+
+    from helpers import TINY_SPACE
+
+    plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), dtype="bf16"), TaskSettings(limit=8),
+                     SearchSettings(budget=4, population=4, seed=0))
+    _, net = plan.run(tmp_path / "run", log=None)
+    assert next(net.model.parameters()).dtype == torch.bfloat16
+    out = export_run(tmp_path / "run", "max", "merged")
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_tensor(key).dtype for key in weights.keys()}
+    assert dtypes == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"

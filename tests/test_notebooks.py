@@ -7,6 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 

@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from test_search import Surrogate, make_space, objectives  # noqa: E402
+from helpers import STDERR, Surrogate, synthetic_search  # noqa: E402
 
 from lorasearch import LoraSearchError  # noqa: E402
 from lorasearch.plot import (  # noqa: E402
@@ -27,24 +27,8 @@ from lorasearch.plot import (  # noqa: E402
     staircase,
 )
 from lorasearch.results import hypervolume_curve, pareto_mask, to_minimisation  # noqa: E402
-from lorasearch.rundata import from_result, load_run  # noqa: E402
-from lorasearch.search import Measurement, Objective, SearchSettings, run_search  # noqa: E402
-
-STDERR = 0.01
-INFO = {"task": "synthetic", "deployment": "unmerged", "seq_len": 64}
-
-
-def synthetic_search(out=None, strategy="nsga2", budget=40, seed=1, extra=(), **kwargs):
-    """A search on the analytic surrogate, with GMAC-sized MACs and accuracies carrying a stderr."""
-    space = make_space()
-    s = Surrogate(space)
-    accuracy, macs = objectives(s)
-    accuracy.fn = lambda c, f=accuracy.fn: Measurement(f(c), STDERR)
-    macs.fn, macs.unit = (lambda c, f=macs.fn: f(c) * 1e9), "MACs (unmerged)"
-    extras = [e(s) for e in extra]
-    settings = SearchSettings(strategy=strategy, budget=budget, population=8, seed=seed)
-    return run_search(space, [accuracy, macs, *extras], settings, out_dir=out, run_info=INFO, log=None, **kwargs)
-
+from lorasearch.results.run import from_result, load_run  # noqa: E402
+from lorasearch.search import Objective  # noqa: E402
 
 def params_objective(s: Surrogate) -> Objective:
     return Objective("params", "min", lambda c: 1e6 * (50 + sum(v for k, v in c.items() if k.startswith("attn"))),

@@ -11,12 +11,12 @@ import json  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
-from test_plot import STDERR, synthetic_search  # noqa: E402
+from helpers import STDERR, synthetic_search  # noqa: E402
 
 from lorasearch import LoraSearchError  # noqa: E402
 from lorasearch.report import config_summary, front_table, write_report  # noqa: E402
 from lorasearch.results import hypervolume_curve  # noqa: E402
-from lorasearch.rundata import from_result, load_run, running_hypervolume  # noqa: E402
+from lorasearch.results.run import from_result, load_run, running_hypervolume  # noqa: E402
 from lorasearch.search import Objective  # noqa: E402
 
 

@@ -20,35 +20,7 @@ from lorasearch.results import hypervolume, pareto_mask, to_minimisation
 from lorasearch.search import Objective, SearchSettings, parse_constraint, run_search
 from lorasearch.search.strategies import STRATEGIES
 
-
-def make_space(layers: int = 4, ranks=(32, 24, 16), widths=(1.0, 0.75, 0.5)) -> SearchSpace:
-    return SearchSpace.from_dict({
-        "name": "synthetic", "adapter": {"rank": ranks[0]}, "num_layers": layers,
-        "groups": {"attn": {"modules": ["q_proj"], "rank": list(ranks)}, "mlp": {"width": list(widths)}},
-    })
-
-
-class Surrogate:
-    """A seeded analytic accuracy that rises with rank and width, with diminishing returns."""
-
-    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
-        self.space = space
-        self.weights = np.random.default_rng(seed).uniform(0.2, 1.0, len(space.genes))
-        self.upper = np.array([len(g.choices) - 1 for g in space.genes])
-        self.calls = 0
-
-    def accuracy(self, config) -> float:
-        self.calls += 1
-        keep = 1 - self.space.encode(config) / self.upper
-        return float(0.25 + 0.5 * np.dot(self.weights, np.sqrt(keep)) / self.weights.sum())
-
-    def macs(self, config) -> float:
-        genes = self.space.encode(config)
-        return float(np.dot(1 + self.weights, [len(g.choices) - i for g, i in zip(self.space.genes, genes)]))
-
-
-def objectives(s: Surrogate) -> list[Objective]:
-    return [Objective("accuracy", "max", s.accuracy, bounds=(1.0, 0.0)), Objective("macs", "min", s.macs)]
+from helpers import Surrogate, make_space, objectives
 
 
 def front_values(table: pd.DataFrame) -> set[tuple[float, float]]:
@@ -231,7 +203,7 @@ def test_unwritable_or_full_output_gives_one_clear_line(tmp_path, monkeypatch):
 SLOW_SEARCH = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_search import Surrogate, make_space, objectives
+    from helpers import Surrogate, make_space, objectives
     from lorasearch.search import SearchSettings, run_search
     space = make_space()
     s = Surrogate(space)
@@ -242,6 +214,7 @@ SLOW_SEARCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_repeats_nothing_and_ends_on_the_same_front(tmp_path):
     space = make_space()
     settings = SearchSettings(budget=40, population=8, seed=3)

@@ -14,25 +14,13 @@ from hypothesis import strategies as st
 from lorasearch.errors import SpaceError
 from lorasearch.space import SearchSpace
 
+from helpers import assert_good_error, one_line
+
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SPACE_FILES = sorted(p for p in SPACES_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj", "q_proj")
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def one_line(message: str) -> bool:
-    return "\n" not in message and "\r" not in message and message.strip() == message and message != ""
-
-
-def assert_good_error(exc: pytest.ExceptionInfo, *parts: str) -> str:
-    """The message is one line, names every part (file, field, ...) and carries a fix hint."""
-    message = str(exc.value)
-    assert one_line(message), f"not one line: {message!r}"
-    for part in parts:
-        assert part in message, f"{part!r} not in {message!r}"
-    assert "fix" in message, f"no fix hint in {message!r}"
-    return message
 
 
 def rank_space(**extra) -> dict:

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from conftest import MODE_B, merged_smaller_copy
+from helpers import MODE_B, merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.models import tiny_config, tiny_model
 from lorasearch.peft_format import AdapterModule, write_adapter

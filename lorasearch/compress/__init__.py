@@ -12,7 +12,7 @@ and the SparsePEFT / QA-SparsePEFT adapter modes that keep them through fine-tun
 from .errors import CompressError
 from .masked import ADAPTER_MODES, QALoRALinear, SparseLoRALinear, apply_adapter_mode
 from .quant import QuantGrid, dequantize, fake_quantize, load_quantized, quantize_model, quantize_weight, save_quantized
-from .sparsity import METHODS, sparsify, save_sparse, sparsity_report
+from .sparsity import METHODS, save_sparse, sparsify, sparsity_report
 
 __all__ = [
     "ADAPTER_MODES", "CompressError", "METHODS", "QALoRALinear", "QuantGrid", "SparseLoRALinear",

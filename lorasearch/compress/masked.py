@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..elastic import ElasticLoRALinear
+from ..supernet import ADAPTER_MODE_FILE, SuperNetwork
 from .errors import CompressError
 from .quant import GRID_ATTR, QuantGrid
 
 ADAPTER_MODES = ("dense", "sparse", "qa")
-MODE_FILE = "lorasearch_adapter_mode.json"
 
 
 def mask_fingerprint(mask: torch.Tensor) -> str:
@@ -163,12 +163,12 @@ def check_mode(mode: str | None) -> str:
 
 def adapter_folder_mode(adapter: str | Path | None) -> dict[str, Any] | None:
     """The mode document saved beside a SparsePEFT/QA adapter, or None."""
-    if adapter is None or not (Path(adapter) / MODE_FILE).is_file():
+    if adapter is None or not (Path(adapter) / ADAPTER_MODE_FILE).is_file():
         return None
-    return json.loads((Path(adapter) / MODE_FILE).read_text())
+    return json.loads((Path(adapter) / ADAPTER_MODE_FILE).read_text())
 
 
-def apply_adapter_mode(net: Any, mode: str | None, saved: Mapping[str, Any] | None = None) -> Any:
+def apply_adapter_mode(net: SuperNetwork, mode: str | None, saved: Mapping[str, Any] | None = None) -> SuperNetwork:
     """Turn ``net``'s adapter modules into SparsePEFT (``sparse``) or QA-SparsePEFT (``qa``) modules.
 
     ``saved`` is the mode document of the adapter folder the network was loaded from: its per-module

@@ -1,15 +1,18 @@
-"""Building a super-network on a sparse or quantized base, and exporting it with its compression kept."""
+"""Keeping a base's compression through a super-network: the adapter mode a network is built in,
+and the checks and files of a merged export of a sparse or quantized base."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
+from ..io import atomic_write_json
+from ..supernet import SuperNetwork
 from .errors import CompressError
-from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, apply_adapter_mode, check_mode
-from .quant import GRID_ATTR, attach_grids, is_quantized_folder, write_quant_files
+from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, check_mode
+from .quant import GRID_ATTR, write_quant_files
 from .sparsity import SPARSITY_FILE, sparsity_report
 
 
@@ -24,28 +27,7 @@ def resolve_mode(mode: str | None, adapter: str | Path | None) -> tuple[str, dic
     return mode, saved
 
 
-def build_compressed_network(settings: Any, space: Any, load: Mapping[str, Any]):
-    """A `SuperNetwork` as ``settings`` say, with INT grids attached (quantized base) and the adapter mode applied."""
-    from ..models import load_model
-    from ..supernet import SuperNetwork
-
-    mode, saved = resolve_mode(getattr(settings, "adapter_mode", None), settings.adapter)
-    loaded = load_model(settings.model, **load)
-    if is_quantized_folder(settings.model):
-        attach_grids(loaded.model, settings.model)
-    net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer,
-                       model_spec=loaded.spec, seed=settings.seed)
-    return apply_adapter_mode(net, mode, saved)
-
-
-def needs_compressed_build(settings: Any) -> bool:
-    """Whether `build_compressed_network` is needed (a mode, a mode-tagged adapter, or a quantized base)."""
-    mode = getattr(settings, "adapter_mode", None)
-    return (mode not in (None, "dense") or adapter_folder_mode(settings.adapter) is not None
-            or is_quantized_folder(settings.model))
-
-
-def check_mergeable(net: Any) -> None:
+def check_mergeable(net: SuperNetwork) -> None:
     """Refuse to merge dense adapters into an INT-quantized base: the result would leave the INT grid."""
     for name, m in net.elastic.items():
         grid = getattr(m.base_layer, GRID_ATTR, None)
@@ -58,10 +40,8 @@ def check_mergeable(net: Any) -> None:
             m.check_mask(name)
 
 
-def write_compression_files(folder: Path, net: Any, model: nn.Module) -> None:
+def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -> None:
     """Beside a merged export: the INT codes and grids (QA) and the sparsity report (sparse modes)."""
-    from ..io import atomic_write_json
-
     modules = dict(model.named_modules())
     qa = {n: m for n, m in net.elastic.items() if isinstance(m, QALoRALinear)}
     for name, m in qa.items():

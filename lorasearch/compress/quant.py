@@ -24,7 +24,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, staged
+from ..models import load_model, save_model_folder
 from .errors import CompressError
 from .sparsity import prunable_linears
 
@@ -170,11 +171,8 @@ def write_quant_files(folder: Path, model: nn.Module, provenance: Mapping[str, A
 
 def save_quantized(model: nn.Module, tokenizer: Any, out: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
     """Save a quantized model: de-quantised ``save_pretrained`` weights plus the INT codes and grids."""
-    from ..export import _forget_dequantized_gguf, _save_model, _staged
-
-    _forget_dequantized_gguf(model)
-    with _staged(out) as tmp:
-        _save_model(tmp, model, tokenizer)
+    with staged(out, CompressError) as tmp:
+        save_model_folder(tmp, model, tokenizer)
         write_quant_files(tmp, model, provenance)
     return Path(out)
 
@@ -207,8 +205,6 @@ def attach_grids(model: nn.Module, path: str | Path) -> None:
 
 def load_quantized(path: str | Path, **load_kwargs: Any):
     """Load a quantized folder: a `LoadedModel` whose linears hold the de-quantised codes and carry their grids."""
-    from ..models import load_model
-
     if not is_quantized_folder(path):
         raise CompressError(f"{path}: no {QUANT_FILE}; fix: quantize the model first (lorasearch quantize --out ...)")
     loaded = load_model(str(path), **load_kwargs)

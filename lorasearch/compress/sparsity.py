@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..data import Record
-from ..io import atomic_write_json
+from ..io import atomic_write_json, staged
+from ..models import save_model_folder
 from .calibration import calibration_tokens, capture_layer_inputs, decoder_layers, run_layer, with_hidden
 from .errors import CompressError
 
@@ -198,15 +199,12 @@ def sparsity_report(model: nn.Module) -> pd.DataFrame:
 
 def save_sparse(model: nn.Module, tokenizer: Any, out: str | Path, report: pd.DataFrame, provenance: Mapping[str, Any] | None = None) -> Path:
     """Save a pruned model (``from_pretrained`` loads it) with ``lorasearch_sparsity.json`` beside it."""
-    from ..export import _forget_dequantized_gguf, _save_model, _staged
-
     document = {
         "format": "lorasearch-sparse", "version": 1, **report.attrs, **dict(provenance or {}),
         "sparsity": float(report["sparsity"].iloc[-1]),
         "layers": report.iloc[:-1][["module", "nonzero", "numel", "sparsity"]].to_dict("records"),
     }
-    _forget_dequantized_gguf(model)
-    with _staged(out) as tmp:
-        _save_model(tmp, model, tokenizer)
+    with staged(out, CompressError) as tmp:
+        save_model_folder(tmp, model, tokenizer)
         atomic_write_json(tmp / SPARSITY_FILE, document)
     return Path(out)

@@ -1,17 +1,18 @@
-"""Multi-objective search over a super-network's configs (NSGA-II, random, optuna, exhaustive).
+"""Multi-objective search over a space's configs (NSGA-II, random, optuna, exhaustive), model-agnostic.
 
 ``run_search(space, objectives, settings, out_dir=...)`` is the engine; `Objective` wraps any
-callable ``config -> value``; `standard_objectives` builds accuracy, MACs, parameters and latency
-from a super-network, an evaluator and a cost model.
+callable ``config -> value``. Nothing here knows about models: `lorasearch.runs.search_network`
+builds accuracy, MACs, parameters and latency objectives from a super-network and searches it.
 """
 
-from .api import search_network
+from ..results.run import SearchResult
 from .backends import BackendSettings, EvaluationBackend, LocalBackend, make_backend
-from .engine import SearchEngine, SearchResult, SearchSettings, run_search
-from .objectives import Constraint, Measurement, Objective, ObjectiveContext, parse_constraint, standard_objectives
+from .engine import SearchEngine, SearchSettings, run_search
+from .objectives import DIRECTIONS_OF, Constraint, Measurement, Objective, parse_constraint
 from .strategies import STRATEGIES
 
 __all__ = [
+    "DIRECTIONS_OF",
     "STRATEGIES",
     "BackendSettings",
     "Constraint",
@@ -20,12 +21,9 @@ __all__ = [
     "make_backend",
     "Measurement",
     "Objective",
-    "ObjectiveContext",
     "SearchEngine",
     "SearchResult",
     "SearchSettings",
     "parse_constraint",
     "run_search",
-    "search_network",
-    "standard_objectives",
 ]

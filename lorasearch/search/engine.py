@@ -9,7 +9,7 @@ one, and ends with the front an uninterrupted run would have found.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LoraSearchError
-from ..results import ObjectiveSpec, hypervolume_curve, noise_notes, results_table, to_minimisation
+from ..results.run import SearchResult
+from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_minimisation
 from ..space import SearchSpace
 from .backends import EvaluationBackend, LocalBackend
 from .objectives import Constraint, Objective
@@ -45,32 +46,6 @@ class SearchSettings(StrategySettings):
             raise LoraSearchError(
                 f"budget: {self.budget} is below the population {self.population}; fix: raise --budget or lower --population"
             )
-
-
-@dataclass
-class SearchResult:
-    """Every evaluation of a search, its front, its hypervolume per generation, and its settings."""
-
-    table: pd.DataFrame
-    hypervolume: pd.DataFrame
-    specs: list[ObjectiveSpec]
-    settings: SearchSettings
-    out_dir: Path | None = None
-    constraints: list[Constraint] = field(default_factory=list)
-
-    @property
-    def pareto(self) -> pd.DataFrame:
-        """The non-dominated feasible evaluations."""
-        return self.table[self.table["is_pareto"]]
-
-    def reference(self, source: str) -> pd.Series | None:
-        """The row of the ``max``, ``min`` or ``heuristic`` config, when it was evaluated."""
-        rows = self.table[self.table["source"].str.split("+").apply(lambda labels: source in labels)]
-        return rows.iloc[0] if len(rows) else None
-
-    def noise_notes(self) -> list[str]:
-        """Neighbouring front points whose accuracies are within noise of each other."""
-        return noise_notes(self.pareto)
 
 
 def derive_specs(objectives: Sequence[Objective], space: SearchSpace) -> list[ObjectiveSpec]:
@@ -121,7 +96,8 @@ class SearchEngine:
         self.records: list[dict[str, Any]] = []
         self.cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._replay: set[tuple[int, ...]] = set()
-        self.specs = self._start(dict(run_info or {}), resume)
+        self.run_info = dict(run_info or {})
+        self.specs = self._start(self.run_info, resume)
         self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
         self.strategy = self._strategy(optuna_storage, out_dir)
         self.start_time = time.perf_counter()
@@ -273,10 +249,11 @@ class SearchEngine:
 
     def _finish(self) -> SearchResult:
         table = self.table()
-        curve = hypervolume_curve(table, self.specs, by="generation")
         if self.rundir is not None:
-            self.rundir.write_tables(table, curve)
-        return SearchResult(table, curve, self.specs, self.settings, self.rundir.path if self.rundir else None, self.constraints)
+            self.rundir.write_tables(table, hypervolume_curve(table, self.specs, by="generation"))
+        document = self._run_document(self.run_info)
+        return SearchResult(table=table, specs=self.specs, settings=document["search"], info=document["run"],
+                            path=self.rundir.path if self.rundir else None)
 
 
 def run_search(

@@ -52,7 +52,7 @@ class ProcessBackend:
     Args:
         recipe: picklable, called once per worker to build its `WorkerSetup`.
         workers: how many processes; with GPUs at most one per visible GPU.
-        expected_fingerprint: the driver's `supernet_fingerprint`; a worker that differs is refused.
+        expected_fingerprint: the driver's network fingerprint; a worker that differs is refused.
         threads: torch threads per worker (default: this machine's CPUs divided among the workers).
     """
 

@@ -92,7 +92,7 @@ class RayBackend:
         recipe: picklable, called once per actor to build its `WorkerSetup`.
         workers: actors to start (default: one per GPU of the cluster, else one per CPU).
         address: a running cluster's address; None starts a local Ray (or reuses this process's).
-        expected_fingerprint: the driver's `supernet_fingerprint`; an actor that differs is refused.
+        expected_fingerprint: the driver's network fingerprint; an actor that differs is refused.
         num_cpus: CPUs of a local Ray started here (default: all).
         threads: torch threads per actor (default: the cluster's CPUs divided among the actors).
         max_deaths: actors one config may kill before the search stops.

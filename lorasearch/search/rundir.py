@@ -11,18 +11,16 @@
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import yaml
 
 from ..errors import LoraSearchError
-from ..io import append_jsonl, atomic_write_text, first_difference, read_jsonl
+from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, read_jsonl
+from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
-RUN_FILE = "run.yaml"
-LOG_FILE = "evaluations.jsonl"
 COMPARED_SECTIONS = ("run", "search")
 
 
@@ -40,7 +38,7 @@ class RunDirectory:
         """The stored run.yaml (for ``--resume RUN_DIR``)."""
         if not self.run_file.is_file():
             raise LoraSearchError(f"{self.run_file}: missing; fix: point --resume at a search's run directory")
-        return yaml.safe_load(self.run_file.read_text())
+        return read_run_document(self.run_file)
 
     def start(self, run: Mapping[str, Any], *, resume: bool) -> list[dict[str, Any]]:
         """Claim the folder for ``run``; on resume, check it matches and return the finished evaluations."""
@@ -65,18 +63,17 @@ class RunDirectory:
     def write_tables(self, table: pd.DataFrame, hypervolume: pd.DataFrame) -> None:
         """Write results.csv, pareto.csv and hypervolume.csv atomically."""
         for name, frame in (
-            ("results.csv", table),
-            ("pareto.csv", table[table["is_pareto"]] if "is_pareto" in table else table),
-            ("hypervolume.csv", hypervolume),
+            (TABLE_FILE, table),
+            (PARETO_FILE, table[table["is_pareto"]] if "is_pareto" in table else table),
+            (HYPERVOLUME_FILE, hypervolume),
         ):
             self._guard(lambda f=frame, n=name: atomic_write_text(self.path / n, f.to_csv(index=False)))
 
-    def _guard(self, action) -> None:
+    def _guard(self, action: Callable[[], Any]) -> None:
         try:
             action()
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise LoraSearchError(f"{self.path}: cannot write ({reason}); fix: choose another --out or free space") from None
+            raise LoraSearchError(f"{self.path}: cannot write ({os_reason(exc)}); fix: choose another --out or free space") from None
 
 
 def _refuse_changes(stored: Mapping[str, Any], current: Mapping[str, Any], file: Path) -> None:

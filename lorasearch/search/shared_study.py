@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import LoraSearchError
-from ..space import SearchSpace
+from ..space import SearchSpace, space_fingerprint
 from .strategies import OptunaStrategy, Proposal, StrategySettings
 
 Logged = Callable[[tuple[int, ...]], "tuple[np.ndarray, np.ndarray | None] | None"]
@@ -261,8 +261,6 @@ class SharedOptunaStrategy(OptunaStrategy):
 
 def study_signature(specs: Sequence[Any], constraints: Sequence[Any], space: SearchSpace) -> str:
     """What processes sharing a study must agree on: objectives, their bounds, constraints, the space."""
-    from ..session import space_fingerprint
-
     text = repr(([s.to_dict() for s in specs], [str(c) for c in constraints], space_fingerprint(space)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

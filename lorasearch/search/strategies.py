@@ -34,6 +34,7 @@ class StrategySettings:
     population: int = 10
     """Configs per generation (NSGA-II population, batch size of the others)."""
     seed: int = 0
+    """Seeds the strategy (and, from the command line, the validation subset)."""
     crossover_prob: float = 0.9
     """SBX probability (the reference's value)."""
     crossover_eta: float = 10.0

@@ -2,21 +2,21 @@
 
 A worker gets a *recipe*: any picklable callable that takes no arguments and returns a
 `WorkerSetup` (the objectives to measure and the fingerprint of the super-network they measure).
-`lorasearch.search_run.NetworkRecipe` rebuilds a search's super-network and evaluator from its
+`lorasearch.runs.search.NetworkRecipe` rebuilds a search's super-network and evaluator from its
 plain settings; tests pass a top-level function. The worker calls the recipe once, keeps what it
 built, and then evaluates configs one at a time with `measure_all`.
 
-The fingerprint hashes the adapter tensors and the space, so the driver can refuse workers that
-loaded another adapter or space than it did (a stale file on one node of a cluster, say).
+The fingerprint (`lorasearch.SuperNetwork.fingerprint`: the adapter tensors and the space) lets
+the driver refuse workers that loaded another adapter or space than it did (a stale file on one
+node of a cluster, say); here it is an opaque string.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from ..errors import LoraSearchError
 from ..space import Config
@@ -29,26 +29,10 @@ class WorkerSetup:
 
     objectives: list[Objective]
     fingerprint: str | None = None
-    """`supernet_fingerprint` of the network the objectives measure; None skips the check."""
+    """The fingerprint of the network the objectives measure; None skips the check."""
 
 
 Recipe = Callable[[], WorkerSetup]
-
-
-def supernet_fingerprint(net: Any) -> str:
-    """A short hash of a super-network's space and adapter tensors (every rank, every module)."""
-    import torch
-
-    from ..session import space_fingerprint
-
-    digest = hashlib.sha256(space_fingerprint(net.space).encode())
-    for name, module in sorted(net.adapter_modules().items()):
-        digest.update(f"{name}:{module.alpha}".encode())
-        for tensor in (module.A, module.B):
-            data = tensor.detach().to("cpu").contiguous()
-            digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def check_fingerprint(worker: str, found: str | None, expected: str | None) -> None:

@@ -1,0 +1,68 @@
+"""The ``lorasearch`` command: a thin layer that parses arguments, calls the Python API and prints.
+
+Every error a user can cause ends in one line and a non-zero exit, never a traceback:
+
+* usage errors (an unknown option, a value of the wrong type) in the command-line library's own
+  words, naming the option, with a pointer to ``--help`` (exit 2);
+* bad input (a file, a field, a setting) as ``error: FILE: FIELD: problem; fix: ...`` (exit 2).
+
+Set ``LORASEARCH_DEBUG=1`` to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import LoraSearchError
+from . import commands  # noqa: F401 - registers the commands on the app
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn every failure into one line and an exit code."""
+    debug = bool(os.environ.get("LORASEARCH_DEBUG"))
+    try:
+        app(args=argv, prog_name="lorasearch", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: typer's bundled click raises these
+        _usage_error(exc)
+    except LoraSearchError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except MemoryError:
+        print("error: out of memory; fix: use a smaller model, --limit or --batch-size", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the CLI never shows a bare traceback
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"internal error: {type(exc).__name__}: {first} (set LORASEARCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _usage_error(exc: typer.TyperException) -> None:
+    """``error: <the library's message>`` and where the help is: two lines, exit 2."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `lorasearch` or group: the help is the answer
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(0)
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "lorasearch"
+    print(f"error: {message}", file=sys.stderr)
+    print(f"see: {command} --help", file=sys.stderr)
+    sys.exit(getattr(exc, "exit_code", 2) or 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The commands: each parses its options into plain settings, calls the Python API and prints.
+
+Options shared by several commands come from the settings dataclasses (`settings_options`), so
+they are declared once, with their help text, and reach every command alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import LoraSearchError
+from ..runs.settings import NetworkSettings, TaskSettings
+from ..search.backends import BackendSettings
+from ..search.engine import SearchSettings
+from ..space import SearchSpace
+from ..train import TrainArgs
+from .app import app, console, space_app
+from .options import settings_options
+from .printing import print_configs, print_search_summary, print_space
+
+MODEL_FIELDS = ("model", "gguf_file", "dtype", "trust_remote_code")
+SHORT = {"model": "-m"}
+
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]
+SubnetConfig = Annotated[str, typer.Option("--config", help="The subnet: max, min, heuristic, or a JSON file with a config.")]
+SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence the MAC count models.")]
+Deployment = Annotated[str, typer.Option(help="What the MACs model: unmerged (adapters beside the base) or merged.")]
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an option spelling kept for one release."""
+    console.print(f"[yellow]warning:[/yellow] {old} is deprecated; use {new}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------ spaces
+@space_app.command("show")
+@settings_options(NetworkSettings, "network", only=("model", "adapter") + MODEL_FIELDS[1:], defaults={"model": None},
+                  short=SHORT, helps={"model": "Check the space against this model and show parameter counts."})
+def space_show(
+    network: NetworkSettings,
+    file: Annotated[Path, typer.Argument(help="Space file (.yaml or .json).")],
+    num_layers: Annotated[Optional[int], typer.Option(help="Expand a per-layer space over N layers (without --model).")] = None,
+) -> None:
+    """Print a space's groups, choices and size, and its max/min/heuristic configs.
+
+    With --model the space is checked against the model, and each config's parameters are shown.
+    """
+    from ..runs.settings import build_network
+
+    space = SearchSpace.load(file)
+    net = None
+    if network.model is not None:
+        net = build_network(network, space=space)
+        space = net.space
+    elif num_layers is not None:
+        space = space.with_num_layers(num_layers)
+    print_space(space, file)
+    if space.per_layer is not None and space.num_layers is None:
+        console.print("size and configs need the layer count: pass --model or --num-layers")
+        return
+    print_configs(space, net)
+
+
+@space_app.command("import")
+def space_import(
+    file: Annotated[Path, typer.Argument(help="SQFT elastic_adapter_config.json or LoNAS/Shears NNCF config JSON.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the space here (.yaml or .json).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name of the new space (default: the file's stem).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha of the adapter (the reference files do not store it).")] = None,
+) -> None:
+    """Convert a reference implementation's space file into lorasearch's format."""
+    from ..formats import import_space
+    from ..io import refuse_existing
+
+    space = import_space(file, name=name, alpha=alpha)
+    if out is None:
+        console.out(space.dumps(), end="", highlight=False)
+        return
+    refuse_existing(out)
+    space.save(out)
+    console.print(f"wrote {out} ({len(space.groups)} groups)")
+
+
+# ----------------------------------------------------------------------------------- the job
+@app.command()
+def quickstart(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model (default: SmolLM2-135M if installed).")] = "default",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/quickstart"),
+) -> None:
+    """Run the main job on the embedded default model: space -> super-network -> subnet configs."""
+    from ..runs.quickstart import run_quickstart
+
+    run_quickstart(model=model, out=out, console=console)
+
+
+# ----------------------------------------------------------------------------- one subnet
+@app.command("eval")
+@settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
+@settings_options(TaskSettings, "task")
+def eval_command(
+    network: NetworkSettings,
+    task: TaskSettings,
+    config: SubnetConfig = "max",
+    seq_len: SeqLen = 128,
+) -> None:
+    """Score one subnet and print its accuracy, MACs and parameters."""
+    from ..cost import CostModel
+    from ..runs.settings import build_evaluator, build_network, resolve_config
+
+    net = build_network(network)
+    chosen = resolve_config(net.space, config)
+    result = build_evaluator(net, task)(chosen)
+    cost = CostModel(net, seq_len=seq_len, reference="analytic")
+    params = cost.parameters(chosen, nonzero=True)
+    se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
+    console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
+    for deployment in ("unmerged", "merged"):
+        console.print(f"MACs ({deployment}, {seq_len} tokens): {cost.gmacs(chosen, deployment):.4f} G")
+    console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
+    if params.nonzero is not None and params.nonzero < params.base:
+        effective = cost.effective_macs(chosen, "merged") / 1e9
+        console.print(f"sparse base: {params.nonzero:,} non-zero base parameters "
+                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {effective:.4f} G")
+
+
+@app.command("cost")
+@settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
+def cost_command(
+    network: NetworkSettings,
+    config: SubnetConfig = "max",
+    seq_len: SeqLen = 128,
+    deployment: Deployment = "unmerged",
+    counter: Annotated[str, typer.Option(help="closed (closed form) or fvcore (trace the subnet).")] = "closed",
+    backend: Annotated[Optional[str], typer.Option(hidden=True, help="Deprecated spelling of --counter.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Also write the breakdown as CSV.")] = None,
+) -> None:
+    """Print the per-module MAC and parameter breakdown of one subnet."""
+    from ..cost import CostModel, fvcore_macs
+    from ..runs.settings import build_network, resolve_config
+
+    if backend is not None:
+        deprecated("cost --backend", "--counter")
+        counter = backend
+    if counter not in ("closed", "fvcore"):
+        raise LoraSearchError(f"--counter: unknown {counter!r}; fix: use closed or fvcore")
+    net = build_network(network)
+    chosen = resolve_config(net.space, config)
+    cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference="analytic")
+    table = cost.breakdown(chosen)
+    if counter == "fvcore":
+        total, by_module = fvcore_macs(net, chosen, seq_len, deployment=deployment)
+        table["fvcore_macs"] = [by_module.get(m, 0) if m != "total" else total for m in table["module"]]
+    if csv:
+        table.to_csv(csv, index=False)
+    print(table.to_string(index=False, max_rows=80))
+    console.print(cost.describe(chosen))
+
+
+# ---------------------------------------------------------------------------------- training
+@app.command("train")
+@settings_options(NetworkSettings, "network", skip=("seed", "dtype"), short=SHORT,
+                  helps={"adapter": "Continue from this PEFT super-adapter (default: fresh adapters)."})
+@settings_options(TrainArgs, "args")
+def train_command(
+    network: NetworkSettings,
+    args: TrainArgs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the super-adapter, logs and checkpoints.")],
+    task: Annotated[list[Path], typer.Option(help="Task file(s); repeat for a mix. Default: the synthetic task.")] = [],  # noqa: B006
+    max_records: Annotated[Optional[int], typer.Option(help="Seeded subset per task file.")] = None,
+    val_size: Annotated[float, typer.Option(help="Held-out share (or count, if >= 1) written to validation.jsonl.")] = 0.1,
+    target: Annotated[str, typer.Option(help="text (correct option's text) or label (the reference's 'answer2').")] = "text",
+    max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 256,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace whatever --out holds.")] = False,
+) -> None:
+    """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
+    from ..runs.train import prepare_training
+
+    network = dataclasses.replace(network, seed=args.seed)  # one --seed seeds the adapters and the run
+    trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
+                               val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
+                               log=console.print)
+    result = trainer.train(progress=True)
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
+    console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
+
+
+# ------------------------------------------------------------------------------ compression
+@app.command("sparsify")
+@settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
+def sparsify_command(
+    network: NetworkSettings,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the sparse base (from_pretrained loads it).")],
+    method: Annotated[str, typer.Option(help="wanda (|W| * ||X_j||, per output row) or magnitude (|W|, per layer).")] = "wanda",
+    ratio: Annotated[float, typer.Option(help="Share of weights to zero, in [0, 1) (N:M patterns fix it at N/M).")] = 0.5,
+    pattern: Annotated[str, typer.Option(help="unstructured, 2:4 or 4:8.")] = "unstructured",
+    calibration: Annotated[Optional[Path], typer.Option(help="Task file whose texts calibrate Wanda.")] = None,
+    samples: Annotated[int, typer.Option(help="Calibration windows (the reference uses 128).")] = 128,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Calibration windows per forward pass.")] = 8,
+) -> None:
+    """Prune a base model (Wanda or magnitude; unstructured or N:M) and save it with a per-layer report."""
+    from ..compress.sparsity import save_sparse, sparsify
+    from ..data import load_records
+    from ..io import refuse_existing
+    from ..models import load_model
+
+    refuse_existing(out)
+    if method == "wanda" and calibration is None:
+        raise LoraSearchError("--calibration: missing; Wanda needs calibration texts; fix: pass a task file, or --method magnitude")
+    records = load_records(calibration) if calibration is not None else None
+    loaded = load_model(network.model, **network.load_options())
+    report = sparsify(loaded.model, loaded.tokenizer, method=method, ratio=ratio, pattern=pattern, records=records,
+                      n_samples=samples, seq_len=seq_len, batch_size=batch_size)
+    provenance = {"model": loaded.spec, "calibration": str(calibration) if calibration else None}
+    save_sparse(loaded.model, loaded.tokenizer, out, report, provenance)
+    print(report.to_string(index=False, max_rows=40))
+    console.print(f"wrote {out} ({report['sparsity'].iloc[-1]:.1%} of the decoder linears' weights are zero)")
+
+
+@app.command("quantize")
+@settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
+def quantize_command(
+    network: NetworkSettings,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the quantized base.")],
+    bits: Annotated[int, typer.Option(help="Bits per weight (asymmetric, integer zero point).")] = 4,
+    group_size: Annotated[int, typer.Option(help="Inputs per quantization group; must divide every input size.")] = 128,
+) -> None:
+    """Quantize a base's decoder linears group-wise to INT (round-to-nearest) and save codes, scales, zeros.
+
+    A sparse base (from lorasearch sparsify) stays sparse.
+    """
+    from ..compress.quant import quantize_model, save_quantized
+    from ..compress.sparsity import SPARSITY_FILE, sparsity_report
+    from ..io import refuse_existing
+    from ..models import load_model
+
+    refuse_existing(out)
+    loaded = load_model(network.model, **network.load_options())
+    quantize_model(loaded.model, bits, group_size)
+    save_quantized(loaded.model, loaded.tokenizer, out, {"model": loaded.spec})
+    if (Path(network.model) / SPARSITY_FILE).is_file():
+        shutil.copy(Path(network.model) / SPARSITY_FILE, out / SPARSITY_FILE)
+    sparsity = sparsity_report(loaded.model)["sparsity"].iloc[-1]
+    console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
+
+
+# ------------------------------------------------------------------------------------ search
+@app.command("search")
+@settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
+@settings_options(TaskSettings, "task", skip=("seed",), helps={"task": "Validation task file; default: the synthetic task."})
+@settings_options(SearchSettings, "settings")
+def search_command(
+    network: NetworkSettings,
+    task: TaskSettings,
+    settings: SearchSettings,
+    out: Out = None,
+    objectives: Annotated[str, typer.Option(
+        help="Comma-separated: accuracy, macs, macs_merged, macs_unmerged, macs_effective, params, latency.")] = "accuracy,macs",
+    constraint: Annotated[list[str], typer.Option(help="e.g. macs<=2.5e8 (repeatable).")] = [],  # noqa: B006
+    seq_len: SeqLen = 128,
+    deployment: Deployment = "unmerged",
+    run_file: Annotated[Optional[Path], typer.Option(help="Start a new run from a run.yaml (with --out).")] = None,
+    config: Annotated[Optional[Path], typer.Option(hidden=True, help="Deprecated spelling of --run-file.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
+    backend: Annotated[str, typer.Option(help="Where configs are evaluated: local, processes or ray.")] = "local",
+    workers: Annotated[Optional[int], typer.Option(help="Parallel workers (default: one per GPU, else per CPU).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="A Ray cluster (host:port or auto); default: a local Ray.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help=(
+        "optuna storage shared with other search processes (tpe, optuna-nsga2): sqlite:///study.db, postgresql://..."
+    ))] = None,
+) -> None:
+    """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
+    from ..runs.search import SearchRun, run_from_file
+
+    where = BackendSettings(backend, workers, ray_address)
+    where.check()
+    if config is not None:
+        deprecated("search --config", "--run-file")
+        run_file = run_file or config
+    if resume is not None:
+        plan, out = run_from_file(resume / "run.yaml"), resume
+    elif run_file is not None:
+        plan = run_from_file(run_file)
+    else:
+        plan = SearchRun(
+            network=network,
+            task=dataclasses.replace(task, seed=settings.seed),  # one --seed: the subset and the strategy
+            settings=settings,
+            objectives=[o.strip() for o in objectives.split(",") if o.strip()],
+            constraints=list(constraint), seq_len=seq_len, deployment=deployment,
+        )
+    if storage is not None:
+        plan.storage = storage  # a resume with another storage than run.yaml's is refused
+    if out is None:
+        raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
+    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where)
+    print_search_summary(result)
+
+
+# ------------------------------------------------------------------------------- read side
+@app.command("plot")
+def plot_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One run directory, or several to compare.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the figures (default: RUN_DIR/plots).")] = None,
+) -> None:
+    """Draw the Pareto front, the search progression and the hypervolume (PNG and SVG)."""
+    from ..plot import comparison_figure, plot_run, save_figure
+
+    if len(run_dirs) == 1:
+        written = plot_run(run_dirs[0], out)
+    else:
+        folder = out or Path("comparison")
+        written = save_figure(comparison_figure([str(d) for d in run_dirs]), folder / "comparison")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Markdown file (default: RUN_DIR/report.md).")] = None,
+) -> None:
+    """Write a markdown (and HTML) report of a search: the front, relative figures, settings, plots."""
+    from ..report import write_report
+
+    console.print(f"wrote {write_report(run_dir, out)}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
+    pick: Annotated[str, typer.Option(help="knee | heuristic | max | min | 'row N' | 'max-accuracy-under-macs X'.")] = "knee",
+    format: Annotated[str, typer.Option("--format", "-f", help="config (subnet.json) | peft | merged | pruned.")] = "config",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output (default: RUN_DIR/exports/FORMAT-evalN).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the run's model.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="Override the run's adapter.")] = None,
+    space: Annotated[Optional[Path], typer.Option(help="Override the run's space file.")] = None,
+) -> None:
+    """Export a subnet of a search: its config, a stock-PEFT sub-adapter, a merged or a pruned model."""
+    from ..runs.export import export_run
+
+    path = export_run(run_dir, pick, format, out, model=model, adapter=str(adapter) if adapter else None,
+                      space=str(space) if space else None)
+    console.print(f"wrote {path}")

@@ -1,0 +1,84 @@
+"""What the commands print: spaces, configs and search summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..cost import parameter_counts
+from ..report import summary_table
+from ..results.run import SearchResult
+from ..space import Group, SearchSpace, config_summary
+from ..supernet import SuperNetwork
+from .app import console
+
+
+def print_space(space: SearchSpace, file: Path) -> None:
+    """A space's name, adapter, groups, choices and size."""
+    console.print(f"[bold]{escape(space.name)}[/bold] (Mode {space.mode}) from {escape(str(file))}")
+    if space.description:
+        console.print(escape(space.description))
+    a = space.adapter
+    if a.rank:
+        console.print(f"adapter: rank {a.rank}, alpha {a.effective_alpha:g} (scale {a.effective_alpha / a.rank:g} for every sub-rank)")
+    if space.per_layer:
+        layers = f" x {space.num_layers} layers" if space.num_layers else ""
+        console.print(f"per layer: {space.per_layer}{layers}")
+    table = Table(show_edge=False)
+    for col in ("group", "kind", "modules", "choices", "share", "genes"):
+        table.add_column(col)
+    expanded = space.per_layer is None or space.num_layers is not None
+    genes: dict[str, int] = {}
+    if expanded:
+        for g in space.genes:
+            genes[g.group] = genes.get(g.group, 0) + 1
+    for g in space.groups:
+        table.add_row(g.name, g.kind, _modules_text(g), " ".join(map(str, g.choices)), g.share, str(genes.get(g.name, "?")))
+    console.print(table)
+    if expanded:
+        size = space.size()
+        console.print(f"size: {size:.3e} configs over {len(space.genes)} genes" if size > 10**6 else f"size: {size} configs")
+
+
+def _modules_text(group: Group) -> str:
+    if group.kind == "rank":
+        return ", ".join(group.modules)
+    if group.kind == "heads":
+        return f"{group.attention}.{{q,k,v,o}}_proj"
+    if group.channels:
+        return f"{group.channels} channels"
+    return ", ".join([f"{m} (out)" for m in group.channels_out] + [f"{m} (in)" for m in group.channels_in])
+
+
+def print_configs(space: SearchSpace, net: SuperNetwork | None) -> None:
+    """The max, heuristic and min configs (with parameter counts when a network is loaded)."""
+    table = Table(show_edge=False)
+    table.add_column("config")
+    table.add_column("choices per group")
+    if net is not None:
+        table.add_column("trainable params", justify="right")
+        table.add_column("total params", justify="right")
+    for label, config in (("max", space.max()), ("heuristic", space.heuristic()), ("min", space.min())):
+        row = [label, config_summary(config)]
+        if net is not None:
+            counts = parameter_counts(net, config)
+            row += [f"{counts.trainable:,}", f"{counts.total:,}"]
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_search_summary(result: SearchResult) -> None:
+    """The front, the reference configs, the noise notes and where the run lies."""
+    console.print(f"\n[bold]Pareto front[/bold] ({len(result.pareto)} of {len(result.table)} evaluations)")
+    print(summary_table(result).to_string(index=False))
+    for label in ("max", "heuristic", "min"):
+        row = result.reference(label)
+        if row is not None:
+            values = ", ".join(f"{s.name} {row[s.name]:.4g}" for s in result.specs)
+            console.print(f"{label:>9}: {values}")
+    for line in result.noise_notes():
+        console.print(f"noise: {line}")
+    if result.out_dir is not None:
+        console.print(f"run directory: {result.out_dir}")

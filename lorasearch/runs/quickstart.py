@@ -1,0 +1,104 @@
+"""The README's main job on the embedded default model, end to end, in a few CPU minutes.
+
+1. load the embedded default (SmolLM2-135M when installed, else tiny-llama) and its shipped space;
+2. train a super-adapter briefly with NLS on the synthetic task the project generates;
+3. search its subnets with NSGA-II on the held-out validation slice (option-text accuracy, MACs);
+4. draw the Pareto plot and write the report;
+5. export the knee subnet as ``subnet.json`` and as a PEFT adapter that stock PEFT loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import LoraSearchError, SpaceError
+from ..export import export_config, export_peft, export_pruned
+from ..models import default_model_spec, smollm2_gguf
+from ..plot import plot_run
+from ..report import write_report
+from ..results.pick import pick_config, row_objectives
+from ..search.engine import SearchSettings
+from ..train import TrainArgs
+from .search import SearchRun
+from .settings import NetworkSettings, TaskSettings
+from .train import prepare_training
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+MARKER = ".lorasearch-quickstart"
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """How much work the quickstart does for a model."""
+
+    space: str
+    steps: int
+    lr: float
+    budget: int
+    population: int
+    limit: int
+
+
+SMALL = QuickstartPlan("smollm2-135m.yaml", steps=40, lr=1e-3, budget=24, population=8, limit=60)
+TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, limit=60)
+
+
+def shipped_space(name: str) -> Path:
+    """Path of a space file shipped in the repository's ``search_spaces/`` folder."""
+    path = SPACES_DIR / name
+    if not path.is_file():
+        raise SpaceError(f"{path}: shipped space not found; fix: run from a clone of the repository")
+    return path
+
+
+def _claim(out: Path) -> None:
+    """Reuse ``out`` only if an earlier quickstart made it."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise LoraSearchError(f"{out}: exists and was not made by the quickstart; fix: pass another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by lorasearch quickstart; rerunning replaces this folder\n")
+
+
+def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), console: Console | None = None) -> Path:
+    """Run the main job into ``out`` and return it."""
+    console = console or Console()
+    spec = default_model_spec() if model == "default" else model
+    plan = SMALL if smollm2_gguf() is not None and spec == str(smollm2_gguf()) else TINY
+    out = Path(out)
+    _claim(out)
+    console.rule("1. super-network")
+    network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)))
+    args = TrainArgs(steps=plan.steps, batch_size=8, lr=plan.lr, warmup_steps=5, sampler="random", checkpoint_every=plan.steps)
+    console.rule("2. NLS training on the synthetic task")
+    trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=0.2, log=console.print)
+    trained = trainer.train(progress=True)
+    console.print(f"super-adapter: {trained.adapter_dir} ({trained.steps} steps, {trained.seconds:.0f} s)")
+
+    console.rule("3. NSGA-II search")
+    search = SearchRun(
+        network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir)),
+        task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.limit),
+        settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
+    )
+    result, net = search.run(out / "search", log=console.print)
+
+    console.rule("4. plots and report")
+    for path in plot_run(out / "search"):
+        console.print(f"wrote {path}")
+    console.print(f"wrote {write_report(out / 'search')}")
+
+    console.rule("5. export")
+    row, config = pick_config(result.table, "knee", net.space)
+    provenance = {"run": str(out / "search"), "pick": "knee", "eval_id": int(row["eval_id"])}
+    exported = [export_config(net, config, out / "exports" / "config", provenance, objectives=row_objectives(row, result.specs))]
+    # A Mode B subnet with narrower layers is no PEFT adapter: it becomes a physically smaller model.
+    fmt, export = ("pruned", export_pruned) if net.space.mode == "B" else ("peft", export_peft)
+    exported.append(export(net, config, out / "exports" / fmt, provenance, objectives=row_objectives(row, result.specs)))
+    console.print(f"knee subnet (evaluation {int(row['eval_id'])}): " + ", ".join(map(str, exported)))
+    return out

@@ -1,0 +1,137 @@
+"""What several test modules share: paths, the CLI runner and its error check, tiny-network
+references, and the analytic surrogate search."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lorasearch import SearchSpace
+from lorasearch.cli import main
+from lorasearch.search import Measurement, Objective, SearchSettings, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES_DIR = ROOT / "search_spaces"
+TINY_SPACE = SPACES_DIR / "tiny-llama.yaml"
+SHEARS_SPACE = SPACES_DIR / "llama-shears.yaml"
+DATA = ROOT.parent / "shared" / "data" / "llm-adapters"
+
+# A Mode B space for the tiny models: ranks, MLP width and heads together.
+MODE_B = {
+    "name": "b",
+    "adapter": {"rank": 8, "alpha": 16},
+    "groups": {
+        "attn": {"modules": ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"], "rank": [8, 4]},
+        "mlp_rank": {"modules": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "rank": [8, 4]},
+        "mlp": {"width": [1.0, 0.75, 0.5], "channels": "mlp"},
+        "heads": {"heads": [4, 2]},
+    },
+}
+
+
+# ------------------------------------------------------------------------------------ the CLI
+def run_cli(*args: object) -> None:
+    """Run ``lorasearch ARGS`` in this process; it must succeed."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:  # typer exits 0 on success in some paths
+        assert exc.code in (0, None), exc.code
+
+
+def cli_error(capsys, *args: object, last_line: bool = False) -> str:
+    """Run ``lorasearch ARGS``, expect exit code 2 and one ``error: ...`` line on stderr; return it.
+
+    ``last_line`` keeps only the last line (progress bars of earlier model loads come first).
+    """
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    if last_line:
+        err = err.splitlines()[-1]
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def one_line(message: str) -> bool:
+    return "\n" not in message and "\r" not in message and message.strip() == message and message != ""
+
+
+def assert_good_error(exc: pytest.ExceptionInfo, *parts: str) -> str:
+    """The message is one line, names every part (file, field, ...) and carries a fix hint."""
+    message = str(exc.value)
+    assert one_line(message), f"not one line: {message!r}"
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert "fix" in message, f"no fix hint in {message!r}"
+    return message
+
+
+# ------------------------------------------------------------------------------- tiny networks
+def merged_smaller_copy(net, original: nn.Module) -> nn.Module:
+    """A copy of ``original`` whose elastic linears are physically smaller ``nn.Linear`` layers
+    holding the kept base weights plus the active adapter delta (the reference for Mode B)."""
+    small = copy.deepcopy(original)
+    for name, m in net.elastic.items():
+        o, i = m.active_out, m.active_in
+        layer = nn.Linear(i, o, bias=m.base_layer.bias is not None)
+        with torch.no_grad():
+            weight = m.base_layer.weight[:o, :i].clone()
+            delta = m.active_delta_weight()
+            layer.weight.copy_(weight + delta if delta is not None else weight)
+            if layer.bias is not None:
+                layer.bias.copy_(m.base_layer.bias[:o])
+        small.set_submodule(name, layer)
+    return small.eval()
+
+
+# ---------------------------------------------------------------------------- synthetic search
+def make_space(layers: int = 4, ranks=(32, 24, 16), widths=(1.0, 0.75, 0.5)) -> SearchSpace:
+    return SearchSpace.from_dict({
+        "name": "synthetic", "adapter": {"rank": ranks[0]}, "num_layers": layers,
+        "groups": {"attn": {"modules": ["q_proj"], "rank": list(ranks)}, "mlp": {"width": list(widths)}},
+    })
+
+
+class Surrogate:
+    """A seeded analytic accuracy that rises with rank and width, with diminishing returns."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        self.space = space
+        self.weights = np.random.default_rng(seed).uniform(0.2, 1.0, len(space.genes))
+        self.upper = np.array([len(g.choices) - 1 for g in space.genes])
+        self.calls = 0
+
+    def accuracy(self, config) -> float:
+        self.calls += 1
+        keep = 1 - self.space.encode(config) / self.upper
+        return float(0.25 + 0.5 * np.dot(self.weights, np.sqrt(keep)) / self.weights.sum())
+
+    def macs(self, config) -> float:
+        genes = self.space.encode(config)
+        return float(np.dot(1 + self.weights, [len(g.choices) - i for g, i in zip(self.space.genes, genes)]))
+
+
+def objectives(s: Surrogate) -> list[Objective]:
+    return [Objective("accuracy", "max", s.accuracy, bounds=(1.0, 0.0)), Objective("macs", "min", s.macs)]
+
+
+STDERR = 0.01
+INFO = {"task": "synthetic", "deployment": "unmerged", "seq_len": 64}
+
+
+def synthetic_search(out=None, strategy="nsga2", budget=40, seed=1, extra=(), **kwargs):
+    """A search on the analytic surrogate, with GMAC-sized MACs and accuracies carrying a stderr."""
+    space = make_space()
+    s = Surrogate(space)
+    accuracy, macs = objectives(s)
+    accuracy.fn = lambda c, f=accuracy.fn: Measurement(f(c), STDERR)
+    macs.fn, macs.unit = (lambda c, f=macs.fn: f(c) * 1e9), "MACs (unmerged)"
+    extras = [e(s) for e in extra]
+    settings = SearchSettings(strategy=strategy, budget=budget, population=8, seed=seed)
+    return run_search(space, [accuracy, macs, *extras], settings, out_dir=out, run_info=INFO, log=None, **kwargs)
