@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -82,11 +82,16 @@ class EvalResult:
     metric: str = "accuracy"
     predictions: tuple[Any, ...] = field(default=(), repr=False, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    item_scores: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    """Per item of the subset, in its fixed order: 1.0/0.0 for accuracies, the item's own score else."""
+    scored: int = field(default=0, compare=False)
+    """Items this call ran through the model (0 when everything came from the cache)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for logs, without the per-item predictions."""
+        """Plain data for logs, without the per-item predictions and scores."""
         out = asdict(self)
-        out.pop("predictions")
+        for per_call in ("predictions", "item_scores", "scored"):
+            out.pop(per_call)
         out["extra"] = dict(self.extra)
         return out
 
@@ -113,21 +118,39 @@ def extract_number(text: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------- base
+@dataclass
+class _Scored:
+    """What a config has been scored on so far: the first ``len(values)`` items of the subset."""
+
+    values: list[Any] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)
+
+
 class CachedEvaluator:
-    """The shared part of the evaluators: the network, the seeded subset, the cache, and the
-    activation of a config around each run.
+    """The shared part of the evaluators: the network, the seeded subset in a fixed order, the
+    caches, batching, and the activation of a config around each run.
+
+    A config's score is built from per-item values, cached per config: `score_items` scores the
+    first ``stop`` items and a later call with a larger ``stop`` continues where it stopped, so the
+    score on the first k items is exactly the prefix of the score on the first n (racing relies on
+    this). ``evaluator(config)`` is ``score_items(config)`` on the whole subset.
 
     Args:
         net: the `SuperNetwork` (with its tokenizer).
         records: records or the path of a task file.
         limit: size of the seeded subset (None: every record).
-        seed: the subset's seed.
-        batch_size: sequences per forward pass.
+        seed: the subset's seed (it also fixes the items' order).
+        batch_size: most sequences per forward pass (None: only the token budget counts).
+        max_batch_tokens: most tokens per forward pass, padding and the text mode's per-option
+            copies of the context included (None: only ``batch_size`` counts).
         max_length: longest sequence; longer contexts lose their start (default: the model's limit).
         progress: show a progress bar (default: when stderr is a terminal).
     """
 
     metric = "accuracy"
+    itemwise = True
+    """Whether the score is the mean of per-item values (accuracies), so that paired per-item
+    comparisons on a prefix of the subset mean something."""
 
     def __init__(
         self,
@@ -136,14 +159,17 @@ class CachedEvaluator:
         *,
         limit: int | None = None,
         seed: int = 0,
-        batch_size: int = 8,
+        batch_size: int | None = 8,
+        max_batch_tokens: int | None = None,
         max_length: int | None = None,
         progress: bool | None = None,
     ) -> None:
         if net.tokenizer is None:
             raise EvalError("the SuperNetwork has no tokenizer; fix: build it with tokenizer= or from_pretrained")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise EvalError(f"batch_size {batch_size}: must be 1 or more")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise EvalError(f"max_batch_tokens {max_batch_tokens}: must be 1 or more")
         self.net = net
         self.tokenizer = net.tokenizer
         all_records = load_records(records) if isinstance(records, (str, Path)) else list(records)
@@ -151,29 +177,81 @@ class CachedEvaluator:
             raise DataError("no records to evaluate on; fix: pass a non-empty task file or list")
         self.records: list[Any] = subset(all_records, limit, seed)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length or _model_max_length(net.model)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._cache: dict[Any, EvalResult] = {}
+        self._scored: dict[Any, _Scored] = {}
+
+    @property
+    def n_items(self) -> int:
+        """Items in the subset (what a full evaluation scores)."""
+        return len(self.records)
 
     def __call__(self, config: Mapping[str, Any]) -> EvalResult:
         """Evaluate ``config`` on the subset (from the cache when seen before)."""
+        return self.score_items(config)
+
+    def score_items(self, config: Mapping[str, Any], stop: int | None = None) -> EvalResult:
+        """``config``'s result on the first ``stop`` items of the subset (default: all of them).
+
+        Items scored before for this config are not scored again.
+        """
         key = self.net.space.canonical(config)
-        if key in self._cache:
+        stop = self.n_items if stop is None else int(stop)
+        if not 1 <= stop <= self.n_items:
+            raise EvalError(f"stop {stop}: outside 1..{self.n_items} items of the subset")
+        if stop == self.n_items and key in self._cache:
             return self._cache[key]
-        start = time.perf_counter()
-        with _evaluating(self.net, config):
-            result = self._evaluate()
-        result = replace(result, seconds=time.perf_counter() - start)
-        self._cache[key] = result
+        scored = self._scored.setdefault(key, _Scored())
+        start, todo = time.perf_counter(), range(len(scored.values), stop)
+        if len(todo):
+            with _evaluating(self.net, config):
+                values, predictions = self._score(todo)
+            scored.values += values
+            scored.predictions += predictions
+        result = self._aggregate(scored.values[:stop], scored.predictions[:stop])
+        result = replace(result, seconds=time.perf_counter() - start, scored=len(todo))
+        if stop == self.n_items:
+            self._cache[key] = result
         return result
 
-    def _evaluate(self) -> EvalResult:
+    def restore_items(self, config: Mapping[str, Any], values: Sequence[Any]) -> None:
+        """Take per-item values scored earlier (a run's log, after a crash) as already scored."""
+        key = self.net.space.canonical(config)
+        scored = self._scored.setdefault(key, _Scored())
+        if len(values) > len(scored.values):
+            extra = list(values[len(scored.values):])
+            scored.values += extra
+            scored.predictions += [None] * len(extra)
+
+    def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
+        """Per-item values and predictions of the active config on the items ``indices``."""
         raise NotImplementedError
+
+    def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
+        """The result over items whose values are ``values`` (default: the accuracy of 0/1 values)."""
+        return _accuracy_result([bool(v) for v in values], predictions)
 
     @property
     def cache(self) -> dict[Any, EvalResult]:
-        """Results so far, keyed by ``net.space.canonical(config)``."""
+        """Full results so far, keyed by ``net.space.canonical(config)``."""
         return self._cache
+
+    def _batches(self, indices: Sequence[int], cost: Callable[[int], int]) -> Iterator[list[int]]:
+        """``indices`` most costly first, in batches within ``batch_size`` and ``max_batch_tokens``
+        (a batch costs its size times its first, largest item's cost: the padded width)."""
+        order = sorted(indices, key=lambda i: -cost(i))
+        batch: list[int] = []
+        for i in order:
+            too_many = self.batch_size is not None and len(batch) >= self.batch_size
+            too_long = self.max_batch_tokens is not None and batch and (len(batch) + 1) * cost(batch[0]) > self.max_batch_tokens
+            if batch and (too_many or too_long):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
     @property
     def _device(self) -> torch.device:
@@ -206,7 +284,8 @@ def _evaluating(net: SuperNetwork, config: Mapping[str, Any]) -> Iterator[None]:
 def _accuracy_result(correct: Sequence[bool], predictions: Sequence[Any], **extra: Any) -> EvalResult:
     n = len(correct)
     p = sum(correct) / n
-    return EvalResult(p, n, binomial_stderr(p, n), 0.0, "accuracy", tuple(predictions), extra)
+    items = tuple(1.0 if c else 0.0 for c in correct)
+    return EvalResult(p, n, binomial_stderr(p, n), 0.0, "accuracy", tuple(predictions), extra, items)
 
 
 # -------------------------------------------------------------------------------- multiple choice
@@ -311,36 +390,45 @@ class MultipleChoiceEvaluator(CachedEvaluator):
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
-    def option_scores(self) -> list[list[float]]:
-        """Per item, the score of each option under the active config (no cache, no activation)."""
-        return self._label_scores() if self.mode == "label" else self._text_scores()
+    def option_scores(self, indices: Sequence[int] | None = None) -> list[list[float]]:
+        """Per item (all, or ``indices``), the score of each option under the active config (no
+        cache, no activation)."""
+        indices = range(len(self.items)) if indices is None else indices
+        scores = self._label_scores(indices) if self.mode == "label" else self._text_scores(indices)
+        return [scores[i] for i in indices]
 
-    def _evaluate(self) -> EvalResult:
-        scores = self.option_scores()
-        picks = [max(range(len(s)), key=s.__getitem__) for s in scores]
-        correct = [p == item.answer for p, item in zip(picks, self.items)]
-        predictions = [item.labels[p] for p, item in zip(picks, self.items)]
-        return _accuracy_result(correct, predictions, mode=self.mode, truncated=self.truncated)
+    def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
+        picks = [max(range(len(s)), key=s.__getitem__) for s in self.option_scores(indices)]
+        items = [self.items[i] for i in indices]
+        return [p == item.answer for p, item in zip(picks, items)], [item.labels[p] for p, item in zip(picks, items)]
 
-    def _label_scores(self) -> list[list[float]]:
-        order = sorted(range(len(self.items)), key=lambda i: -len(self.items[i].context))
-        scores: list[list[float]] = [[] for _ in self.items]
-        with self._bar(len(order), f"mc-label ({len(order)} questions)") as bar:
-            for batch in _chunks(order, self.batch_size):
+    def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
+        return _accuracy_result(values, predictions, mode=self.mode, truncated=self.truncated)
+
+    def _item_cost(self, i: int) -> int:
+        """Tokens one item puts through a forward: its context (copied per option in text mode)."""
+        item = self.items[i]
+        if self.mode == "label":
+            return len(item.context)
+        return len(item.context) * (1 + len(item.continuations)) + sum(len(c) for c in item.continuations)
+
+    def _label_scores(self, indices: Sequence[int]) -> dict[int, list[float]]:
+        scores: dict[int, list[float]] = {}
+        with self._bar(len(indices), f"mc-label ({len(indices)} questions)") as bar:
+            for batch in self._batches(indices, self._item_cost):
                 logprobs = self._forward([self.items[i].context for i in batch], keep=1)[:, -1]
                 for row, i in enumerate(batch):
                     scores[i] = logprobs[row, self.items[i].candidates].tolist()
                 bar.update(len(batch))
         return scores
 
-    def _text_scores(self) -> list[list[float]]:
+    def _text_scores(self, indices: Sequence[int]) -> dict[int, list[float]]:
         # Each question's context runs once; its options continue from the cached keys and values,
         # so an item costs one context plus its options' few tokens instead of one context per option.
-        order = sorted(range(len(self.items)), key=lambda i: -len(self.items[i].context))
-        scores: list[list[float]] = [[0.0] * len(item.continuations) for item in self.items]
-        options = sum(len(item.continuations) for item in self.items)
-        with self._bar(options, f"mc-text ({len(self.items)} questions, {options} options)") as bar:
-            for batch in _chunks(order, self.batch_size):
+        scores: dict[int, list[float]] = {}
+        options = sum(len(self.items[i].continuations) for i in indices)
+        with self._bar(options, f"mc-text ({len(indices)} questions, {options} options)") as bar:
+            for batch in self._batches(indices, self._item_cost):
                 for i, logprobs in zip(batch, self._continuation_logprobs([self.items[i] for i in batch])):
                     item = self.items[i]
                     scores[i] = [lp / n for lp, n in zip(logprobs, item.lengths)]
@@ -425,8 +513,9 @@ class ExactMatchEvaluator(CachedEvaluator):
             ) from None
 
     @torch.inference_mode()
-    def generations(self) -> list[str]:
-        """The greedy completion of every item under the active config (no cache, no activation)."""
+    def generations(self, indices: Sequence[int] | None = None) -> list[str]:
+        """The greedy completion of every item (or of ``indices``) under the active config (no cache,
+        no activation)."""
         from transformers import GenerationConfig
 
         tok = self.tokenizer
@@ -438,21 +527,21 @@ class ExactMatchEvaluator(CachedEvaluator):
             eos_token_id=tok.eos_token_id,
             bos_token_id=tok.bos_token_id,
         )
-        order = sorted(range(len(self.prompts)), key=lambda i: -len(self.prompts[i]))
-        texts = [""] * len(self.prompts)
-        with self._bar(len(order), f"generate ({len(order)} problems)") as bar:
-            for batch in _chunks(order, self.batch_size):
+        indices = range(len(self.prompts)) if indices is None else indices
+        texts: dict[int, str] = {}
+        with self._bar(len(indices), f"generate ({len(indices)} problems)") as bar:
+            for batch in self._batches(indices, lambda i: len(self.prompts[i]) + self.max_new_tokens):
                 ids, mask = _left_pad([self.prompts[i] for i in batch], _pad_id(tok), self._device)
                 out = self.net.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 for row, i in enumerate(batch):
                     texts[i] = tok.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
                 bar.update(len(batch))
-        return texts
+        return [texts[i] for i in indices]
 
-    def _evaluate(self) -> EvalResult:
-        predicted = [extract_number(t) for t in self.generations()]
-        correct = [p is not None and abs(p - g) <= self.tolerance for p, g in zip(predicted, self.golds)]
-        return _accuracy_result(correct, predicted)
+    def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
+        predicted = [extract_number(t) for t in self.generations(indices)]
+        golds = [self.golds[i] for i in indices]
+        return [p is not None and abs(p - g) <= self.tolerance for p, g in zip(predicted, golds)], predicted
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -489,11 +578,13 @@ class LossEvaluator(CachedEvaluator):
         ids = self.tokenizer(item).input_ids[: self.max_length]
         return ids, list(ids)
 
-    def _evaluate(self) -> EvalResult:
-        total, tokens = 0.0, 0
-        order = sorted(range(len(self.examples)), key=lambda i: -len(self.examples[i][0]))
-        with self._bar(len(order), f"loss ({len(order)} items)") as bar:
-            for batch in _chunks(order, self.batch_size):
+    itemwise = False  # the loss is token-weighted, not a mean over items
+
+    def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
+        """Per item: (summed negative log-likelihood, scored tokens)."""
+        values: dict[int, tuple[float, int]] = {}
+        with self._bar(len(indices), f"loss ({len(indices)} items)") as bar:
+            for batch in self._batches(indices, lambda i: len(self.examples[i][0])):
                 seqs = [self.examples[i][0] for i in batch]
                 width = max(len(s) for s in seqs)
                 logprobs = self._forward(seqs, keep=width)
@@ -503,16 +594,20 @@ class LossEvaluator(CachedEvaluator):
                     target = torch.tensor(labels[1:], device=lp.device)
                     scored = target != IGNORE_INDEX
                     picked = lp[:-1][scored].gather(-1, target[scored][:, None])
-                    total -= picked.sum().item()
-                    tokens += int(scored.sum())
+                    values[i] = (-picked.sum().item(), int(scored.sum()))
                 bar.update(len(batch))
+        return [values[i] for i in indices], [None] * len(indices)
+
+    def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
+        total, tokens = sum(v[0] for v in values), sum(v[1] for v in values)
         if tokens == 0:
             raise DataError("no tokens to score (every response was truncated away); fix: raise max_length")
         loss = total / tokens
         perplexity = math.exp(min(loss, 700.0))
         score = -loss if self.metric == "neg_loss" else -perplexity
         extra = {"loss": loss, "perplexity": perplexity, "tokens": tokens}
-        return EvalResult(score, len(self.examples), None, 0.0, self.metric, (), extra)
+        items = tuple(-nll / n if n else float("nan") for nll, n in values)
+        return EvalResult(score, len(values), None, 0.0, self.metric, (), extra, items)
 
 
 # --------------------------------------------------------------------------------------- lm-eval
@@ -550,8 +645,22 @@ class LMEvalEvaluator:
         self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
         self._cache: dict[Any, EvalResult] = {}
 
-    __call__ = CachedEvaluator.__call__
-    cache = CachedEvaluator.cache
+    itemwise = False
+
+    def __call__(self, config: Mapping[str, Any]) -> EvalResult:
+        """Evaluate ``config`` with lm-eval (from the cache when seen before)."""
+        key = self.net.space.canonical(config)
+        if key not in self._cache:
+            start = time.perf_counter()
+            with _evaluating(self.net, config):
+                result = self._evaluate()
+            self._cache[key] = replace(result, seconds=time.perf_counter() - start, scored=result.n)
+        return self._cache[key]
+
+    @property
+    def cache(self) -> dict[Any, EvalResult]:
+        """Results so far, keyed by ``net.space.canonical(config)``."""
+        return self._cache
 
     def _evaluate(self) -> EvalResult:
         from lm_eval import simple_evaluate
@@ -569,11 +678,6 @@ class LMEvalEvaluator:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     n = 0
     for column in zip(*seqs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +336,46 @@ def test_lm_eval_adapter(net, monkeypatch):
         seen["tasks"] == ["arc_easy"] and seen["active"] == net.space.min() and seen["model"]["pretrained"] is net.model
     )
     assert ev(net.space.min()) is result
+
+
+# ------------------------------------------------------------------------------ item prefixes, token budget
+@pytest.mark.parametrize("mode", ["label", "text"])
+def test_a_prefix_of_the_items_is_the_start_of_the_full_score_and_is_not_scored_twice(net, mode):
+    records = synthetic_task(12, seed=3)
+    ev = MultipleChoiceEvaluator(net, records, mode=mode, limit=12, batch_size=4)
+    config = net.space.min()
+    part = ev.score_items(config, 5)
+    assert part.n == 5 and part.scored == 5 and len(part.item_scores) == 5
+    full = ev.score_items(config)
+    assert full.scored == 7  # the first five came from the item cache
+    assert full.item_scores[:5] == part.item_scores
+    assert ev.score_items(config, 5).scored == 0
+    fresh = MultipleChoiceEvaluator(net, records, mode=mode, limit=12, batch_size=4)(config)
+    assert fresh.item_scores == full.item_scores and fresh.score == full.score
+    assert full.score == pytest.approx(sum(full.item_scores) / 12)
+
+
+def test_restored_items_are_not_scored_again(net):
+    records = synthetic_task(10, seed=4)
+    first = MultipleChoiceEvaluator(net, records, mode="text", limit=10)
+    done = first.score_items(net.space.max(), 6)
+    again = MultipleChoiceEvaluator(net, records, mode="text", limit=10)
+    again.restore_items(net.space.max(), done.item_scores)
+    calls = count_forwards(net)
+    full = again(net.space.max())
+    assert full.scored == 4 and full.item_scores == first(net.space.max()).item_scores and calls[0] > 0
+
+
+@pytest.mark.parametrize("mode", ["label", "text"])
+def test_token_budget_batches_respect_the_budget_and_change_no_score(net, mode):
+    records = mixed_records()
+    by_count = MultipleChoiceEvaluator(net, records, mode=mode, batch_size=8)
+    by_tokens = MultipleChoiceEvaluator(net, records, mode=mode, batch_size=None, max_batch_tokens=120)
+    batches = list(by_tokens._batches(range(len(records)), by_tokens._item_cost))
+    assert sorted(i for b in batches for i in b) == list(range(len(records)))
+    assert len(batches) > 1
+    assert all(len(b) == 1 or len(b) * by_tokens._item_cost(b[0]) <= 120 for b in batches)
+    with net.activated(net.space.max()), torch.inference_mode():
+        expected, got = by_count.option_scores(), by_tokens.option_scores()
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -71,8 +71,10 @@ class TaskSettings:
     """Items in the seeded subset scored per config."""
     seed: int = 0
     """Seeds the subset."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
+    batch_size: int | None = 8
+    """Most sequences per forward pass (none: only --max-batch-tokens counts)."""
+    max_batch_tokens: int | None = None
+    """Most tokens per forward pass, padding and per-option context copies included (none: no limit)."""
     max_new_tokens: int = 256
     """Exact match only: generation limit."""
 
@@ -162,7 +164,8 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
     """The evaluator the settings ask for, on a seeded subset of the task."""
     records = list(records) if records is not None else load_task(settings)
     kind = evaluator_kind(settings, records)
-    common = {"limit": settings.limit, "seed": settings.seed, "batch_size": settings.batch_size}
+    common = {"limit": settings.limit, "seed": settings.seed, "batch_size": settings.batch_size,
+              "max_batch_tokens": settings.max_batch_tokens}
     if kind in ("text", "label"):
         return MultipleChoiceEvaluator(net, records, mode=kind, **common)
     if kind == "exact":
