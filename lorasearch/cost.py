@@ -300,12 +300,13 @@ class CostModel:
         """Total (unmerged), trainable (adapter), base (merged) and non-zero base parameters.
 
         Non-zero counts are cached per module slice, so only the first call per slice reads weights;
-        ``nonzero=False`` skips them (``ParameterCounts.nonzero`` is then None).
+        ``nonzero=False`` skips them, as does a model on the meta device (``ParameterCounts.nonzero``
+        is then None).
         """
         self.space.encode(config)
         base = self._base_params(config)
         trainable = self._adapter_params(config)
-        count = self._nonzero(config) if nonzero else None
+        count = self._nonzero(config) if nonzero and not self.on_meta else None
         return ParameterCounts(total=base + trainable, trainable=trainable, base=base, nonzero=count)
 
     # ----------------------------------------------------------------- sparse bases
@@ -319,6 +320,8 @@ class CostModel:
         Equals `macs` for a dense base.
         """
         dense = self.macs(config, deployment)
+        if self.on_meta:
+            return dense  # no weights, so no zeros to count
         if self._plain_zeros is None:
             elastic = set(self._net.elastic)
             self._plain_zeros = sum(int(m.weight.numel() - torch.count_nonzero(m.weight))
@@ -342,6 +345,11 @@ class CostModel:
                 self._nonzero_cache[key] = _sliced_nonzero(self._net.elastic[name].base_layer, *key[1:])
             total += self._nonzero_cache[key]
         return total
+
+    @property
+    def on_meta(self) -> bool:
+        """Whether the model has shapes but no weights (built from a config on the meta device)."""
+        return next(self._net.model.parameters()).device.type == "meta"
 
     def _deployment(self, deployment: str | None) -> str:
         return self.deployment if deployment is None else _check_deployment(deployment)

@@ -7,6 +7,10 @@ and switching configs only sets three integers.
 
 The scale is ``alpha / r_max`` (``alpha / sqrt(r_max)`` with rsLoRA) for every sub-rank, as the
 reference trains and evaluates its super-adapters.
+
+The adapter may keep another dtype than the base (fp32 adapters over a bf16 base, as PEFT does by
+default): its branch runs in the adapter's dtype on an input cast to it, and its output is cast
+back to the base's before the two are added.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class ElasticLoRALinear(nn.Module):
         alpha: LoRA alpha; the scale is ``alpha / rank`` (``alpha / sqrt(rank)`` with rsLoRA).
         dropout: dropout on the adapter's input during training, as in PEFT.
         use_rslora: use rank-stabilised scaling.
+        adapter_dtype: the adapter's dtype (default: the base's). Fresh adapters are initialised on
+            the CPU, so a seed gives the same adapter on every device.
     """
 
     def __init__(
@@ -36,6 +42,7 @@ class ElasticLoRALinear(nn.Module):
         alpha: float = 1.0,
         dropout: float = 0.0,
         use_rslora: bool = False,
+        adapter_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -47,10 +54,13 @@ class ElasticLoRALinear(nn.Module):
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank) if rank else 0.0
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if rank:
-            kw = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+            device = base_layer.weight.device
+            kw = {"device": device if device.type == "meta" else "cpu", "dtype": adapter_dtype or base_layer.weight.dtype}
             self.lora_A = nn.Linear(self.in_features, rank, bias=False, **kw)
             self.lora_B = nn.Linear(rank, self.out_features, bias=False, **kw)
             self.reset_adapter_parameters()
+            self.lora_A.to(device)
+            self.lora_B.to(device)
         else:
             self.lora_A = self.lora_B = None
         self.active_rank = self.max_rank
@@ -93,8 +103,15 @@ class ElasticLoRALinear(nn.Module):
                 a = a[:r, :i]
             if r != self.max_rank or o != self.out_features:
                 b = b[:o, :r]
-            y = y + F.linear(F.linear(self.lora_dropout(x), a), b) * self.scaling
+            h = self.lora_dropout(x)
+            delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
+            y = y + delta.to(y.dtype)
         return y
+
+    @property
+    def adapter_dtype(self) -> torch.dtype | None:
+        """The adapter weights' dtype (None without an adapter)."""
+        return self.lora_A.weight.dtype if self.lora_A is not None else None
 
     def active_delta_weight(self) -> torch.Tensor | None:
         """``scale * B[:o, :r] @ A[:r, :i]``, the adapter folded into a weight of the active shape."""

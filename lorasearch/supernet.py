@@ -23,7 +23,7 @@ from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
 from .errors import AdapterError, SpaceError
 from .io import atomic_write_json
-from .models import LoadedModel, load_model
+from .models import LOW_PRECISION, LoadedModel, load_model
 from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .space import Config, SearchSpace, space_fingerprint
 
@@ -44,6 +44,8 @@ class SuperNetwork:
         tokenizer: kept for evaluators and training.
         model_spec: how the model was loaded, recorded in saved adapters and runs.
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
+        adapters_in_base_dtype: over a bf16/fp16 base, keep the adapter weights in the base's dtype;
+            by default they are fp32 there (PEFT's default), which trains and merges more precisely.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class SuperNetwork:
         tokenizer: Any = None,
         model_spec: str | None = None,
         seed: int = 0,
+        adapters_in_base_dtype: bool = False,
     ) -> None:
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
@@ -63,6 +66,7 @@ class SuperNetwork:
         self.model_spec = model_spec or getattr(getattr(model, "config", None), "_name_or_path", None)
         self.binding: SpaceBinding = bind(space, model)
         self.space: SearchSpace = self.binding.space
+        self.adapters_in_base_dtype = adapters_in_base_dtype
         folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
@@ -113,13 +117,25 @@ class SuperNetwork:
             if name not in folder.modules:
                 return ElasticLoRALinear(base)  # width-only module
             tensors = folder.modules[name]
-            module = ElasticLoRALinear(base, tensors.rank, tensors.alpha, folder.dropout, folder.use_rslora)
+            module = ElasticLoRALinear(base, tensors.rank, tensors.alpha, folder.dropout, folder.use_rslora,
+                                       adapter_dtype=self._adapter_dtype(base))
             _copy_tensors(module, tensors, folder, name)
             return module
         has_adapter = name in self.binding.rank_modules or name in self.binding.fixed_modules
         if not has_adapter:
             return ElasticLoRALinear(base)
-        return ElasticLoRALinear(base, spec.rank or 0, spec.effective_alpha, spec.dropout, spec.use_rslora)
+        return ElasticLoRALinear(base, spec.rank or 0, spec.effective_alpha, spec.dropout, spec.use_rslora,
+                                 adapter_dtype=self._adapter_dtype(base))
+
+    def _adapter_dtype(self, base: nn.Linear) -> torch.dtype:
+        """fp32 over a bf16/fp16 base (unless asked to keep the base's dtype), else the base's dtype."""
+        dtype = base.weight.dtype
+        return torch.float32 if dtype in LOW_PRECISION and not self.adapters_in_base_dtype else dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's first parameter lies (the input device of a model spread over devices)."""
+        return next(self.model.parameters()).device
 
     def _check_adapter_covers(self, folder: AdapterFolder, linears: Mapping[str, nn.Module]) -> None:
         for name, tensors in folder.modules.items():

@@ -58,19 +58,19 @@ class TrainArgs:
     warmup_steps: int = 10
     """Linear warm-up steps."""
     weight_decay: float = 0.0
+    """AdamW weight decay of the adapters."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""
     sampler: str = "random"
     """random (NLS), sandwich (max + min + k random) or fixed (plain LoRA at the max config)."""
     sandwich_k: int = 2
-    dtype: str = "fp32"
-    """fp32 or bf16 (autocast)."""
+    """Random configs per step besides the max and the min (sandwich sampler)."""
     seed: int = 0
+    """Seeds the adapters' initialisation, the data order, the sampled configs and dropout."""
     checkpoint_every: int = 50
     """Steps between checkpoints (and at the end)."""
     gradient_checkpointing: bool = False
-    device: str = "auto"
-    """auto (cuda when present, else cpu), cpu or cuda."""
+    """Recompute activations in the backward pass (less memory, about a third more time)."""
 
     def check(self) -> None:
         """Raise a one-line error for settings that cannot work."""
@@ -80,7 +80,6 @@ class TrainArgs:
             (self.grad_accum >= 1, "grad_accum", "use at least 1"),
             (self.lr > 0, "lr", "use a positive learning rate"),
             (self.schedule in ("cosine", "linear", "constant"), "schedule", "use cosine, linear or constant"),
-            (self.dtype in ("fp32", "bf16"), "dtype", "use fp32 or bf16"),
             (self.warmup_steps >= 0, "warmup_steps", "use 0 or more"),
             (self.checkpoint_every >= 1, "checkpoint_every", "use at least 1"),
         ]
@@ -210,7 +209,7 @@ class NLSTrainer:
         self.net, self.examples, self.args = net, examples, args
         self.out_dir = Path(out_dir)
         self.run_info = {"args": dataclasses.asdict(args), "space": net.space.to_dict(), **(run_info or {})}
-        self.device = _device(args.device)
+        self.device = net.device  # where build_network put the model (--device, --dtype)
         self.sampler = make_sampler(args.sampler, net.space, args.sandwich_k)
         self.stats = NLSStats(net.space)
         pad = getattr(net.tokenizer, "pad_token_id", None)
@@ -277,7 +276,6 @@ class NLSTrainer:
     def train(self, progress: bool = True) -> TrainResult:
         """Run (or finish) the training; return where the super-adapter was written."""
         net, args = self.net, self.args
-        net.model.to(self.device)
         net.train_adapters()
         net.model.train()
         if args.gradient_checkpointing:
@@ -311,8 +309,7 @@ class NLSTrainer:
             for micro in range(args.grad_accum):
                 idx = micro_batch_indices(len(self.examples), args.batch_size, args.seed, step * args.grad_accum + micro)
                 batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in idx], self.pad_id).items()}
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-                    loss = response_loss(self.net.model, batch) / args.grad_accum
+                loss = response_loss(self.net.model, batch) / args.grad_accum
                 (loss / len(configs)).backward()
                 total += loss.item()
             losses.append(total)
@@ -341,14 +338,6 @@ class NLSTrainer:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LoraSearchError("train: device cuda asked for but no GPU is visible; fix: use --device cpu or auto")
-    return torch.device(name)
-
-
 def _rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {

@@ -23,10 +23,13 @@ from .app import app, console, space_app
 from .options import settings_options
 from .printing import print_configs, print_search_summary, print_space
 
-MODEL_FIELDS = ("model", "gguf_file", "dtype", "trust_remote_code")
+MODEL_FIELDS = ("model", "gguf_file", "device", "dtype", "trust_remote_code")
 SHORT = {"model": "-m"}
 
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]
+ModelConfig = Annotated[Optional[Path], typer.Option(
+    help="A Hugging Face config.json instead of --model: the architecture on the meta device, without weights "
+         "or tokenizer (plan a 7B search before downloading it; see search_spaces/models/).")]
 SubnetConfig = Annotated[str, typer.Option("--config", help="The subnet: max, min, heuristic, or a JSON file with a config.")]
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence the MAC count models.")]
 Deployment = Annotated[str, typer.Option(help="What the MACs model: unmerged (adapters beside the base) or merged.")]
@@ -38,24 +41,36 @@ def deprecated(old: str, new: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ spaces
+def with_model_config(network: NetworkSettings, model_config: Path | None) -> NetworkSettings:
+    """``--model-config FILE`` stands for the model: its architecture on the meta device."""
+    if model_config is None:
+        return network
+    if not model_config.is_file():
+        raise LoraSearchError(f"--model-config {model_config}: no such file; fix: pass a config.json (see search_spaces/models/)")
+    return dataclasses.replace(network, model=str(model_config), gguf_file=None)
+
+
 @space_app.command("show")
 @settings_options(NetworkSettings, "network", only=("model", "adapter") + MODEL_FIELDS[1:], defaults={"model": None},
                   short=SHORT, helps={"model": "Check the space against this model and show parameter counts."})
 def space_show(
     network: NetworkSettings,
     file: Annotated[Path, typer.Argument(help="Space file (.yaml or .json).")],
+    model_config: ModelConfig = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Expand a per-layer space over N layers (without --model).")] = None,
 ) -> None:
     """Print a space's groups, choices and size, and its max/min/heuristic configs.
 
-    With --model the space is checked against the model, and each config's parameters are shown.
+    With --model (or --model-config) the space is checked against the model, and each config's
+    parameters are shown.
     """
     from ..runs.settings import build_network
 
     space = SearchSpace.load(file)
+    network = with_model_config(network, model_config)
     net = None
     if network.model is not None:
-        net = build_network(network, space=space)
+        net = build_network(network, space=space, with_tokenizer=False)
         space = net.space
     elif num_layers is not None:
         space = space.with_num_layers(num_layers)
@@ -132,6 +147,7 @@ def eval_command(
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
 def cost_command(
     network: NetworkSettings,
+    model_config: ModelConfig = None,
     config: SubnetConfig = "max",
     seq_len: SeqLen = 128,
     deployment: Deployment = "unmerged",
@@ -139,7 +155,7 @@ def cost_command(
     backend: Annotated[Optional[str], typer.Option(hidden=True, help="Deprecated spelling of --counter.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the breakdown as CSV.")] = None,
 ) -> None:
-    """Print the per-module MAC and parameter breakdown of one subnet."""
+    """Print the per-module MACs (unmerged and merged) and parameters of one subnet."""
     from ..cost import CostModel, fvcore_macs
     from ..runs.settings import build_network, resolve_config
 
@@ -148,22 +164,28 @@ def cost_command(
         counter = backend
     if counter not in ("closed", "fvcore"):
         raise LoraSearchError(f"--counter: unknown {counter!r}; fix: use closed or fvcore")
-    net = build_network(network)
+    net = build_network(with_model_config(network, model_config), with_tokenizer=False)
     chosen = resolve_config(net.space, config)
     cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference="analytic")
-    table = cost.breakdown(chosen)
+    if counter == "fvcore" and cost.on_meta:
+        raise LoraSearchError("--counter fvcore: a model from --model-config has no weights to trace; fix: use --counter closed")
+    table = cost.breakdown(chosen, "unmerged").rename(columns={"macs": "macs_unmerged"}).drop(columns="deployment")
+    table.insert(3, "macs_merged", cost.breakdown(chosen, "merged")["macs"])
     if counter == "fvcore":
         total, by_module = fvcore_macs(net, chosen, seq_len, deployment=deployment)
-        table["fvcore_macs"] = [by_module.get(m, 0) if m != "total" else total for m in table["module"]]
+        table[f"fvcore_macs_{deployment}"] = [by_module.get(m, 0) if m != "total" else total for m in table["module"]]
     if csv:
         table.to_csv(csv, index=False)
     print(table.to_string(index=False, max_rows=80))
-    console.print(cost.describe(chosen))
+    params = cost.parameters(chosen)
+    console.print(f"{cost.describe(chosen, 'unmerged')}; {cost.describe(chosen, 'merged')}")
+    console.print(f"parameters: {params.total:,} total, {params.trainable:,} adapter, {params.base:,} base"
+                  + ("" if params.nonzero is None else f", {params.nonzero:,} non-zero base"))
 
 
 # ---------------------------------------------------------------------------------- training
 @app.command("train")
-@settings_options(NetworkSettings, "network", skip=("seed", "dtype"), short=SHORT,
+@settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT,
                   helps={"adapter": "Continue from this PEFT super-adapter (default: fresh adapters)."})
 @settings_options(TrainArgs, "args")
 def train_command(
@@ -191,6 +213,18 @@ def train_command(
 
 
 # ------------------------------------------------------------------------------ compression
+def load_for_rewriting(network: NetworkSettings):
+    """A base to sparsify or quantize: in CPU memory, in the checkpoint's own dtype unless --dtype
+    says otherwise, with --device (a GPU when present) as where the layer-by-layer work runs."""
+    from ..models import load_model, resolve_device
+
+    device = resolve_device(network.device)
+    options = {**network.load_options(), "device": "cpu", "device_map": None}
+    if network.dtype in (None, "auto"):
+        options["dtype"] = "own"
+    return load_model(network.model, **options), device
+
+
 @app.command("sparsify")
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
 def sparsify_command(
@@ -208,15 +242,14 @@ def sparsify_command(
     from ..compress.sparsity import save_sparse, sparsify
     from ..data import load_records
     from ..io import refuse_existing
-    from ..models import load_model
 
     refuse_existing(out)
     if method == "wanda" and calibration is None:
         raise LoraSearchError("--calibration: missing; Wanda needs calibration texts; fix: pass a task file, or --method magnitude")
     records = load_records(calibration) if calibration is not None else None
-    loaded = load_model(network.model, **network.load_options())
+    loaded, device = load_for_rewriting(network)
     report = sparsify(loaded.model, loaded.tokenizer, method=method, ratio=ratio, pattern=pattern, records=records,
-                      n_samples=samples, seq_len=seq_len, batch_size=batch_size)
+                      n_samples=samples, seq_len=seq_len, batch_size=batch_size, device=device)
     provenance = {"model": loaded.spec, "calibration": str(calibration) if calibration else None}
     save_sparse(loaded.model, loaded.tokenizer, out, report, provenance)
     print(report.to_string(index=False, max_rows=40))
@@ -238,11 +271,10 @@ def quantize_command(
     from ..compress.quant import quantize_model, save_quantized
     from ..compress.sparsity import SPARSITY_FILE, sparsity_report
     from ..io import refuse_existing
-    from ..models import load_model
 
     refuse_existing(out)
-    loaded = load_model(network.model, **network.load_options())
-    quantize_model(loaded.model, bits, group_size)
+    loaded, device = load_for_rewriting(network)
+    quantize_model(loaded.model, bits, group_size, device=device)
     save_quantized(loaded.model, loaded.tokenizer, out, {"model": loaded.spec})
     if (Path(network.model) / SPARSITY_FILE).is_file():
         shutil.copy(Path(network.model) / SPARSITY_FILE, out / SPARSITY_FILE)

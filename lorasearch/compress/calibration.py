@@ -3,11 +3,17 @@
 Calibration samples are ``n_samples`` windows of ``seq_len`` tokens cut from one token stream made
 of a task file's training texts (prompt plus answer), as Wanda cuts C4 documents: no padding, so
 no attention mask is needed and every token counts.
+
+The replay is layer-sequential, the reference's procedure: the inputs of the first block are
+captured, then each block in turn runs on them and its outputs become the next block's inputs.
+On a compute device other than the model's (a GPU for a model kept in CPU memory), only the
+embeddings, the block at hand and the calibration activations are on the device at a time.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +52,32 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+@contextlib.contextmanager
+def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``module`` moved to ``device`` for the block, then back where it was."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+@contextlib.contextmanager
+def outside_layers_on(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Everything but the decoder blocks (embeddings, rotary tables, norms, head) on ``device`` for the block."""
+    layers = decoder_layers(model)
+    inner = getattr(model, "model", model)
+    outside = [m for name, m in inner.named_children() if m is not layers]
+    with contextlib.ExitStack() as stack:
+        for module in outside:
+            if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                home = next(iter(list(module.parameters()) + list(module.buffers()))).device
+                module.to(device)
+                stack.callback(module.to, home)
+        yield
+
+
 class _Stop(Exception):
     pass
 
@@ -61,7 +93,7 @@ def capture_layer_inputs(model: nn.Module, tokens: torch.Tensor, batch_size: int
         raise _Stop
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
+    device = _input_device(model)
     try:
         for start in range(0, len(tokens), batch_size):
             try:
@@ -84,3 +116,8 @@ def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple,
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddings.weight.device if embeddings is not None else next(model.parameters()).device

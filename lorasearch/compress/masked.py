@@ -86,9 +86,11 @@ class SparseLoRALinear(ElasticLoRALinear):
         weight, bias = self._base()
         if not self.active_rank:
             return F.linear(x, weight, bias)
+        delta = self.masked_delta()
         if self.training and isinstance(self.lora_dropout, nn.Dropout):
-            return F.linear(x, weight, bias) + F.linear(self.lora_dropout(x), self.masked_delta())
-        return F.linear(x, weight + self.masked_delta(), bias)
+            h = self.lora_dropout(x)
+            return F.linear(x, weight, bias) + F.linear(h.to(delta.dtype), delta).to(x.dtype)
+        return F.linear(x, weight + delta.to(weight.dtype), bias)
 
     def active_delta_weight(self) -> torch.Tensor | None:
         """The masked delta: what merging adds to the base."""
@@ -134,7 +136,8 @@ class QALoRALinear(SparseLoRALinear):
         weight, bias = self._base()
         if not self.active_rank:
             return F.linear(x, weight, bias)  # the base already lies on its grid
-        return F.linear(x, self.grid.fake_quantize(weight + self.masked_delta()), bias)
+        fused = weight.float() + self.masked_delta().float()  # the grid is applied in fp32 whatever the dtypes
+        return F.linear(x, self.grid.fake_quantize(fused).to(weight.dtype), bias)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

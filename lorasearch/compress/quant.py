@@ -118,15 +118,21 @@ def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128) -> dict[str, torch.Tensor]:
+def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128,
+                   device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Quantize every decoder linear in place (weights become their de-quantised values, grids attached).
 
-    Returns the uint8 codes per layer name. Embeddings and ``lm_head`` stay in their precision.
+    ``device`` (default: each layer's own) is where the rounding runs, one linear at a time, so a
+    model in CPU memory quantizes on a GPU. Returns the uint8 codes per layer name, where the
+    weights are. Embeddings and ``lm_head`` stay in their precision.
     """
     check_group_size(model, group_size)
     codes = {}
     for name, layer in prunable_linears(model).items():
-        grid, q = quantize_weight(layer.weight, bits, group_size)
+        home = layer.weight.device
+        grid, q = quantize_weight(layer.weight.to(device or home), bits, group_size)
+        grid = QuantGrid(grid.scales.to(home), grid.zeros.to(home), grid.bits, grid.group_size)
+        q = q.to(home)
         layer.weight.copy_(grid.dequantize(q, layer.weight.dtype))
         setattr(layer, GRID_ATTR, grid)
         codes[name] = q

@@ -24,7 +24,15 @@ from torch import nn
 from ..data import Record
 from ..io import atomic_write_json, staged
 from ..models import save_model_folder
-from .calibration import calibration_tokens, capture_layer_inputs, decoder_layers, run_layer, with_hidden
+from .calibration import (
+    calibration_tokens,
+    capture_layer_inputs,
+    decoder_layers,
+    on_device,
+    outside_layers_on,
+    run_layer,
+    with_hidden,
+)
 from .errors import CompressError
 
 METHODS = ("wanda", "magnitude")
@@ -128,21 +136,29 @@ class _InputNorms:
 
 
 @torch.no_grad()
-def prune_wanda(model: nn.Module, tokens: torch.Tensor, ratio: float, nm: tuple[int, int] | None, batch_size: int = 8) -> None:
-    """Wanda, block after block: statistics from the pruned prefix's outputs, then prune, then replay."""
-    inputs = capture_layer_inputs(model, tokens, batch_size)
+def prune_wanda(model: nn.Module, tokens: torch.Tensor, ratio: float, nm: tuple[int, int] | None, batch_size: int = 8,
+                device: torch.device | None = None) -> None:
+    """Wanda, block after block: statistics from the pruned prefix's outputs, then prune, then replay.
+
+    ``device`` (default: the model's) is where the work runs; with a model in CPU memory and a GPU
+    here, only one block and the calibration activations are on the GPU at a time.
+    """
+    device = device or next(model.parameters()).device
+    with outside_layers_on(model, device):
+        inputs = capture_layer_inputs(model, tokens, batch_size)
     for layer in decoder_layers(model):
-        linears = block_linears(layer)
-        norms = _InputNorms(linears)
-        try:
-            for args, kwargs in inputs:
-                run_layer(layer, args, kwargs)
-        finally:
-            norms.remove()
-        for name, lin in linears.items():
-            score = lin.weight.abs().double() * norms.sums[name].sqrt()[None, :]
-            _apply(lin, prune_mask(score, ratio, nm))
-        inputs = [with_hidden(args, kwargs, run_layer(layer, args, kwargs)) for args, kwargs in inputs]
+        with on_device(layer, device):
+            linears = block_linears(layer)
+            norms = _InputNorms(linears)
+            try:
+                for args, kwargs in inputs:
+                    run_layer(layer, args, kwargs)
+            finally:
+                norms.remove()
+            for name, lin in linears.items():
+                score = lin.weight.abs().double() * norms.sums[name].sqrt()[None, :]
+                _apply(lin, prune_mask(score, ratio, nm))
+            inputs = [with_hidden(args, kwargs, run_layer(layer, args, kwargs)) for args, kwargs in inputs]
 
 
 def sparsify(
@@ -156,6 +172,7 @@ def sparsify(
     n_samples: int = 128,
     seq_len: int = 512,
     batch_size: int = 8,
+    device: torch.device | None = None,
 ) -> pd.DataFrame:
     """Prune ``model``'s decoder linears in place and return the per-layer sparsity report.
 
@@ -167,6 +184,7 @@ def sparsify(
         pattern: ``unstructured``, ``2:4`` or ``4:8`` (any ``N:M``).
         records: the calibration task's records (Wanda only): ``n_samples`` windows of ``seq_len``
             tokens are cut from their concatenated texts.
+        device: where Wanda's layer-by-layer work runs (default: the model's device).
     """
     if method not in METHODS:
         raise CompressError(f"--method {method!r}: unknown; fix: use one of {', '.join(METHODS)}")
@@ -179,7 +197,7 @@ def sparsify(
         if tokenizer is None or not records:
             raise CompressError("--method wanda: needs calibration records and a tokenizer; fix: pass --calibration TASK_FILE")
         tokens = calibration_tokens(tokenizer, records, n_samples, seq_len)
-        prune_wanda(model, tokens, ratio, nm, batch_size)
+        prune_wanda(model, tokens, ratio, nm, batch_size, device)
     report = sparsity_report(model)
     report.attrs.update(method=method, ratio=ratio, pattern=pattern, samples=n_samples, seq_len=seq_len)
     return report

@@ -4,7 +4,7 @@ plain settings ``run.yaml`` stores (build, search, resume)."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -92,14 +92,10 @@ class NetworkRecipe:
     deployment: str = "unmerged"
 
     def __call__(self) -> WorkerSetup:
-        import torch
-
         net = build_network(self.network)
         evaluator = build_evaluator(net, self.task)
         chosen, metrics, _ = network_objectives(net, evaluator, self.objectives, self.constraints,
                                                 seq_len=self.seq_len, deployment=self.deployment)
-        if torch.cuda.is_available():
-            net.model.to("cuda")
         return WorkerSetup(chosen + metrics, net.fingerprint())
 
 
@@ -118,8 +114,10 @@ class SearchRun:
     """An optuna storage URL shared with other search processes (tpe and optuna-nsga2 only)."""
 
     def recipe(self) -> NetworkRecipe:
-        """The workers' recipe, with file paths made absolute (workers may start elsewhere)."""
+        """The workers' recipe, with file paths made absolute (workers may start elsewhere) and the
+        device left to each worker: the one GPU it sees, else the CPU (unless the run says cpu)."""
         network, task = absolute_paths(self.network, self.task)
+        network = replace(network, device="cpu" if network.device == "cpu" else "auto")
         return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
                              self.seq_len, self.deployment)
 
@@ -143,6 +141,9 @@ class SearchRun:
         backend = backend or BackendSettings()
         backend.check()
         self.settings.check()
+        if self.network.device_map and backend.kind != "local":
+            raise LoraSearchError(f"--backend {backend.kind}: a model spread with --device-map takes every GPU; "
+                                  "fix: search with the local backend")
         if self.storage:
             check_shareable(self.settings.strategy)
         net = build_network(self.network)

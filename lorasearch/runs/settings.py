@@ -24,11 +24,12 @@ from ..data import Record, is_multiple_choice, load_records, synthetic_task
 from ..errors import LoraSearchError
 from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleChoiceEvaluator
 from ..io import parse_json, read_text
-from ..models import load_model
+from ..models import load_model, resolve_device, resolve_dtype
 from ..space import Config, SearchSpace
 from ..supernet import SPACE_FILE_NAME, SuperNetwork
 
 EVALUATORS = ("auto", "text", "label", "exact", "loss")
+ADAPTER_DTYPES = ("fp32", "base")
 Settings = TypeVar("Settings")
 
 
@@ -44,8 +45,16 @@ class NetworkSettings:
     """PEFT LoRA super-adapter folder (default: fresh adapters)."""
     gguf_file: str | None = None
     """GGUF file inside the --model folder."""
-    dtype: str | None = None
-    """Weights' dtype when loading (default: the checkpoint's)."""
+    device: str = "auto"
+    """auto (CUDA when present, else the CPU), cpu, cuda or cuda:N."""
+    dtype: str | None = "auto"
+    """The base's dtype: auto (the checkpoint's own on a GPU, fp32 on the CPU), fp32, bf16 or fp16 (GGUF
+    files are de-quantised to it)."""
+    adapter_dtype: str = "fp32"
+    """fp32 (adapters in full precision over a bf16/fp16 base, as PEFT does) or base (the base's dtype)."""
+    device_map: str | None = None
+    """auto: spread a model larger than one GPU over the GPUs and the CPU (accelerate); the search then
+    runs with the local backend."""
     trust_remote_code: bool = False
     """Allow model code from the model's repository."""
     seed: int = 0
@@ -56,7 +65,16 @@ class NetworkSettings:
 
     def load_options(self) -> dict[str, Any]:
         """What `lorasearch.models.load_model` takes from these settings."""
-        return {"gguf_file": self.gguf_file, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
+        return {"gguf_file": self.gguf_file, "dtype": self.dtype or "auto", "device": self.device,
+                "device_map": self.device_map, "trust_remote_code": self.trust_remote_code}
+
+    def check(self) -> None:
+        """One-line errors for values that cannot work, before anything loads."""
+        if self.adapter_dtype not in ADAPTER_DTYPES:
+            raise LoraSearchError(f"--adapter-dtype {self.adapter_dtype!r}: unknown; fix: use fp32 or base")
+        if self.device_map not in (None, "auto"):
+            raise LoraSearchError(f"--device-map {self.device_map!r}: unknown; fix: use auto, or leave it out")
+        resolve_dtype(self.dtype, resolve_device(self.device))
 
 
 @dataclass
@@ -121,21 +139,32 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
     raise LoraSearchError("--space: missing; fix: pass a space file (see search_spaces/) or an adapter saved by lorasearch")
 
 
-def build_network(settings: NetworkSettings, space: SearchSpace | None = None) -> SuperNetwork:
+def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *,
+                  with_tokenizer: bool = True) -> SuperNetwork:
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
-    A quantized base gets its INT grids back, and the adapter modules take the adapter mode
-    (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside the adapter).
-    ``space`` overrides the settings' space (e.g. a space stored inside a run file).
+    The model lands on the settings' device in their dtype (adapters in fp32 over a low-precision
+    base unless ``adapter_dtype="base"``); a quantized base gets its INT grids back; the adapter
+    modules take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved
+    beside the adapter). ``space`` overrides the settings' space (e.g. one stored in a run file);
+    without a space or an adapter, the network is the plain base model (no elastic modules).
+    ``with_tokenizer=False`` skips the tokenizer (counting costs needs none).
     """
-    space = space if space is not None else resolve_space(settings)
+    settings.check()
+    if space is None:
+        space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
-    loaded = load_model(settings.model, **settings.load_options())
+    loaded = load_model(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
     if is_quantized_folder(settings.model):
         attach_grids(loaded.model, settings.model)
-    net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer,
-                       model_spec=loaded.spec, seed=settings.seed)
+    net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base")
     return apply_adapter_mode(net, mode, saved)
+
+
+def plain_space() -> SearchSpace:
+    """The space of the plain base model: no group, one config (``{}``), nothing elastic."""
+    return SearchSpace(name="base model", groups=(), description="the base model without adapters")
 
 
 def load_task(settings: TaskSettings) -> list[Record]:
