@@ -105,7 +105,7 @@ class ElasticLoRALinear(nn.Module):
                 b = b[:o, :r]
             h = self.lora_dropout(x)
             delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
-            y = y + delta.to(y.dtype)
+            y = (y + delta).to(y.dtype)  # PEFT's order: add in the adapter's dtype, cast back
         return y
 
     @property

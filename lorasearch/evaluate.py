@@ -585,18 +585,30 @@ class LossEvaluator(CachedEvaluator):
         values: dict[int, tuple[float, int]] = {}
         with self._bar(len(indices), f"loss ({len(indices)} items)") as bar:
             for batch in self._batches(indices, lambda i: len(self.examples[i][0])):
-                seqs = [self.examples[i][0] for i in batch]
-                width = max(len(s) for s in seqs)
-                logprobs = self._forward(seqs, keep=width)
-                for row, i in enumerate(batch):
-                    ids, labels = self.examples[i]
-                    lp = logprobs[row, width - len(ids) :]
-                    target = torch.tensor(labels[1:], device=lp.device)
-                    scored = target != IGNORE_INDEX
-                    picked = lp[:-1][scored].gather(-1, target[scored][:, None])
-                    values[i] = (-picked.sum().item(), int(scored.sum()))
+                for i, value in zip(batch, self._batch_nll(batch)):
+                    values[i] = value
                 bar.update(len(batch))
         return [values[i] for i in indices], [None] * len(indices)
+
+    def _batch_nll(self, batch: Sequence[int]) -> list[tuple[float, int]]:
+        """Summed NLL and token count per sequence. The vocabulary projection runs on the scored
+        positions only, so a batch of long texts never holds a logits tensor of every position."""
+        device = self._device
+        ids, mask = _left_pad([self.examples[i][0] for i in batch], _pad_id(self.tokenizer), device)
+        width = ids.shape[1]
+        targets = torch.full((len(batch), width - 1), IGNORE_INDEX, dtype=torch.long)  # position t predicts t + 1
+        for row, i in enumerate(batch):
+            labels = self.examples[i][1]
+            targets[row, width - len(labels): width - 1] = torch.tensor(labels[1:], dtype=torch.long)
+        targets = targets.to(device)
+        keep = targets != IGNORE_INDEX
+        hidden = self.net.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).last_hidden_state
+        logits = self.net.model.get_output_embeddings()(hidden[:, :-1][keep])
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[keep][:, None])[:, 0]
+        rows = keep.nonzero()[:, 0]
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+        counts = keep.sum(-1)
+        return [(float(sums[r]), int(counts[r])) for r in range(len(batch))]
 
     def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
         total, tokens = sum(v[0] for v in values), sum(v[1] for v in values)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lorasearch import SearchSpace
+from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cli import main
 from lorasearch.search import Measurement, Objective, SearchSettings, run_search
 
@@ -73,6 +73,28 @@ def assert_good_error(exc: pytest.ExceptionInfo, *parts: str) -> str:
 
 
 # ------------------------------------------------------------------------------- tiny networks
+# Mode A spaces per family; Phi-3 fuses q/k/v and gate/up, so its space names the fused modules.
+MODE_A_MODULES = {
+    "llama": {"attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "mlp": ["mlp.up_proj", "mlp.down_proj"]},
+    "mistral": {"attn": ["self_attn.q_proj", "self_attn.v_proj"], "mlp": ["mlp.gate_proj", "mlp.down_proj"]},
+    "qwen2": {"attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "mlp": ["mlp.up_proj"]},
+    "phi3": {"attn": ["self_attn.qkv_proj"], "mlp": ["mlp.gate_up_proj", "mlp.down_proj"]},
+}
+
+
+def mode_a_space(family: str, rank: int = 8, alpha: float = 16, share: str = "layer") -> SearchSpace:
+    groups = {name: {"modules": mods, "rank": [rank, 6, 4, 2], "share": share} for name, mods in MODE_A_MODULES[family].items()}
+    return SearchSpace.from_dict({"name": f"{family}-a", "adapter": {"rank": rank, "alpha": alpha}, "groups": groups})
+
+
+def randomize_adapters(net: SuperNetwork, seed: int = 0) -> None:
+    """Give every adapter non-zero weights (fresh ones start with B = 0, a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
 def merged_smaller_copy(net, original: nn.Module) -> nn.Module:
     """A copy of ``original`` whose elastic linears are physically smaller ``nn.Linear`` layers
     holding the kept base weights plus the active adapter delta (the reference for Mode B)."""

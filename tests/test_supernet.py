@@ -9,34 +9,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from helpers import MODE_B, merged_smaller_copy
+from helpers import MODE_A_MODULES, MODE_B, merged_smaller_copy, mode_a_space, randomize_adapters
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.models import tiny_config, tiny_model
 from lorasearch.peft_format import AdapterModule, write_adapter
 
 ATOL = 1e-5
-
-# Mode A spaces per family; Phi-3 fuses q/k/v and gate/up, so its space names the fused modules.
-MODE_A = {
-    "llama": {"attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "mlp": ["mlp.up_proj", "mlp.down_proj"]},
-    "mistral": {"attn": ["self_attn.q_proj", "self_attn.v_proj"], "mlp": ["mlp.gate_proj", "mlp.down_proj"]},
-    "qwen2": {"attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "mlp": ["mlp.up_proj"]},
-    "phi3": {"attn": ["self_attn.qkv_proj"], "mlp": ["mlp.gate_up_proj", "mlp.down_proj"]},
-}
-
-
-def mode_a_space(family: str, rank: int = 8, alpha: float = 16, share: str = "layer") -> SearchSpace:
-    groups = {name: {"modules": mods, "rank": [rank, 6, 4, 2], "share": share} for name, mods in MODE_A[family].items()}
-    return SearchSpace.from_dict({"name": f"{family}-a", "adapter": {"rank": rank, "alpha": alpha}, "groups": groups})
-
-
-def randomize_adapters(net: SuperNetwork, seed: int = 0) -> None:
-    """Give every adapter non-zero weights (fresh ones start with B = 0, a no-op)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.adapter_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-
 
 def inputs(seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(seed))
@@ -52,11 +30,11 @@ def peft_from_modules(family: str, modules: dict[str, AdapterModule], tmp_path, 
     return PeftModel.from_pretrained(tiny_model(family, **model_kw), folder).eval()
 
 
-@pytest.mark.parametrize("family", list(MODE_A))
+@pytest.mark.parametrize("family", list(MODE_A_MODULES))
 def test_max_config_equals_stock_peft_lora(family):
     net = SuperNetwork(tiny_model(family), mode_a_space(family))
     randomize_adapters(net)
-    targets = sorted({m.rsplit(".", 1)[-1] for mods in MODE_A[family].values() for m in mods})
+    targets = sorted({m.rsplit(".", 1)[-1] for mods in MODE_A_MODULES[family].values() for m in mods})
     peft_model = get_peft_model(tiny_model(family), LoraConfig(r=8, lora_alpha=16, target_modules=targets)).eval()
     with torch.no_grad():
         for name, m in net.adapter_modules().items():
@@ -67,7 +45,7 @@ def test_max_config_equals_stock_peft_lora(family):
     torch.testing.assert_close(logits(net.model, ids), logits(peft_model, ids), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", list(MODE_A))
+@pytest.mark.parametrize("family", list(MODE_A_MODULES))
 def test_random_subrank_configs_equal_peft_with_sliced_weights(family, tmp_path):
     net = SuperNetwork(tiny_model(family), mode_a_space(family))
     randomize_adapters(net, seed=1)

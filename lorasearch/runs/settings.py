@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
+import torch
+
 from ..compress.masked import apply_adapter_mode
 from ..compress.network import resolve_mode
 from ..compress.quant import attach_grids, is_quantized_folder
@@ -30,6 +32,7 @@ from ..supernet import SPACE_FILE_NAME, SuperNetwork
 
 EVALUATORS = ("auto", "text", "label", "exact", "loss")
 ADAPTER_DTYPES = ("fp32", "base")
+GPU_BATCH_TOKENS = 32768
 Settings = TypeVar("Settings")
 
 
@@ -89,10 +92,11 @@ class TaskSettings:
     """Items in the seeded subset scored per config."""
     seed: int = 0
     """Seeds the subset."""
-    batch_size: int | None = 8
-    """Most sequences per forward pass (none: only --max-batch-tokens counts)."""
+    batch_size: int | None = None
+    """Most sequences per forward pass (default: 8 on the CPU, no limit on a GPU: the token budget decides)."""
     max_batch_tokens: int | None = None
-    """Most tokens per forward pass, padding and per-option context copies included (none: no limit)."""
+    """Most tokens per forward pass, padding and per-option context copies included (default: 32768 on
+    a GPU, no limit on the CPU)."""
     max_new_tokens: int = 256
     """Exact match only: generation limit."""
 
@@ -193,13 +197,21 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
     """The evaluator the settings ask for, on a seeded subset of the task."""
     records = list(records) if records is not None else load_task(settings)
     kind = evaluator_kind(settings, records)
-    common = {"limit": settings.limit, "seed": settings.seed, "batch_size": settings.batch_size,
-              "max_batch_tokens": settings.max_batch_tokens}
+    common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device)}
     if kind in ("text", "label"):
         return MultipleChoiceEvaluator(net, records, mode=kind, **common)
     if kind == "exact":
         return ExactMatchEvaluator(net, records, max_new_tokens=settings.max_new_tokens, **common)
     return LossEvaluator(net, records, **common)
+
+
+def batching(settings: TaskSettings, device: torch.device) -> dict[str, int | None]:
+    """The evaluator's batch limits: as given, else 8 sequences on the CPU (where bigger batches gain
+    nothing) and a budget of 32768 tokens on a GPU (enough to keep a large one busy)."""
+    on_gpu = device.type == "cuda"
+    if settings.batch_size is None and settings.max_batch_tokens is None:
+        return {"batch_size": None, "max_batch_tokens": GPU_BATCH_TOKENS} if on_gpu else {"batch_size": 8, "max_batch_tokens": None}
+    return {"batch_size": settings.batch_size, "max_batch_tokens": settings.max_batch_tokens}
 
 
 def resolve_config(space: SearchSpace, choice: str | None) -> Config:
