@@ -53,12 +53,13 @@ def environment_markdown(env: dict[str, Any]) -> str:
     )
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
+def write_results(name: str, data: dict[str, Any], markdown: str, folder: Path | None = None) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` atomically (or into ``folder``)."""
     from lorasearch.io import atomic_write_json, atomic_write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    folder = Path(folder) if folder is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
     atomic_write_json(json_path, json.loads(relative_paths(json.dumps(data, default=str))))
     atomic_write_text(md_path, relative_paths(markdown))
     return json_path, md_path

@@ -274,11 +274,21 @@ def _evaluating(net: SuperNetwork, config: Mapping[str, Any]) -> Iterator[None]:
     """Eval mode, ``config`` active and inference mode for the block; all restored afterwards."""
     was_training = net.model.training
     net.model.eval()
+    head = net.model.get_output_embeddings() if hasattr(net.model, "get_output_embeddings") else None
+    # transformers hands the head a strided slice (logits_to_keep); a frozen bf16 head on the CPU then
+    # takes a path that holds several times its weight in temporaries (1 GB on a 1.1B model).
+    handle = head.register_forward_pre_hook(_contiguous_input) if head is not None else None
     try:
         with net.activated(config), torch.inference_mode():
             yield
     finally:
         net.model.train(was_training)
+        if handle is not None:
+            handle.remove()
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
 
 
 def _accuracy_result(correct: Sequence[bool], predictions: Sequence[Any], **extra: Any) -> EvalResult:

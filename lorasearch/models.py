@@ -165,8 +165,17 @@ def load_model(
 def meta_model(config_file: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
     """The architecture a Hugging Face ``config.json`` describes, on the meta device: shapes without
     weights, built in well under a second even for a 70B model (what planning a search needs)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
+    config = config_from_file(config_file)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None) or torch.float32)
+    return model.eval()
+
+
+def config_from_file(config_file: str | Path):
+    """A transformers config from a ``config.json`` file (keys starting with ``_`` are comments)."""
+    from transformers import AutoConfig
 
     path = Path(config_file)
     data = parse_json(read_text(path, ModelError, "model config"), str(path), ModelError)
@@ -175,12 +184,9 @@ def meta_model(config_file: str | Path, *, dtype: torch.dtype | None = None) -> 
     fields = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "transformers_version")
               and not k.startswith("_")}
     try:
-        config = AutoConfig.for_model(data["model_type"], **fields)
+        return AutoConfig.for_model(data["model_type"], **fields)
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{path}: model_type {data['model_type']!r}: {exc}; fix: use a config transformers knows") from None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None) or torch.float32)
-    return model.eval()
 
 
 def save_model_folder(folder: str | Path, model: nn.Module, tokenizer: Any = None) -> None:

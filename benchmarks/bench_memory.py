@@ -1,0 +1,95 @@
+"""Peak resident memory of loading and evaluating a 1.1B bf16 checkpoint on the CPU, against its bytes.
+
+A random model of TinyLlama-1.1B's shape (hidden 2048, 22 layers, MLP 5632, 32 heads over 4
+key/value heads, vocabulary 32000) is saved once in bf16 with a byte-level tokenizer (no download),
+then ``lorasearch eval`` loads and scores a few items in a fresh process, once with ``--dtype bf16``
+(the checkpoint's dtype) and once with ``--dtype auto`` (fp32 on the CPU). The peak resident set of
+each process is divided by the checkpoint's weight bytes. The target: at most 1.3x in bf16.
+
+    python benchmarks/bench_memory.py            # builds ../lorasearch-runs/tinyllama-1.1b-random once (2.2 GB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RUNS, environment, environment_markdown, write_results
+
+SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+         "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 2048}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=RUNS / "tinyllama-1.1b-random")
+    p.add_argument("--items", type=int, default=8)
+    p.add_argument("--dtypes", nargs="+", default=["bf16", "auto"])
+    return p.parse_args()
+
+
+def build_checkpoint(folder: Path) -> None:
+    """A random 1.1B Llama in bf16, saved with the byte tokenizer (built in a child process)."""
+    code = (
+        "import torch, sys\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "from lorasearch.models import byte_tokenizer, tiny_config\n"
+        f"config = tiny_config('llama', **{SHAPE!r})\n"
+        "model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)\n"
+        "model.save_pretrained(sys.argv[1]); byte_tokenizer().save_pretrained(sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(folder)], check=True)
+
+
+def peak_of(command: list[str]) -> tuple[int, float, str]:
+    """The peak resident bytes and wall seconds of a child process, and its last line of output."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, done.returncode)\n"
+        "print((done.stdout.strip().splitlines() or [''])[0]); print(done.stderr[-2000:], file=sys.stderr)\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    first, line = done.stdout.splitlines()[:2]
+    peak, rc = (int(v) for v in first.split())
+    if rc:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return peak, seconds, line
+
+
+def main() -> None:
+    args = parse_args()
+    if not (args.checkpoint / "model.safetensors").is_file() and not (args.checkpoint / "model.safetensors.index.json").is_file():
+        build_checkpoint(args.checkpoint)
+    weights = sum(p.stat().st_size for p in args.checkpoint.glob("*.safetensors"))
+    baseline, _, _ = peak_of([sys.executable, "-c", "import lorasearch.cli, torch, transformers"])
+    rows = []
+    for dtype in args.dtypes:
+        command = [sys.executable, "-m", "lorasearch.cli", "eval", "--model", str(args.checkpoint), "--dtype", dtype,
+                   "--device", "cpu", "--limit", str(args.items), "--evaluator", "text"]
+        peak, seconds, line = peak_of(command)
+        rows.append({"dtype": dtype, "peak_bytes": peak, "ratio": peak / weights, "seconds": seconds, "result": line})
+    data = {"checkpoint": str(args.checkpoint), "weight_bytes": weights, "baseline_bytes": baseline, "rows": rows,
+            "shape": SHAPE}
+    env = environment()
+    md = ["# Peak memory: a 1.1B bf16 checkpoint on the CPU", "", environment_markdown(env),
+          f"Checkpoint: {weights / 1e9:.2f} GB of bf16 weights (TinyLlama-1.1B's shape, random). "
+          f"`lorasearch eval` on {args.items} synthetic items in a fresh process; the interpreter with torch, "
+          f"transformers and lorasearch imported already holds {baseline / 1e9:.2f} GB.", "",
+          "| --dtype | peak resident | / checkpoint bytes | wall s | result |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        md.append(f"| {r['dtype']} | {r['peak_bytes'] / 1e9:.2f} GB | **{r['ratio']:.2f}x** | {r['seconds']:.0f} | {r['result']} |")
+    md += ["", "`--dtype auto` means fp32 on the CPU (bf16 matmuls are slow there), so it holds twice the "
+           "checkpoint's bytes by design; `--dtype bf16` keeps the checkpoint's dtype."]
+    write_results("memory", {"environment": env, **data}, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
