@@ -124,6 +124,8 @@ class _Scored:
 
     values: list[Any] = field(default_factory=list)
     predictions: list[Any] = field(default_factory=list)
+    restored: int = 0
+    """Items scored in an earlier process and restored from its log, not yet counted as scored."""
 
 
 class CachedEvaluator:
@@ -211,7 +213,9 @@ class CachedEvaluator:
             scored.values += values
             scored.predictions += predictions
         result = self._aggregate(scored.values[:stop], scored.predictions[:stop])
-        result = replace(result, seconds=time.perf_counter() - start, scored=len(todo))
+        # Restored items count as this evaluation's: its cost is the same as had it never crashed.
+        result = replace(result, seconds=time.perf_counter() - start, scored=len(todo) + scored.restored)
+        scored.restored = 0
         if stop == self.n_items:
             self._cache[key] = result
         return result
@@ -224,6 +228,7 @@ class CachedEvaluator:
             extra = list(values[len(scored.values):])
             scored.values += extra
             scored.predictions += [None] * len(extra)
+            scored.restored += len(extra)
 
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         """Per-item values and predictions of the active config on the items ``indices``."""

@@ -157,3 +157,52 @@ def synthetic_search(out=None, strategy="nsga2", budget=40, seed=1, extra=(), **
     extras = [e(s) for e in extra]
     settings = SearchSettings(strategy=strategy, budget=budget, population=8, seed=seed)
     return run_search(space, [accuracy, macs, *extras], settings, out_dir=out, run_info=INFO, log=None, **kwargs)
+
+
+class ItemScores:
+    """An item-wise accuracy on top of `Surrogate`: item i is right when its difficulty (plus a
+    config-item noise) is below the config's true accuracy. Items keep one fixed order, a prefix is
+    the start of the full score, and every item actually scored is counted and can be logged."""
+
+    def __init__(self, space: SearchSpace, n_items: int = 60, seed: int = 0, noise: float = 0.15,
+                 log: str | None = None) -> None:
+        self.truth = Surrogate(space, seed)
+        self.space, self.n_items, self.noise, self.log = space, n_items, noise, log
+        self.difficulty = np.random.default_rng([seed, 1]).uniform(0, 1, n_items)
+        self.scored: dict[tuple, list[float]] = {}
+        self.restored: dict[tuple, int] = {}
+        self.forwards = 0
+
+    def _item(self, key: tuple, i: int, p: float) -> float:
+        eps = np.random.default_rng([*key, i, 7]).normal(0, self.noise)
+        return 1.0 if self.difficulty[i] + eps < p else 0.0
+
+    def score_items(self, config, stop: int | None = None):
+        from lorasearch.search import Measurement
+
+        stop = self.n_items if stop is None else stop
+        key = tuple(int(g) for g in self.space.encode(config))
+        done = self.scored.setdefault(key, [])
+        new = range(len(done), stop)
+        if len(new):
+            p = self.truth.accuracy(config)
+            done += [self._item(key, i, p) for i in new]
+            self.forwards += len(new)
+            if self.log:
+                with open(self.log, "a") as f:
+                    f.writelines(f"{list(key)}:{i}\n" for i in new)
+        items = tuple(done[:stop])
+        mean = sum(items) / stop
+        scored = len(new) + self.restored.pop(key, 0)  # restored items count as this evaluation's
+        return Measurement(mean, float(np.sqrt(mean * (1 - mean) / stop)), stop, items, scored)
+
+    def restore(self, config, values) -> None:
+        key = tuple(int(g) for g in self.space.encode(config))
+        done = self.scored.setdefault(key, [])
+        self.restored[key] = self.restored.get(key, 0) + max(len(values) - len(done), 0)
+        done += list(values[len(done):])
+
+    def objectives(self) -> list[Objective]:
+        accuracy = Objective("accuracy", "max", self.score_items, bounds=(1.0, 0.0), expensive=True,
+                             partial=self.score_items, n_items=self.n_items, restore=self.restore)
+        return [accuracy, Objective("macs", "min", self.truth.macs)]

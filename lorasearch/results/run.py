@@ -55,6 +55,8 @@ class SearchResult:
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     name: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    """In memory only: the search's wall seconds, and the surrogate's fitting seconds when it had one."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -92,6 +94,11 @@ class SearchResult:
         if "feasible" not in self.table:
             return self.table
         return self.table[self.table["feasible"].astype(bool)]
+
+    @property
+    def item_forwards(self) -> int:
+        """Validation items the search ran through the model (0 when the table does not say)."""
+        return int(self.table["item_forwards"].sum()) if "item_forwards" in self.table else 0
 
     @property
     def hypervolume(self) -> pd.DataFrame:
@@ -211,7 +218,7 @@ def _stored_specs(document: Mapping[str, Any], run_file: Path, error: type[LoraS
 
 def _read_table(path: Path, specs: Sequence[ObjectiveSpec], error: type[LoraSearchError]) -> pd.DataFrame:
     """results.csv when it is complete, else the table rebuilt from evaluations.jsonl."""
-    records = list(read_jsonl(path / LOG_FILE))
+    records = [r for r in read_jsonl(path / LOG_FILE) if "eval_id" in r]  # raced chunks are no evaluations
     csv = path / TABLE_FILE
     table = _read_csv(csv) if csv.is_file() else pd.DataFrame()
     if records and len(table) != len(records) and specs:

@@ -86,16 +86,17 @@ def _hypervolume_2d(points: np.ndarray) -> float:
 
 
 def hypervolume_curve(table: pd.DataFrame, specs: Sequence[ObjectiveSpec], by: str = "eval_id") -> pd.DataFrame:
-    """Hypervolume of everything evaluated up to each value of ``by`` (``eval_id`` or ``generation``).
+    """Hypervolume of everything evaluated up to each value of ``by`` (``eval_id`` or ``generation``),
+    with the evaluations and the validation items run through the model (``item_forwards``) so far.
 
-    Infeasible evaluations count as evaluations but add no volume. Only the running front is
-    kept, so a run of thousands of evaluations takes milliseconds.
+    Infeasible and early-stopped evaluations count as evaluations but add no volume. Only the
+    running front is kept, so a run of thousands of evaluations takes milliseconds.
     """
     if table.empty:
-        return pd.DataFrame({by: [], "evaluations": [], "hypervolume": []})
+        return pd.DataFrame({by: [], "evaluations": [], "item_forwards": [], "hypervolume": []})
     ordered = table.sort_values("eval_id")
     points = to_minimisation(ordered, specs)
-    feasible = ordered["feasible"].to_numpy(dtype=bool) if "feasible" in ordered else np.ones(len(ordered), dtype=bool)
+    feasible = eligible(ordered)
     front = np.empty((0, len(specs)))
     current, running = 0.0, []
     for p, ok in zip(points, feasible):
@@ -103,7 +104,9 @@ def hypervolume_curve(table: pd.DataFrame, specs: Sequence[ObjectiveSpec], by: s
             front = np.vstack([front[~np.all(p <= front, axis=1)], p])
             current = hypervolume(front)
         running.append(current)
-    curve = pd.DataFrame({by: ordered[by].to_numpy(), "evaluations": np.arange(1, len(ordered) + 1), "hypervolume": running})
+    forwards = ordered["item_forwards"].fillna(0).cumsum().to_numpy() if "item_forwards" in ordered else np.zeros(len(ordered))
+    curve = pd.DataFrame({by: ordered[by].to_numpy(), "evaluations": np.arange(1, len(ordered) + 1),
+                          "item_forwards": forwards.astype(int), "hypervolume": running})
     return curve.groupby(by, as_index=False).last()
 
 
@@ -125,7 +128,9 @@ def results_table(records: Iterable[Mapping[str, Any]], specs: Sequence[Objectiv
     """The table of every evaluation, with ``is_pareto`` over the objectives in ``specs``."""
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("config", "genes", "objectives")}
+        if "eval_id" not in r:
+            continue  # a raced evaluation's chunk, not an evaluation
+        row = {k: v for k, v in r.items() if k not in ("config", "genes", "objectives", "item_scores")}
         row.update(r.get("objectives", {}))
         row["config"] = json.dumps(r["config"], sort_keys=False)
         row["genes"] = json.dumps(list(r["genes"]))
@@ -134,12 +139,20 @@ def results_table(records: Iterable[Mapping[str, Any]], specs: Sequence[Objectiv
     if table.empty:
         return table
     table = table.sort_values("eval_id").reset_index(drop=True)
-    feasible = table["feasible"].to_numpy(dtype=bool) if "feasible" in table else np.ones(len(table), dtype=bool)
+    candidates = eligible(table)
     mask = np.zeros(len(table), dtype=bool)
-    if feasible.any():
-        mask[feasible] = pareto_mask(to_minimisation(table[feasible], specs))
+    if candidates.any():
+        mask[candidates] = pareto_mask(to_minimisation(table[candidates], specs))
     table["is_pareto"] = mask
     return table
+
+
+def eligible(table: pd.DataFrame) -> np.ndarray:
+    """Rows that may be Pareto points: feasible, and scored in full (not stopped early by racing)."""
+    ok = table["feasible"].to_numpy(dtype=bool) if "feasible" in table else np.ones(len(table), dtype=bool)
+    if "partial" in table:
+        ok = ok & ~table["partial"].fillna(False).to_numpy(dtype=bool)
+    return ok
 
 
 def noise_notes(front: pd.DataFrame, accuracy: str = "accuracy") -> list[str]:

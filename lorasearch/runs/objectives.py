@@ -50,9 +50,14 @@ def _macs(ctx: ObjectiveContext, name: str, deployment: str | None = None) -> Ob
 
 
 def _accuracy(ctx: ObjectiveContext) -> Objective:
-    if ctx.evaluator is None:
+    """The evaluator's score; item-wise evaluators also score prefixes of their items (racing)."""
+    ev = ctx.evaluator
+    if ev is None:
         raise LoraSearchError("objective accuracy: no evaluator; fix: pass --task (or use the synthetic task)")
-    return Objective("accuracy", DIRECTIONS_OF["accuracy"], ctx.evaluator, unit="", bounds=(1.0, 0.0), expensive=True)
+    itemwise = getattr(ev, "itemwise", False)
+    return Objective("accuracy", DIRECTIONS_OF["accuracy"], ev, unit="", expensive=True,
+                     partial=ev.score_items if itemwise else None, n_items=getattr(ev, "n_items", None),
+                     restore=ev.restore_items if itemwise else None)
 
 
 def _params(ctx: ObjectiveContext) -> Objective:

@@ -21,16 +21,22 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from ..errors import LoraSearchError
 from ..space import Config
-from .objectives import Objective, measure_all
+from .objectives import Objective
+from .racing import evaluate_config
 from .workers import Recipe
 
 BACKENDS = ("local", "processes", "ray")
 
 
 class EvaluationBackend(Protocol):
-    """Evaluates batches of configs; yields ``(index in batch, {metric: value}, seconds)``."""
+    """Evaluates batches of configs; yields ``(index in batch, {metric: value}, seconds)``.
 
-    def evaluate(self, configs: Sequence[Config]) -> Iterator[tuple[int, dict[str, float], float]]: ...
+    ``races`` holds a `lorasearch.search.racing.RacePlan` (or None) per config; ``on_chunk(index,
+    k, measurement)`` is told each finished chunk of a raced config, where the backend can.
+    """
+
+    def evaluate(self, configs: Sequence[Config], races: Sequence[Any] | None = None,
+                 on_chunk: Any = None) -> Iterator[tuple[int, dict[str, Any], float]]: ...
 
 
 class LocalBackend:
@@ -41,10 +47,13 @@ class LocalBackend:
     def __init__(self, objectives: Sequence[Objective]) -> None:
         self.objectives = list(objectives)
 
-    def evaluate(self, configs: Sequence[Config]) -> Iterator[tuple[int, dict[str, Any], float]]:
-        for index, config in enumerate(configs):
+    def evaluate(self, configs: Sequence[Config], races: Sequence[Any] | None = None,
+                 on_chunk: Any = None) -> Iterator[tuple[int, dict[str, Any], float]]:
+        races = list(races) if races is not None else [None] * len(configs)
+        for index, (config, race) in enumerate(zip(configs, races)):
             start = time.perf_counter()
-            values = measure_all(self.objectives, config)
+            chunk = (lambda k, m, i=index: on_chunk(i, k, m)) if on_chunk is not None else None
+            values = evaluate_config(self.objectives, config, race, chunk)
             yield index, values, time.perf_counter() - start
 
     def close(self) -> None:

@@ -38,12 +38,40 @@ DIRECTIONS_OF = {
 }
 
 
+# Keys of a measured values dict that belong to the evaluation record, not to the objective columns.
+ITEM_SCORES, ITEM_FORWARDS, PARTIAL, DOMINATED_BY = "item_scores", "item_forwards", "partial", "dominated_by"
+RECORD_KEYS = (ITEM_SCORES, ITEM_FORWARDS, PARTIAL, DOMINATED_BY)
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """A measured value with its standard error (NaN when not applicable)."""
+    """A measured value with its standard error (NaN when not applicable).
+
+    Item-wise scores (accuracies) also carry ``n``, the items the value is the mean of, ``items``,
+    the per-item scores in their fixed order, and ``scored``, the items this measurement ran
+    through the model (its cost in item forwards).
+    """
 
     value: float
     stderr: float = float("nan")
+    n: int | None = None
+    items: tuple[float, ...] = ()
+    scored: int = 0
+
+
+def as_measurement(value: Any) -> Measurement:
+    """A float, a `Measurement`, or a result with ``score`` (and ``stderr``, ``n``, ``item_scores``,
+    ``scored``, as `lorasearch.evaluate.EvalResult` has) as a `Measurement`."""
+    if isinstance(value, Measurement):
+        return value
+    stderr = getattr(value, "stderr", None)
+    return Measurement(
+        float(getattr(value, "score", value)),
+        float(stderr) if stderr is not None else float("nan"),
+        getattr(value, "n", None),
+        tuple(getattr(value, "item_scores", ()) or ()),
+        int(getattr(value, "scored", 0) or 0),
+    )
 
 
 @dataclass
@@ -56,7 +84,12 @@ class Objective:
         fn: the measurement.
         unit: for labels (``MACs``, ``params``, ``s``).
         bounds: ``(best, worst)`` for hypervolume normalisation; derived when omitted.
-        expensive: whether one call costs real time (only informs progress output).
+        expensive: whether one call costs real time (a surrogate predicts these; the others are
+            measured exactly when offspring are screened).
+        partial: ``partial(config, k)``, the score on the first ``k`` items of a fixed order, where
+            the score is a mean over items (what racing needs); None when it is not.
+        n_items: the items a full measurement scores (with ``partial``).
+        restore: ``restore(config, item_scores)`` takes scores logged before a crash as scored.
     """
 
     name: str
@@ -65,18 +98,22 @@ class Objective:
     unit: str = ""
     bounds: tuple[float, float] | None = None
     expensive: bool = False
+    partial: Callable[[Config, int], Any] | None = None
+    n_items: int | None = None
+    restore: Callable[[Config, Sequence[float]], None] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise LoraSearchError(f"objective {self.name}: direction {self.direction!r}; fix: use max or min")
 
     def measure(self, config: Config) -> Measurement:
-        value = self.fn(config)
-        if isinstance(value, Measurement):
-            return value
-        stderr = getattr(value, "stderr", None)
-        score = getattr(value, "score", value)
-        return Measurement(float(score), float(stderr) if stderr is not None else float("nan"))
+        return as_measurement(self.fn(config))
+
+    def measure_prefix(self, config: Config, k: int) -> Measurement:
+        """The measurement on the first ``k`` items (needs ``partial``)."""
+        if self.partial is None:
+            raise LoraSearchError(f"objective {self.name}: no item-wise score to measure a prefix of")
+        return as_measurement(self.partial(config, k))
 
 
 @dataclass(frozen=True)
@@ -108,12 +145,23 @@ def parse_constraint(text: str) -> Constraint:
         raise LoraSearchError(f"constraint {text!r}: {m.group(3)!r} is not a number") from None
 
 
-def measure_all(objectives: Sequence[Objective], config: Config) -> dict[str, float]:
-    """Measure every objective of a config into a flat dict (``name`` and ``name_stderr``)."""
-    values: dict[str, float] = {}
+def measure_all(objectives: Sequence[Objective], config: Config) -> dict[str, Any]:
+    """Measure every objective of a config into a flat dict: ``name`` and ``name_stderr`` per
+    objective, ``name_items`` for item-wise scores, and the record keys (`RECORD_KEYS`): the per-item
+    scores and the item forwards spent (racing adds ``partial`` and ``dominated_by``)."""
+    values: dict[str, Any] = {ITEM_FORWARDS: 0}
     for objective in objectives:
-        m = objective.measure(config)
-        values[objective.name] = m.value
-        if m.stderr == m.stderr:  # not NaN
-            values[f"{objective.name}_stderr"] = m.stderr
+        put_measurement(values, objective.name, objective.measure(config))
     return values
+
+
+def put_measurement(values: dict[str, Any], name: str, m: Measurement) -> None:
+    """Write one measurement into a values dict (see `measure_all`)."""
+    values[name] = m.value
+    if m.stderr == m.stderr:  # not NaN
+        values[f"{name}_stderr"] = m.stderr
+    if m.n is not None:
+        values[f"{name}_items"] = m.n
+    if m.items:
+        values.setdefault(ITEM_SCORES, {})[name] = [int(v) if float(v).is_integer() else float(v) for v in m.items]
+    values[ITEM_FORWARDS] = values.get(ITEM_FORWARDS, 0) + m.scored

@@ -39,11 +39,11 @@ def _start_worker(recipe: Recipe, threads: int, devices: Any, expected: str | No
         _problem = LoraSearchError(f"{name}: cannot build its super-network ({type(exc).__name__}: {first_line(exc)})")
 
 
-def _evaluate(config: Config) -> tuple[dict[str, float], float]:
+def _evaluate(config: Config, race: Any = None) -> tuple[dict[str, Any], float]:
     if _problem is not None:
         raise _problem
     assert _worker is not None
-    return _worker.evaluate(config)
+    return _worker.evaluate(config, race)
 
 
 class ProcessBackend:
@@ -75,11 +75,15 @@ class ProcessBackend:
     def workers(self) -> int:
         return self.plan.count
 
-    def evaluate(self, configs: Sequence[Config]) -> Iterator[tuple[int, dict[str, Any], float]]:
-        """Send every config at once; yield each result as its worker finishes it."""
+    def evaluate(self, configs: Sequence[Config], races: Sequence[Any] | None = None,
+                 on_chunk: Any = None) -> Iterator[tuple[int, dict[str, Any], float]]:
+        """Send every config (with its race plan) at once; yield each result as its worker finishes
+        it. Chunks of a raced config are not reported before it ends."""
+        races = list(races) if races is not None else [None] * len(configs)
         futures: dict[Future, int] = {}
         try:
-            futures = {self.pool.submit(_evaluate, config): index for index, config in enumerate(configs)}
+            futures = {self.pool.submit(_evaluate, config, race): index
+                       for index, (config, race) in enumerate(zip(configs, races))}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -48,9 +48,9 @@ class EvaluationActor:
         self.worker = Worker(self.recipe, self.threads)
         return self.worker.fingerprint, f"Ray worker {os.getpid()} on {socket.gethostname()}"
 
-    def evaluate(self, config: Config) -> tuple[dict[str, float], float]:
+    def evaluate(self, config: Config, race: Any = None) -> tuple[dict[str, Any], float]:
         assert self.worker is not None
-        return self.worker.evaluate(config)
+        return self.worker.evaluate(config, race)
 
 
 def check_reachable(address: str) -> None:
@@ -152,14 +152,17 @@ class RayBackend:
                                   "and logs (`ray logs`), then resume with --resume")
 
     # ---------------------------------------------------------------------- batches
-    def evaluate(self, configs: Sequence[Config]) -> Iterator[tuple[int, dict[str, Any], float]]:
-        """Give each idle actor one config; yield results as they finish; re-queue a dead actor's config."""
+    def evaluate(self, configs: Sequence[Config], races: Sequence[Any] | None = None,
+                 on_chunk: Any = None) -> Iterator[tuple[int, dict[str, Any], float]]:
+        """Give each idle actor one config (with its race plan); yield results as they finish;
+        re-queue a dead actor's config. Chunks of a raced config are not reported before it ends."""
+        races = list(races) if races is not None else [None] * len(configs)
         queue, running = deque(range(len(configs))), {}
         deaths = [0] * len(configs)
         while queue or running:
             while queue and self.idle:
                 actor, index = self.idle.pop(), queue.popleft()
-                running[actor.evaluate.remote(configs[index])] = (actor, index)
+                running[actor.evaluate.remote(configs[index], races[index])] = (actor, index)
             ref = self._wait(list(running) + list(self.starting))
             if ref in self.starting:
                 self._handle_ready(ref)

@@ -3,7 +3,8 @@
 ::
 
     run.yaml            everything needed to reproduce the run (a resume must match it)
-    evaluations.jsonl   append-only, one flushed line per finished evaluation (the resume source)
+    evaluations.jsonl   append-only, one flushed line per finished evaluation (the resume source), and
+                        with racing one per finished chunk of an unfinished one (``"type": "chunk"``)
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
     hypervolume.csv     hypervolume per generation, over the fixed bounds stored in run.yaml
@@ -22,6 +23,7 @@ from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, r
 from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
 COMPARED_SECTIONS = ("run", "search")
+CHUNK = "chunk"  # a log line of items scored so far by a raced evaluation (not an evaluation)
 
 
 class RunDirectory:

@@ -55,6 +55,16 @@ class Strategy(Protocol):
     def tell(self, genes: Sequence[np.ndarray], F: np.ndarray, G: np.ndarray | None) -> None: ...
 
 
+class Oversampling(Protocol):
+    """A strategy that can propose more candidates than it keeps (what a surrogate screens)."""
+
+    def ask_many(self, n: int) -> list[Proposal]:
+        """``n`` candidates for the next batch."""
+
+    def keep(self, indices: Sequence[int]) -> None:
+        """Of the candidates just proposed, only these are evaluated and told."""
+
+
 def reference_genes(space: SearchSpace) -> list[Proposal]:
     """The max, min and heuristic configs as gene vectors, labelled.
 
@@ -107,6 +117,20 @@ class NSGA2Strategy:
         self._first = False
         return [(np.asarray(x), self.labels.get(tuple(int(v) for v in x), default)) for x in X]
 
+    def ask_many(self, n: int) -> list[Proposal]:
+        """``n`` offspring of the current population (pymoo's mating, duplicates eliminated)."""
+        if self._first:
+            return self.ask()  # the initial population is not offspring
+        pop_size = self.algorithm.n_offsprings
+        self.algorithm.n_offsprings = n
+        try:
+            return self.ask()
+        finally:
+            self.algorithm.n_offsprings = pop_size
+
+    def keep(self, indices: Sequence[int]) -> None:
+        self._pop = self._pop[list(indices)]
+
     def tell(self, genes: Sequence[np.ndarray], F: np.ndarray, G: np.ndarray | None) -> None:
         self._pop.set("F", np.asarray(F, dtype=float))
         if G is not None and G.size:
@@ -127,11 +151,15 @@ class RandomStrategy:
         self.size = space.size()
 
     def ask(self) -> list[Proposal]:
+        return self.ask_many(self.settings.population)
+
+    def ask_many(self, n: int) -> list[Proposal]:
+        """``n`` new uniform configs (the references first); unkept ones are never proposed again."""
         batch = [p for p in self.pending if self._new(p[0])]
         self.pending = []
         upper = self.space.bounds()[1] + 1
         tries = 0
-        while len(batch) < self.settings.population and len(self.seen) < self.size and tries < 1000 * self.settings.population:
+        while len(batch) < n and len(self.seen) < self.size and tries < 1000 * n:
             tries += 1
             genes = self.rng.integers(0, upper)
             if self._new(genes):
@@ -144,6 +172,9 @@ class RandomStrategy:
             return False
         self.seen.add(key)
         return True
+
+    def keep(self, indices: Sequence[int]) -> None:
+        pass
 
     def tell(self, genes, F, G) -> None:
         pass

@@ -4,7 +4,7 @@ A worker gets a *recipe*: any picklable callable that takes no arguments and ret
 `WorkerSetup` (the objectives to measure and the fingerprint of the super-network they measure).
 `lorasearch.runs.search.NetworkRecipe` rebuilds a search's super-network and evaluator from its
 plain settings; tests pass a top-level function. The worker calls the recipe once, keeps what it
-built, and then evaluates configs one at a time with `measure_all`.
+built, and then evaluates configs one at a time (`lorasearch.search.racing.evaluate_config`).
 
 The fingerprint (`lorasearch.SuperNetwork.fingerprint`: the adapter tensors and the space) lets
 the driver refuse workers that loaded another adapter or space than it did (a stale file on one
@@ -20,7 +20,8 @@ from typing import Callable
 
 from ..errors import LoraSearchError
 from ..space import Config
-from .objectives import Objective, measure_all
+from .objectives import Objective
+from .racing import RacePlan, evaluate_config
 
 
 @dataclass
@@ -58,10 +59,10 @@ class Worker:
         self.objectives = setup.objectives
         self.fingerprint = setup.fingerprint
 
-    def evaluate(self, config: Config) -> tuple[dict[str, float], float]:
-        """``({metric: value}, seconds)`` of one config."""
+    def evaluate(self, config: Config, race: RacePlan | None = None) -> tuple[dict[str, Any], float]:
+        """``({metric: value}, seconds)`` of one config, raced when a plan is given."""
         start = time.perf_counter()
-        values = measure_all(self.objectives, config)
+        values = evaluate_config(self.objectives, config, race)
         return values, time.perf_counter() - start
 
 

@@ -1,0 +1,172 @@
+"""A cheaper search: item-forward accounting, racing on nested item prefixes, a screening surrogate."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorasearch import LoraSearchError
+from lorasearch.search import SearchSettings, run_search
+from lorasearch.search.racing import paired_beats, stops_for
+
+from helpers import ROOT, ItemScores, make_space
+
+COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "partial", "item_forwards"]
+
+
+def search(scores: ItemScores, **settings):
+    base = {"budget": 40, "population": 8, "seed": 3}
+    return run_search(scores.space, scores.objectives(), SearchSettings(**{**base, **settings}), log=None)
+
+
+def test_every_evaluation_records_the_items_it_scored():
+    scores = ItemScores(make_space())
+    result = search(scores)
+    table = result.table
+    assert (table["item_forwards"] == 60).all() and (table["accuracy_items"] == 60).all()
+    assert result.item_forwards == scores.forwards == 40 * 60
+    curve = result.hypervolume
+    assert curve["item_forwards"].iloc[-1] == 40 * 60 and curve["item_forwards"].is_monotonic_increasing
+
+
+def test_racing_spends_fewer_items_and_never_puts_a_stopped_config_on_the_front():
+    plain, raced = ItemScores(make_space(), n_items=120, noise=0.1), ItemScores(make_space(), n_items=120, noise=0.1)
+    full = search(plain)
+    quick = search(raced, racing=True, race_chunks="0.25,0.5,1", race_z=1.5)
+    table = quick.table
+    stopped = table[table["partial"]]
+    assert len(stopped) > 0 and raced.forwards < plain.forwards
+    assert quick.item_forwards == raced.forwards
+    assert not stopped["is_pareto"].any()
+    assert set(stopped["accuracy_items"]) <= {30, 60}
+    assert stopped["dominated_by"].notna().all()
+    references = table[table["source"].str.contains("max|min|heuristic")]
+    assert (references["accuracy_items"] == 120).all() and not references["partial"].any()
+    # what ran in full scored the same as in the plain search: a prefix is the start of the score
+    both = table[~table["partial"]].merge(full.table, on="genes", suffixes=("", "_plain"))
+    assert len(both) > 0
+    np.testing.assert_allclose(both["accuracy"], both["accuracy_plain"])
+
+
+def test_racing_that_never_stops_is_the_plain_search():
+    plain = search(ItemScores(make_space()))
+    raced = search(ItemScores(make_space()), racing=True, race_z=1e6)
+    assert not raced.table["partial"].any()
+    cols = ["eval_id", "genes", "accuracy", "macs", "is_pareto", "item_forwards"]
+    pd.testing.assert_frame_equal(raced.table[cols], plain.table[cols])
+
+
+def test_the_paired_test_and_the_chunks():
+    assert stops_for(120, (0.25, 0.5, 1.0)) == (30, 60, 120)
+    assert stops_for(10, (3, 0.5)) == (3, 5, 10)
+    assert not paired_beats(np.array([1.0, -1.0, 0.0, 0.0]), 2.0)
+    assert paired_beats(np.array([1.0] * 5 + [0.0] * 20), 2.0)  # five discordant pairs, all for the rival
+    assert not paired_beats(np.array([1.0] * 3 + [-1.0] * 1 + [0.0] * 20), 2.0)
+
+
+RACED_SEARCH = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from helpers import ItemScores, make_space
+    from lorasearch.search import SearchSettings, run_search
+
+    class Slow(ItemScores):
+        def score_items(self, config, stop=None):
+            time.sleep(0.02)
+            return super().score_items(config, stop)
+
+    scores = Slow(make_space(), log={log!r})
+    run_search(scores.space, scores.objectives(), SearchSettings(budget=30, population=6, seed=5, racing=True,
+               race_z=1.5), out_dir={out!r}, log=None)
+""")
+
+
+@pytest.mark.slow
+def test_a_raced_search_resumes_after_kill_9_scoring_no_finished_chunk_again(tmp_path):
+    space = make_space()
+    settings = SearchSettings(budget=30, population=6, seed=5, racing=True, race_z=1.5)
+    reference = run_search(space, ItemScores(space).objectives(), settings, log=None)
+    out, log = tmp_path / "run", tmp_path / "items.log"
+    script = RACED_SEARCH.format(tests=str(ROOT / "tests"), log=str(log), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    evaluations = out / "evaluations.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not evaluations.exists() or len(evaluations.read_text().splitlines()) < 15):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = [json.loads(line) for line in evaluations.read_text().splitlines() if line.strip()]
+    assert any(r.get("type") == "chunk" for r in lines)
+    resumed = run_search(space, ItemScores(space, log=str(log)).objectives(), settings, out_dir=out, resume=True,
+                         log=None)
+    cols = COLUMNS + ["accuracy_items"]
+    pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
+    # Every item was scored once, except those of the chunk in flight at the kill (never logged).
+    counts = Counter(log.read_text().splitlines())
+    twice = [item for item, n in counts.items() if n > 1]
+    assert len({item.split(":")[0] for item in twice}) <= 1
+    assert len(twice) <= 60
+
+
+def test_a_surrogate_screens_offspring_and_spends_little_time_doing_it():
+    scores = ItemScores(make_space())
+    result = search(scores, surrogate=True, surrogate_oversample=5, budget=48)
+    assert len(result.table) == 48 and result.table["genes"].nunique() == 48
+    assert result.timings["surrogate_fits"] >= 1
+    assert result.timings["surrogate_seconds"] < result.timings["seconds"]
+    again = search(ItemScores(make_space()), surrogate=True, surrogate_oversample=5, budget=48)
+    pd.testing.assert_frame_equal(again.table[COLUMNS], result.table[COLUMNS])  # seeded: the same choices
+
+
+def test_a_surrogate_search_resumes_to_the_same_table(tmp_path):
+    space = make_space()
+    settings = SearchSettings(budget=32, population=8, seed=1, surrogate=True, racing=True, race_z=1.5)
+    reference = run_search(space, ItemScores(space).objectives(), settings, log=None)
+    first = SearchSettings(**{**settings.__dict__, "budget": 32})
+    objectives = ItemScores(space).objectives()
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+    accuracy = objectives[0]
+    inner = accuracy.partial
+
+    def crashing(config, stop):
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise Crash
+        return inner(config, stop)
+
+    accuracy.partial, accuracy.fn = crashing, (lambda c: crashing(c, None))
+    with pytest.raises(Crash):
+        run_search(space, objectives, first, out_dir=tmp_path / "run", log=None)
+    resumed = run_search(space, ItemScores(space).objectives(), settings, out_dir=tmp_path / "run", resume=True, log=None)
+    pd.testing.assert_frame_equal(resumed.table[COLUMNS], reference.table[COLUMNS])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"surrogate": True, "strategy": "tpe"}, "--surrogate: the tpe strategy proposes one config at a time"),
+    ({"racing": True, "race_chunks": "half"}, "--race-chunks 'half': not positive numbers"),
+    ({"race_z": 0}, "--race-z 0: must be positive"),
+])
+def test_bad_cost_settings_are_one_line(settings, message):
+    with pytest.raises(LoraSearchError, match=message):
+        SearchSettings(**settings).check()
+
+
+def test_racing_needs_an_item_wise_score():
+    from helpers import Surrogate, objectives
+
+    space = make_space()
+    with pytest.raises(LoraSearchError, match="--racing: no objective has an item-wise score"):
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5, racing=True), log=None)
