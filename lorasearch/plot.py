@@ -122,7 +122,7 @@ class ProgressionInfo(NamedTuple):
 
 
 class HypervolumeInfo(NamedTuple):
-    """What the hypervolume figure draws: the running hypervolume against evaluations."""
+    """What the hypervolume figure draws: the running hypervolume against evaluations or item forwards."""
 
     title: str
     evaluations: np.ndarray
@@ -130,6 +130,9 @@ class HypervolumeInfo(NamedTuple):
     generation_ends: np.ndarray
     references_hypervolume: float | None
     reference_point: str
+    x: np.ndarray
+    """The x values: ``evaluations``, or the validation items scored so far."""
+    x_label: str
 
 
 class RunSeries(NamedTuple):
@@ -339,28 +342,37 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def hypervolume_info(run: SearchResult) -> HypervolumeInfo:
-    """The data of the hypervolume figure: the running hypervolume after each evaluation."""
+HV_AXES = {"evaluations": "evaluations", "item_forwards": "validation items scored (item forwards)"}
+
+
+def hypervolume_info(run: SearchResult, x: str = "evaluations") -> HypervolumeInfo:
+    """The data of the hypervolume figure: the running hypervolume after each evaluation, against
+    ``x``: ``evaluations`` or ``item_forwards`` (the search's cost in items scored)."""
+    if x not in HV_AXES:
+        raise LoraSearchError(f"hypervolume x axis {x!r}: unknown; fix: use one of {', '.join(HV_AXES)}")
     curve = run.hypervolume_by_evaluation()
-    ends = _generation_ends(run.table, curve)
+    ends = _generation_ends(run.table, curve, x)
     references = list(run.references.values())
     ref_hv = hypervolume(to_minimisation(pd.DataFrame(references), run.specs)) if references else None
     final = curve["hypervolume"].iloc[-1]
+    cost = f"{int(curve['item_forwards'].iloc[-1]):,} items scored" if x == "item_forwards" else f"{len(curve)} evaluations"
     return HypervolumeInfo(
-        title=_title(run, f"hypervolume {final:.4f} after {len(curve)} evaluations"),
+        title=_title(run, f"hypervolume {final:.4f} after {cost}"),
         evaluations=curve["evaluations"].to_numpy(int),
         hypervolume=curve["hypervolume"].to_numpy(float),
         generation_ends=ends,
         references_hypervolume=ref_hv,
         reference_point=reference_point_text(run),
+        x=curve[x].to_numpy(int),
+        x_label=HV_AXES[x],
     )
 
 
-def _generation_ends(table: pd.DataFrame, curve: pd.DataFrame) -> np.ndarray:
-    """(evaluations, hypervolume) at the last evaluation of each generation."""
+def _generation_ends(table: pd.DataFrame, curve: pd.DataFrame, x: str = "evaluations") -> np.ndarray:
+    """(x, hypervolume) at the last evaluation of each generation."""
     last_ids = table.groupby("generation")["eval_id"].max()
     at_end = curve[curve["eval_id"].isin(last_ids)]
-    return at_end[["evaluations", "hypervolume"]].to_numpy(float)
+    return at_end[[x, "hypervolume"]].to_numpy(float)
 
 
 def comparison_info(
@@ -542,7 +554,7 @@ def _bar_ticks(n: int, most: int = 8) -> list[int]:
 def draw_hypervolume(info: HypervolumeInfo, ax: Axes | None = None) -> Figure:
     """Draw a `HypervolumeInfo`: the running hypervolume, generation ends, the references' own."""
     fig, ax = _figure_for(ax, (6.4, 4.2))
-    ax.step(info.evaluations, info.hypervolume, where="post", color=FRONT_COLOUR, lw=1.8,
+    ax.step(info.x, info.hypervolume, where="post", color=FRONT_COLOUR, lw=1.8,
             label="hypervolume", gid="hypervolume")
     if len(info.generation_ends):
         ax.scatter(*info.generation_ends.T, s=18, color=FRONT_COLOUR, zorder=3, label="end of a generation",
@@ -550,7 +562,7 @@ def draw_hypervolume(info: HypervolumeInfo, ax: Axes | None = None) -> Figure:
     if info.references_hypervolume is not None:
         ax.axhline(info.references_hypervolume, ls=":", lw=1.2, color=REFERENCE_STYLE["heuristic"][1],
                    label=f"max + heuristic + min only ({info.references_hypervolume:.4f})", gid="references-hypervolume")
-    _finish_axes(ax, info.title, "evaluations", "hypervolume (normalised)")
+    _finish_axes(ax, info.title, info.x_label, "hypervolume (normalised)")
     ax.set_xlim(left=0)
     ax.text(0.99, 0.02, info.reference_point, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
             color="#555555")
@@ -615,9 +627,10 @@ def progression_figure(run: RunLike, x: str | None = None, y: str | None = None,
     return draw_progression(progression_info(as_run(run), x, y), ax)
 
 
-def hypervolume_figure(run: RunLike, ax: Axes | None = None) -> Figure:
-    """The hypervolume of a run after each evaluation, over the run's fixed reference point."""
-    return draw_hypervolume(hypervolume_info(as_run(run)), ax)
+def hypervolume_figure(run: RunLike, ax: Axes | None = None, x: str = "evaluations") -> Figure:
+    """The hypervolume of a run after each evaluation, over the run's fixed reference point, against
+    ``evaluations`` or ``item_forwards``."""
+    return draw_hypervolume(hypervolume_info(as_run(run), x), ax)
 
 
 def comparison_figure(
@@ -649,8 +662,8 @@ def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = FORMATS)
 
 def plot_run(run_dir: RunLike, out: str | Path | None = None) -> list[Path]:
     """Write a run's figures into ``out`` (default ``RUN_DIR/plots``): ``pareto`` (one more,
-    ``pareto_<cost>``, per further cost objective), ``progression`` and ``hypervolume``,
-    each as PNG and SVG. Returns the written paths."""
+    ``pareto_<cost>``, per further cost objective), ``progression``, ``hypervolume`` and, when the
+    run recorded its item forwards, ``hypervolume_items``, each as PNG and SVG. Returns the paths."""
     run = as_run(run_dir)
     out = Path(out) if out is not None else run.beside("plots")
     x, y = default_axes(run)
@@ -659,4 +672,6 @@ def plot_run(run_dir: RunLike, out: str | Path | None = None) -> list[Path]:
         paths += save_figure(pareto_figure(run, cost, y), out / f"pareto_{cost}")
     paths += save_figure(progression_figure(run, x, y), out / "progression")
     paths += save_figure(hypervolume_figure(run), out / "hypervolume")
+    if run.item_forwards:
+        paths += save_figure(hypervolume_figure(run, x="item_forwards"), out / "hypervolume_items")
     return paths

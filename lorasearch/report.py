@@ -205,12 +205,18 @@ def _summary(run: SearchResult) -> str:
     n_gen = table["generation"].nunique() if "generation" in table else 0
     infeasible = len(table) - len(run.feasible)
     hv = hypervolume_info(run)
+    stopped = int(table["partial"].fillna(False).astype(bool).sum()) if "partial" in table else 0
     parts = [
         f"**{run.strategy or 'search'}** over objectives {', '.join(f'{s.name} ({s.direction})' for s in run.specs)}",
-        f"{len(table)} evaluations in {n_gen} generations" + (f", {infeasible} infeasible" if infeasible else ""),
+        f"{len(table)} evaluations in {n_gen} generations" + (f", {infeasible} infeasible" if infeasible else "")
+        + (f", {stopped} stopped early by racing" if stopped else ""),
         f"front of {len(run.pareto)} configs",
         f"hypervolume {hv.hypervolume[-1]:.4f}",
     ]
+    if run.item_forwards:
+        parts.append(f"{run.item_forwards:,} validation items scored")
+    if "seconds" in table:
+        parts.append(f"{float(table['seconds'].sum()):,.0f} s of evaluation")
     return " · ".join(parts) + "."
 
 

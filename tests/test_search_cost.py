@@ -170,3 +170,20 @@ def test_racing_needs_an_item_wise_score():
     space = make_space()
     with pytest.raises(LoraSearchError, match="--racing: no objective has an item-wise score"):
         run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5, racing=True), log=None)
+
+
+def test_plots_and_the_report_show_the_cost_in_items(tmp_path):
+    from lorasearch.plot import hypervolume_info, plot_run
+    from lorasearch.report import report_markdown
+
+    scores = ItemScores(make_space(), n_items=120, noise=0.1)
+    result = run_search(scores.space, scores.objectives(),
+                        SearchSettings(budget=40, population=8, seed=3, racing=True, race_z=1.5),
+                        out_dir=tmp_path / "run", log=None)
+    info = hypervolume_info(result, x="item_forwards")
+    assert info.x[-1] == scores.forwards and info.x_label.startswith("validation items")
+    assert (np.diff(info.x) >= 0).all()
+    names = {p.name for p in plot_run(tmp_path / "run")}
+    assert {"hypervolume_items.png", "hypervolume.png"} <= names
+    summary = report_markdown(result)
+    assert f"{scores.forwards:,} validation items scored" in summary and "stopped early by racing" in summary
