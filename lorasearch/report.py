@@ -18,7 +18,6 @@ import pandas as pd
 from .io import atomic_write_text
 from .plot import RunLike, default_axes, hypervolume_info, objective_axis, plot_run
 from .results.run import SearchResult, as_run
-from .results.table import noise_notes
 from .space import config_summary
 
 FIGURES = {  # file stem -> caption
@@ -221,6 +220,9 @@ def _summary(run: SearchResult) -> str:
 
 
 def _front_intro(run: SearchResult) -> str:
+    warning = run.noise_warning() if "accuracy" in run.table else None
+    if warning:
+        return f"**Within noise:** {warning}. The table is shown for what it is; see the Noise section."
     missing = [s for s in RELATIVE_TO if run.reference(s) is None]
     note = (f" No evaluation is labelled {' or '.join(missing)} (a reference config that equals another one is "
             "evaluated once, under the first label), so those columns are empty.") if missing else ""
@@ -233,11 +235,14 @@ def _front_intro(run: SearchResult) -> str:
 def _noise_section(run: SearchResult) -> str:
     if "accuracy_stderr" not in run.table:
         return "No accuracy standard errors were recorded, so differences along the front are not checked against noise."
-    notes = noise_notes(run.pareto)
+    warning = run.noise_warning()
+    head = f"**Warning:** {warning}.\n\n" if warning else ""
+    paired = "paired over the same items" if run.items_of("accuracy") else "unpaired"
+    notes = run.noise_notes()
     if not notes:
-        return "Every pair of neighbouring front points differs in accuracy by more than 2 standard errors."
+        return head + f"Every pair of neighbouring front points differs in accuracy by more than 2 standard errors ({paired})."
     pairs = max(len(run.pareto) - 1, 1)
-    return f"{len(notes)} of {pairs} neighbouring pairs on the front are within noise of each other:\n\n" + "\n".join(
+    return head + f"{len(notes)} of {pairs} neighbouring pairs on the front are within noise of each other ({paired}):\n\n" + "\n".join(
         f"- {note}" for note in notes
     )
 

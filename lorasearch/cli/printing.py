@@ -80,5 +80,8 @@ def print_search_summary(result: SearchResult) -> None:
             console.print(f"{label:>9}: {values}")
     for line in result.noise_notes():
         console.print(f"noise: {line}")
+    warning = result.noise_warning()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if result.out_dir is not None:
         console.print(f"run directory: {result.out_dir}")

@@ -24,7 +24,8 @@ import pandas as pd
 
 from ..errors import LoraSearchError
 from ..io import read_document, read_jsonl
-from .table import ObjectiveSpec, hypervolume_curve, noise_notes, results_table
+from .noise import extremes_warning, neighbour_notes
+from .table import ObjectiveSpec, hypervolume_curve, results_table
 
 RUN_FILE = "run.yaml"
 LOG_FILE = "evaluations.jsonl"
@@ -57,6 +58,8 @@ class SearchResult:
     name: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     """In memory only: the search's wall seconds, and the surrogate's fitting seconds when it had one."""
+    item_scores: dict[int, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+    """Per eval_id, each item-wise objective's per-item scores (what paired comparisons use)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -130,9 +133,18 @@ class SearchResult:
         found = {source: self.reference(source) for source in REFERENCE_SOURCES}
         return {source: row for source, row in found.items() if row is not None}
 
-    def noise_notes(self) -> list[str]:
-        """Neighbouring front points whose accuracies are within noise of each other."""
-        return noise_notes(self.pareto)
+    def items_of(self, name: str = "accuracy") -> dict[int, list[float]]:
+        """Per eval_id, the per-item scores of ``name`` (empty for runs that did not log them)."""
+        return {eval_id: scores[name] for eval_id, scores in self.item_scores.items() if name in scores}
+
+    def noise_notes(self, name: str = "accuracy") -> list[str]:
+        """Neighbouring front points whose scores are within noise of each other (paired when the
+        per-item scores were logged)."""
+        return neighbour_notes(self.pareto, self.items_of(name), name)
+
+    def noise_warning(self, name: str = "accuracy") -> str | None:
+        """A warning when the max and min configs are within noise of each other, else None."""
+        return extremes_warning(self.references, self.items_of(name), name)
 
 
 RunData = SearchResult  # the name plots and reports used before the two were one
@@ -182,14 +194,21 @@ def load_run(
             f"{path / RUN_FILE}: bounds: missing (the search stopped before its first evaluation); "
             "fix: run or --resume the search"
         )
-    table = _read_table(path, stored or [], error)
+    records = [r for r in read_jsonl(path / LOG_FILE) if "eval_id" in r]  # raced chunks are no evaluations
+    table = _read_table(path, records, stored or [], error)
     return SearchResult(
         table=table,
         specs=stored or [],
         settings=dict(document.get("search") or {}),
         info=dict(document.get("run") or {}),
         path=path,
+        item_scores=item_scores_of(records),
     )
+
+
+def item_scores_of(records: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list[float]]]:
+    """Per eval_id, the logged per-item scores of each item-wise objective."""
+    return {int(r["eval_id"]): dict(r["item_scores"]) for r in records if r.get("item_scores")}
 
 
 def from_result(result: SearchResult, name: str | None = None) -> SearchResult:
@@ -216,9 +235,9 @@ def _stored_specs(document: Mapping[str, Any], run_file: Path, error: type[LoraS
         raise error(f"{run_file}: bounds: malformed ({exc}); fix: restore the file the search wrote") from None
 
 
-def _read_table(path: Path, specs: Sequence[ObjectiveSpec], error: type[LoraSearchError]) -> pd.DataFrame:
-    """results.csv when it is complete, else the table rebuilt from evaluations.jsonl."""
-    records = [r for r in read_jsonl(path / LOG_FILE) if "eval_id" in r]  # raced chunks are no evaluations
+def _read_table(path: Path, records: Sequence[Mapping[str, Any]], specs: Sequence[ObjectiveSpec],
+                error: type[LoraSearchError]) -> pd.DataFrame:
+    """results.csv when it is complete, else the table rebuilt from evaluations.jsonl's ``records``."""
     csv = path / TABLE_FILE
     table = _read_csv(csv) if csv.is_file() else pd.DataFrame()
     if records and len(table) != len(records) and specs:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LoraSearchError
-from ..results.run import SearchResult
+from ..results.run import SearchResult, item_scores_of
 from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_minimisation
 from ..space import SearchSpace
 from .backends import EvaluationBackend, LocalBackend
@@ -391,7 +391,8 @@ class SearchEngine:
         if self.surrogate is not None:
             timings.update(surrogate_seconds=self.surrogate.seconds, surrogate_fits=self.surrogate.fits)
         return SearchResult(table=table, specs=self.specs, settings=document["search"], info=document["run"],
-                            path=self.rundir.path if self.rundir else None, timings=timings)
+                            path=self.rundir.path if self.rundir else None, timings=timings,
+                            item_scores=item_scores_of(self.records))
 
 
 def run_search(

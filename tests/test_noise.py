@@ -1,0 +1,58 @@
+"""Paired noise checks: a front whose extremes are within noise is said to be, in the CLI and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorasearch.report import report_markdown
+from lorasearch.results.noise import paired_difference
+from lorasearch.search import SearchSettings, run_search
+
+from helpers import ItemScores, make_space
+
+
+class Flat(ItemScores):
+    """Every config has the same true accuracy: any front is noise."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.truth.accuracy = lambda config: 0.6
+
+
+def test_the_paired_standard_error_is_that_of_the_per_item_differences():
+    a, b = [1, 1, 0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 0, 1, 0, 0]
+    mean, se = paired_difference(a, b)
+    d = np.array(a) - np.array(b)
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(8))
+
+
+def test_a_flat_space_is_flagged_as_noise(capsys):
+    scores = Flat(make_space(), n_items=40)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    warning = result.noise_warning()
+    assert warning is not None and "within noise" in warning and "(paired)" in warning and "40 items" in warning
+    text = report_markdown(result)
+    assert "**Within noise:**" in text and "**Warning:**" in text
+
+    from lorasearch.cli.printing import print_search_summary
+
+    print_search_summary(result)
+    assert "warning: the front is within noise" in capsys.readouterr().out
+
+
+def test_a_real_range_is_not_flagged():
+    scores = ItemScores(make_space(), n_items=120, noise=0.1)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    assert result.noise_warning() is None
+    assert result.items_of("accuracy")  # the per-item scores travel with the result
+
+
+def test_a_run_read_back_keeps_its_item_scores(tmp_path):
+    from lorasearch.results import load_run
+
+    scores = Flat(make_space(), n_items=40)
+    run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0),
+               out_dir=tmp_path / "run", log=None)
+    run = load_run(tmp_path / "run")
+    assert len(run.items_of("accuracy")) == 16 and run.noise_warning() is not None
