@@ -181,7 +181,7 @@ class CachedEvaluator:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length or _model_max_length(net.model)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress
         self._cache: dict[Any, EvalResult] = {}
         self._scored: dict[Any, _Scored] = {}
 
@@ -263,15 +263,43 @@ class CachedEvaluator:
         return next(self.net.model.parameters()).device
 
     def _bar(self, total: int, desc: str):
+        """A progress bar on a terminal; without one (a job, a pipe), a line on stderr now and then."""
+        if self.progress is None and not sys.stderr.isatty():
+            return LineProgress(total, desc)
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+        return tqdm(total=total, desc=desc, disable=not self.progress and self.progress is not None, leave=False)
 
     def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         """Log-probabilities over the vocabulary at the last ``keep`` positions of left-padded ``seqs``."""
         ids, mask = _left_pad(seqs, _pad_id(self.tokenizer), self._device)
         out = self.net.model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), logits_to_keep=keep)
         return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
+
+
+class LineProgress:
+    """Progress for logs: a line ``desc: k of N (s)`` on stderr at most every ``every`` seconds,
+    and one at the end when the work took that long."""
+
+    def __init__(self, total: int, desc: str, every: float = 60.0) -> None:
+        self.total, self.desc, self.every = total, desc, every
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"{self.desc}: {self.done} of {self.total} ({now - self.start:.0f} s)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if time.perf_counter() - self.start >= self.every:
+            print(f"{self.desc}: {self.done} of {self.total} done ({time.perf_counter() - self.start:.0f} s)",
+                  file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -119,3 +119,34 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "groups.a.rank" in proc.stderr and "descending" in proc.stderr
+
+
+def test_without_a_terminal_search_prints_and_logs_a_line_per_evaluation(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "lorasearch.cli", "search", "--model", "tiny-llama", "--space", SPACE,
+                           "--limit", "8", "--budget", "8", "--population", "4", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("evaluation ")]
+    assert [line.split(":")[0] for line in lines] == [f"evaluation {k} of 8" for k in range(1, 9)]
+    assert "accuracy" in lines[0] and " Gmacs" in lines[0] and "(8 items)" in lines[0]
+    logged = (out / "progress.log").read_text().splitlines()
+    assert logged == lines
+
+
+def test_threads_apply_to_the_command_and_are_restored_after_it():
+    import lorasearch.cost as cost
+
+    before, seen = torch.get_num_threads(), []
+
+    class Spy(cost.CostModel):
+        def __init__(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            super().__init__(*args, **kwargs)
+
+    cost_model, cost.CostModel = cost.CostModel, Spy
+    try:
+        run_cli("cost", "--model", "tiny-llama", "--space", SPACE, "--seq-len", "8", "--threads", "3")
+    finally:
+        cost.CostModel = cost_model
+    assert seen == [3] and torch.get_num_threads() == before

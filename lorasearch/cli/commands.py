@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,7 +21,7 @@ from ..search.engine import SearchSettings
 from ..space import SearchSpace
 from ..train import TrainArgs
 from .app import app, console, space_app
-from .options import settings_options
+from .options import settings_options, with_threads
 from .printing import print_configs, print_search_summary, print_space
 
 MODEL_FIELDS = ("model", "gguf_file", "device", "dtype", "trust_remote_code")
@@ -51,6 +52,7 @@ def with_model_config(network: NetworkSettings, model_config: Path | None) -> Ne
 
 
 @space_app.command("show")
+@with_threads
 @settings_options(NetworkSettings, "network", only=("model", "adapter") + MODEL_FIELDS[1:], defaults={"model": None},
                   short=SHORT, helps={"model": "Check the space against this model and show parameter counts."})
 def space_show(
@@ -82,6 +84,7 @@ def space_show(
 
 
 @space_app.command("import")
+@with_threads
 def space_import(
     file: Annotated[Path, typer.Argument(help="SQFT elastic_adapter_config.json or LoNAS/Shears NNCF config JSON.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the space here (.yaml or .json).")] = None,
@@ -103,6 +106,7 @@ def space_import(
 
 # ----------------------------------------------------------------------------------- the job
 @app.command()
+@with_threads
 def quickstart(
     model: Annotated[str, typer.Option("--model", "-m", help="The model (default: SmolLM2-135M if installed).")] = "default",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/quickstart"),
@@ -115,6 +119,7 @@ def quickstart(
 
 # ----------------------------------------------------------------------------- one subnet
 @app.command("eval")
+@with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
 @settings_options(TaskSettings, "task")
 def eval_command(
@@ -144,6 +149,7 @@ def eval_command(
 
 
 @app.command("cost")
+@with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
 def cost_command(
     network: NetworkSettings,
@@ -185,6 +191,7 @@ def cost_command(
 
 # ---------------------------------------------------------------------------------- training
 @app.command("train")
+@with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT,
                   helps={"adapter": "Continue from this PEFT super-adapter (default: fresh adapters)."})
 @settings_options(TrainArgs, "args")
@@ -226,6 +233,7 @@ def load_for_rewriting(network: NetworkSettings):
 
 
 @app.command("sparsify")
+@with_threads
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
 def sparsify_command(
     network: NetworkSettings,
@@ -257,6 +265,7 @@ def sparsify_command(
 
 
 @app.command("quantize")
+@with_threads
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
 def quantize_command(
     network: NetworkSettings,
@@ -284,6 +293,7 @@ def quantize_command(
 
 # ------------------------------------------------------------------------------------ search
 @app.command("search")
+@with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
 @settings_options(TaskSettings, "task", skip=("seed",), helps={"task": "Validation task file; default: the synthetic task."})
 @settings_options(SearchSettings, "settings")
@@ -331,12 +341,15 @@ def search_command(
         plan.storage = storage  # a resume with another storage than run.yaml's is refused
     if out is None:
         raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
-    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where)
+    # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
+    progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
+    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress)
     print_search_summary(result)
 
 
 # ------------------------------------------------------------------------------- read side
 @app.command("plot")
+@with_threads
 def plot_command(
     run_dirs: Annotated[list[Path], typer.Argument(help="One run directory, or several to compare.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the figures (default: RUN_DIR/plots).")] = None,
@@ -354,6 +367,7 @@ def plot_command(
 
 
 @app.command("report")
+@with_threads
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Markdown file (default: RUN_DIR/report.md).")] = None,
@@ -365,6 +379,7 @@ def report_command(
 
 
 @app.command("export")
+@with_threads
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
     pick: Annotated[str, typer.Option(help="knee | heuristic | max | min | 'row N' | 'max-accuracy-under-macs X'.")] = "knee",

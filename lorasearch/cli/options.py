@@ -100,3 +100,45 @@ def _cli_type(hint: Any) -> Any:
     if type(None) in args and len(args) == 2:
         return Optional[next(a for a in args if a is not type(None))]
     return hint
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, which containers and taskset narrow)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def with_threads(command: F) -> F:
+    """Add ``--threads N`` to a command: torch's CPU threads for the command (default: the cores this
+    process may use). Side by side runs each set it, so that two do not fight over the same cores."""
+    signature = inspect.signature(command, eval_str=True)
+    option = inspect.Parameter(
+        "threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[int], typer.Option("--threads", help=(
+            "torch CPU threads (default: the cores this process may use; give each of several runs side by side its share)"
+        ))],
+    )
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        threads = kwargs.pop("threads")
+        if threads is not None and threads < 1:
+            raise typer.BadParameter(f"{threads}: use 1 or more", param_hint="'--threads'")
+        import torch
+
+        before = torch.get_num_threads()
+        # default: torch's own (OMP_NUM_THREADS, else the physical cores) within this process's cores
+        torch.set_num_threads(threads or min(before, available_cores()))
+        try:
+            return command(**kwargs)
+        finally:
+            torch.set_num_threads(before)  # in-process callers (tests, notebooks) keep their own setting
+
+    parameters = [*signature.parameters.values(), option]
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper  # type: ignore[return-value]

@@ -133,10 +133,13 @@ class SearchRun:
         return info
 
     def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
-            backend: BackendSettings | None = None) -> tuple[SearchResult, SuperNetwork]:
+            backend: BackendSettings | None = None,
+            progress: Callable[[str], None] | None = None) -> tuple[SearchResult, SuperNetwork]:
         """Build the network and evaluator, then search into ``out``; returns (result, network).
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
+        ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
+        gets them too).
         """
         backend = backend or BackendSettings()
         backend.check()
@@ -156,7 +159,7 @@ class SearchRun:
             result = search_network(
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
                 seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(net),
-                resume=resume, log=log, backend=workers, optuna_storage=self.storage,
+                resume=resume, log=log, backend=workers, optuna_storage=self.storage, progress=progress,
             )
         return result, net
 

@@ -108,6 +108,7 @@ class SearchEngine:
         resume: bool = False,
         backend: EvaluationBackend | None = None,
         log: Callable[[str], None] | None = print,
+        progress: Callable[[str], None] | None = None,
         optuna_storage: str | None = None,
     ) -> None:
         settings.check()
@@ -119,6 +120,7 @@ class SearchEngine:
                 raise LoraSearchError(f"constraint {c}: {c.metric!r} is not measured; fix: add it to the objectives or metrics")
         self.backend = backend or LocalBackend(list(objectives) + list(metrics))
         self.log = log or (lambda line: None)
+        self.progress = progress
         self.rundir = RunDirectory(out_dir) if out_dir is not None else None
         self.records: list[dict[str, Any]] = []
         self.cache: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -349,6 +351,27 @@ class SearchEngine:
         self.evaluated += 1
         if self.rundir is not None:
             self.rundir.append(record)
+        self._progress(record)
+
+    def _progress(self, record: Mapping[str, Any]) -> None:
+        """One line per finished evaluation: to progress.log, and to ``progress`` when given."""
+        if self.rundir is None and self.progress is None:
+            return
+        values = record["objectives"]
+        parts = []
+        for o in self.objectives:
+            value, stderr, items = values[o.name], values.get(f"{o.name}_stderr"), values.get(f"{o.name}_items")
+            text = f"{value / 1e9:.4g} G{o.name}" if o.unit.startswith("MACs") else f"{o.name} {value:.4g}"
+            text += f" ± {stderr:.3f}" if stderr is not None else ""
+            text += f" ({items} items)" if items is not None else ""
+            parts.append(text)
+        stopped = f", stopped early (beaten by evaluation {record.get('dominated_by')})" if record.get(PARTIAL) else ""
+        line = (f"evaluation {self.evaluated} of {self.settings.budget}: {', '.join(parts)}{stopped}; "
+                f"{record['seconds']:.1f} s, {time.perf_counter() - self.start_time:.0f} s in all")
+        if self.rundir is not None:
+            self.rundir.progress(line)
+        if self.progress is not None:
+            self.progress(line)
 
     def _F(self, genes: Sequence[np.ndarray]) -> np.ndarray:
         rows = [self.cache[tuple(int(v) for v in g)]["objectives"] for g in genes]
@@ -414,6 +437,8 @@ def run_search(
         resume: continue the run in ``out_dir``; refused when run.yaml differs.
         backend: how batches of configs are evaluated (default: in this process).
         log: called with one line per generation (default ``print``; None for silence).
+        progress: called with one line per finished evaluation (a run directory's progress.log gets
+            them anyway).
     """
     return SearchEngine(space, objectives, settings or SearchSettings(), **kwargs).run()
 

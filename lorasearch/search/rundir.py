@@ -8,6 +8,7 @@
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
     hypervolume.csv     hypervolume per generation, over the fixed bounds stored in run.yaml
+    progress.log        one line per evaluation as it finishes ("evaluation k of N: ...")
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, r
 from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
 COMPARED_SECTIONS = ("run", "search")
+PROGRESS_FILE = "progress.log"
 CHUNK = "chunk"  # a log line of items scored so far by a raced evaluation (not an evaluation)
 
 
@@ -57,6 +59,15 @@ class RunDirectory:
     def update_run(self, run: Mapping[str, Any]) -> None:
         """Rewrite run.yaml (e.g. to store derived bounds), atomically."""
         self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
+
+    def progress(self, line: str) -> None:
+        """Append one line to ``progress.log`` (what a run without a terminal can be followed by)."""
+        def write() -> None:
+            with open(self.path / PROGRESS_FILE, "a", encoding="utf-8") as f:
+                f.write(line.rstrip("\n") + "\n")
+                f.flush()
+
+        self._guard(write)
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one finished evaluation, flushed to disk before returning."""
