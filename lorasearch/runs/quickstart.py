@@ -1,10 +1,13 @@
 """The README's main job on the embedded default model, end to end, in a few CPU minutes.
 
-1. load the embedded default (SmolLM2-135M when installed, else tiny-llama) and its shipped space;
+1. load the embedded default (SmolLM2-135M when installed, else tiny-llama) and its shipped Mode B
+   space (MLP widths and attention heads, so that the subnets' costs span a real range);
 2. train a super-adapter briefly with NLS on the synthetic task the project generates;
-3. search its subnets with NSGA-II on the held-out validation slice (option-text accuracy, MACs);
+3. search its subnets with NSGA-II on a held-out slice large enough to tell them apart
+   (option-text accuracy against merged MACs, what a pruned model costs);
 4. draw the Pareto plot and write the report;
-5. export the knee subnet as ``subnet.json`` and as a PEFT adapter that stock PEFT loads.
+5. export the knee subnet as ``subnet.json`` and as the physically pruned model, and say what was
+   found and how to load it.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ class QuickstartPlan:
     lr: float
     budget: int
     population: int
-    limit: int
+    records: int
+    """Synthetic task items: ``validation`` of them are held out and scored per subnet, the rest train."""
+    validation: int
 
 
-SMALL = QuickstartPlan("smollm2-135m.yaml", steps=40, lr=1e-3, budget=24, population=8, limit=60)
-TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, limit=60)
+SMALL = QuickstartPlan("smollm2-135m-lonas.yaml", steps=40, lr=1e-3, budget=24, population=8, records=550, validation=150)
+TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, records=400, validation=120)
 
 
 def shipped_space(name: str) -> Path:
@@ -76,29 +81,59 @@ def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), 
     network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)))
     args = TrainArgs(steps=plan.steps, batch_size=8, lr=plan.lr, warmup_steps=5, sampler="random", checkpoint_every=plan.steps)
     console.rule("2. NLS training on the synthetic task")
-    trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=0.2, log=console.print)
+    trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=plan.validation,
+                               synthetic_records=plan.records, log=console.print)
     trained = trainer.train(progress=True)
     console.print(f"super-adapter: {trained.adapter_dir} ({trained.steps} steps, {trained.seconds:.0f} s)")
 
     console.rule("3. NSGA-II search")
     search = SearchRun(
         network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir)),
-        task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.limit),
+        task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.validation),
         settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
+        deployment="merged",  # what the pruned model of a Mode B subnet costs
     )
     result, net = search.run(out / "search", log=console.print)
 
     console.rule("4. plots and report")
     for path in plot_run(out / "search"):
         console.print(f"wrote {path}")
-    console.print(f"wrote {write_report(out / 'search')}")
+    report = write_report(out / "search")
+    console.print(f"wrote {report}")
 
     console.rule("5. export")
     row, config = pick_config(result.table, "knee", net.space)
     provenance = {"run": str(out / "search"), "pick": "knee", "eval_id": int(row["eval_id"])}
-    exported = [export_config(net, config, out / "exports" / "config", provenance, objectives=row_objectives(row, result.specs))]
+    objectives = row_objectives(row, result.specs)
+    export_config(net, config, out / "exports" / "config", provenance, objectives=objectives)
     # A Mode B subnet with narrower layers is no PEFT adapter: it becomes a physically smaller model.
     fmt, export = ("pruned", export_pruned) if net.space.mode == "B" else ("peft", export_peft)
-    exported.append(export(net, config, out / "exports" / fmt, provenance, objectives=row_objectives(row, result.specs)))
-    console.print(f"knee subnet (evaluation {int(row['eval_id'])}): " + ", ".join(map(str, exported)))
+    exported = export(net, config, out / "exports" / fmt, provenance, objectives=objectives)
+    _say_what_was_found(console, result, row, exported, fmt, spec, report)
     return out
+
+
+def _say_what_was_found(console: Console, result, row, exported: Path, fmt: str, spec: str, report: Path) -> None:
+    """The last lines: the front, whether it is real, the knee subnet and how to load it."""
+    front = result.pareto.sort_values("macs")
+    n_items = int(front["accuracy_items"].max()) if "accuracy_items" in front else 0
+    console.rule("found")
+    console.print(
+        f"{len(front)} Pareto subnets from {front['macs'].min() / 1e9:.2f} to {front['macs'].max() / 1e9:.2f} GMACs "
+        f"(merged, 128 tokens), accuracy {front['accuracy'].min():.3f} to {front['accuracy'].max():.3f} "
+        f"on {n_items} held-out items", highlight=False)
+    warning = result.noise_warning()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    else:
+        console.print(f"the max config beats the min config by more than 2 paired standard errors; "
+                      f"{len(result.noise_notes())} neighbouring front pairs are within noise", highlight=False)
+    console.print(f"knee subnet: evaluation {int(row['eval_id'])}, {row['macs'] / 1e9:.2f} GMACs, accuracy "
+                  f"{row['accuracy']:.3f}, exported to {exported}", highlight=False)
+    if fmt == "pruned":
+        console.print(f"load it:  from lorasearch import load_pruned; model = load_pruned({str(exported)!r})", highlight=False)
+    else:
+        console.print(f"load it:  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec!r}), "
+                      f"{str(exported)!r})", highlight=False)
+    console.print(f"the whole front: {report.with_suffix('.html')}; another subnet: lorasearch export "
+                  f"{result.out_dir} --pick 'row N' --format {fmt}", highlight=False)

@@ -16,10 +16,11 @@ from .settings import NetworkSettings, build_network, settings_dict
 VALIDATION_FILE = "validation.jsonl"
 
 
-def load_training_records(tasks: Sequence[str], max_records: int | None, seed: int) -> list[Record]:
-    """The records of every task file (a seeded subset of each), or the synthetic task."""
+def load_training_records(tasks: Sequence[str], max_records: int | None, seed: int,
+                          synthetic_records: int = 400) -> list[Record]:
+    """The records of every task file (a seeded subset of each), or ``synthetic_records`` of the synthetic task."""
     if not tasks:
-        return synthetic_task(400, seed=seed)
+        return synthetic_task(synthetic_records, seed=seed)
     records: list[Record] = []
     for task in tasks:
         records += subset(load_records(task), max_records, seed)
@@ -36,6 +37,7 @@ def prepare_training(
     max_length: int = 256,
     val_size: float = 0.1,
     max_records: int | None = None,
+    synthetic_records: int = 400,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -45,7 +47,7 @@ def prepare_training(
     Checks everything (space against model, data fields, output folder) before any training.
     The held-out records go to ``out/validation.jsonl`` for the search to score on.
     """
-    records = load_training_records(tasks, max_records, args.seed)
+    records = load_training_records(tasks, max_records, args.seed, synthetic_records)
     train, val = train_val_split(records, val_size if val_size < 1 else int(val_size), args.seed) if val_size else (records, [])
     net = build_network(network)
     examples = encode_records(net.tokenizer, train, target, max_length)
