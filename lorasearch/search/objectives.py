@@ -4,7 +4,8 @@ An `Objective` is a named callable ``config -> value`` (or ``Measurement`` with 
 error) with a direction; nothing here knows about models. The registered names, built from a
 super-network, an evaluator and a cost model by `lorasearch.runs.objectives`, are (`DIRECTIONS_OF`):
 
-* ``accuracy`` (max): the evaluator's score, with its binomial standard error;
+* ``accuracy`` (max): the evaluator's score, with its binomial standard error (and, from an
+  lm-eval evaluator, each task's score as a column ``accuracy_TASK``);
 * ``macs`` (min): MACs per sequence, in the deployment the cost model was built for;
 * ``macs_merged`` / ``macs_unmerged`` (min): MACs in that deployment regardless;
 * ``params`` (min): total parameters of the subnet (unmerged: base plus active adapters);
@@ -18,8 +19,8 @@ A `Constraint` such as ``macs<=2.5e8`` becomes a pymoo inequality constraint (an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import LoraSearchError
 from ..space import Config
@@ -44,6 +45,9 @@ class Measurement:
 
     value: float
     stderr: float = float("nan")
+    parts: Mapping[str, float] = field(default_factory=dict)
+    """Named components of the value (an evaluation's per-task scores), recorded beside it as
+    columns ``{objective}_{part}``."""
 
 
 @dataclass
@@ -71,12 +75,16 @@ class Objective:
             raise LoraSearchError(f"objective {self.name}: direction {self.direction!r}; fix: use max or min")
 
     def measure(self, config: Config) -> Measurement:
+        """``fn(config)`` as a `Measurement`: a float, a Measurement, or an evaluation result (its
+        ``score``, ``stderr`` and the per-task scores in ``extra["per_task"]``)."""
         value = self.fn(config)
         if isinstance(value, Measurement):
             return value
         stderr = getattr(value, "stderr", None)
         score = getattr(value, "score", value)
-        return Measurement(float(score), float(stderr) if stderr is not None else float("nan"))
+        parts = (getattr(value, "extra", None) or {}).get("per_task") or {}
+        return Measurement(float(score), float(stderr) if stderr is not None else float("nan"),
+                           {str(k): float(v) for k, v in parts.items()})
 
 
 @dataclass(frozen=True)
@@ -109,11 +117,14 @@ def parse_constraint(text: str) -> Constraint:
 
 
 def measure_all(objectives: Sequence[Objective], config: Config) -> dict[str, float]:
-    """Measure every objective of a config into a flat dict (``name`` and ``name_stderr``)."""
+    """Measure every objective of a config into a flat dict (``name``, ``name_stderr`` and
+    ``name_PART`` for each of its parts)."""
     values: dict[str, float] = {}
     for objective in objectives:
         m = objective.measure(config)
         values[objective.name] = m.value
         if m.stderr == m.stderr:  # not NaN
             values[f"{objective.name}_stderr"] = m.stderr
+        for part, value in m.parts.items():
+            values[f"{objective.name}_{part}"] = value
     return values
