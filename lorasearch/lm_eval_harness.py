@@ -129,7 +129,7 @@ class LMEvalEvaluator(CachedEvaluator):
         self.limit = limit
         self.chunked = not any(self._fewshot(task) for task in self.tasks.values())
         mean = _import_lm_eval().api.metrics.mean
-        self.itemwise = len(self.tasks) == 1 and all(
+        self.itemwise = higher and len(self.tasks) == 1 and all(
             task.aggregation()[self.metric_name] is mean for task in self.tasks.values())
         self._lm: Any = None
 
@@ -173,7 +173,8 @@ class LMEvalEvaluator(CachedEvaluator):
             errors.append(_mean_stderr(task_values) if aggregate is _import_lm_eval().api.metrics.mean else None)
         score = sum(per_task.values()) / len(per_task)
         stderr = math.sqrt(sum(e * e for e in errors)) / len(errors) if None not in errors else None
-        items = tuple(sign * float(v) if isinstance(v, (int, float)) else float("nan") for v in values)
+        # lm-eval's per-item values as they are (restore_items takes them back); NaN where not a number
+        items = tuple(float(v) if isinstance(v, (int, float)) else float("nan") for v in values)
         extra = {"per_task": per_task, "per_task_n": {name: len(v) for name, v in by_task.items()}}
         return EvalResult(score, len(values), stderr, 0.0, self.metric, tuple(predictions), extra, items)
 

@@ -300,3 +300,54 @@ def test_a_search_with_lm_eval_resumes_after_kill_9_without_running_lm_eval_agai
     resumed = pd.read_csv(out / "results.csv")
     cols = ["eval_id", "genes", "accuracy", "accuracy_first", "accuracy_second", "macs", "generation", "source", "is_pareto"]
     pd.testing.assert_frame_equal(resumed[cols], reference[cols])
+
+
+GENERATE_YAML = """\
+task: sums
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}} ="
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 2
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_a_generation_task_scores_exact_match_on_the_generated_text(net, tmp_path):
+    """The favoured characters make the tiny model answer "77", the right answer of every other item."""
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i} + {i}", "answer": "77" if i % 2 else "5"}) + "\n"
+                            for i in range(8)))
+    path = tmp_path / "sums.yaml"
+    path.write_text(GENERATE_YAML.format(data=data))
+    bias = torch.zeros(net.model.config.vocab_size)
+    bias[3 + ord("7")] = 50.0  # the byte tokenizer's id of "7"
+    hook = net.model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+    try:
+        result = LMEvalEvaluator(net, str(path), metric="exact_match", limit=8)(net.space.max())
+    finally:
+        hook.remove()
+    assert set(result.predictions) == {"77"}  # two generated tokens
+    assert result.item_scores == (0.0, 1.0) * 4 and result.score == 0.5 and result.metric == "exact_match"
+
+
+def test_parallel_workers_get_absolute_task_paths(tmp_path, monkeypatch):
+    from lorasearch.runs.settings import NetworkSettings, absolute_paths
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text("task: mine\n")
+    monkeypatch.chdir(tmp_path)
+    _, task = absolute_paths(NetworkSettings(), TaskSettings(evaluator="lm-eval:tasks/mine.yaml,arc_easy",
+                                                             lm_eval_include="tasks"))
+    assert task.evaluator == f"lm-eval:{tmp_path / 'tasks' / 'mine.yaml'},arc_easy"
+    assert task.lm_eval_include == str(tmp_path / "tasks")
