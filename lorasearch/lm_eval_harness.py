@@ -34,10 +34,13 @@ import json
 import logging
 import math
 import os
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from .data import TEXT_TEMPLATE, DataError, Record, parse_choices, subset
@@ -116,6 +119,8 @@ class LMEvalEvaluator(CachedEvaluator):
         self.metric_name, _, self.filter = metric.partition(",")
         self.task_manager, self.tasks = _load_tasks(specs, include)
         self.num_fewshot = num_fewshot
+        for task in self.tasks.values():
+            _set_fewshot(task, num_fewshot)
         self.filters = {name: _pick_filter(name, task, self.filter) for name, task in self.tasks.items()}
         self.higher_is_better = {name: _check_metric(name, task, self.metric_name) for name, task in self.tasks.items()}
         if len(set(self.higher_is_better.values())) > 1:
@@ -127,7 +132,7 @@ class LMEvalEvaluator(CachedEvaluator):
         higher = next(iter(self.higher_is_better.values()))
         self.metric = metric if higher else f"neg_{metric}"
         self.limit = limit
-        self.chunked = not any(self._fewshot(task) for task in self.tasks.values())
+        self.chunked = not any(task.get_config("num_fewshot") for task in self.tasks.values())
         mean = _import_lm_eval().api.metrics.mean
         self.itemwise = higher and len(self.tasks) == 1 and all(
             task.aggregation()[self.metric_name] is mean for task in self.tasks.values())
@@ -180,13 +185,23 @@ class LMEvalEvaluator(CachedEvaluator):
 
     # ------------------------------------------------------------------ lm-eval
     def _evaluate(self, samples: Mapping[str, list[int]]) -> dict[TaskItem, tuple[Any, Any]]:
-        """Per item of ``samples``: (its metric value, its prediction) under the active config."""
-        lm_eval = _import_lm_eval()
+        """Per item of ``samples``: (its metric value, its prediction) under the active config.
+
+        Runs lm-eval's ``evaluate`` with the seeds ``simple_evaluate`` would set (not
+        ``simple_evaluate`` itself, which spends a second per call collecting environment details).
+        """
+        from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+        from lm_eval.evaluator import evaluate
+
+        tasks = [self.tasks[name] for name in samples]
         with _lm_eval_logs(self.progress), _global_generators_kept():
-            out = lm_eval.simple_evaluate(
-                model=self._hflm(), tasks=[self.tasks[name] for name in samples], task_manager=self.task_manager,
-                samples=dict(samples), num_fewshot=self.num_fewshot, bootstrap_iters=0, log_samples=True,
-            )
+            random.seed(DEFAULT_RANDOM_SEED)
+            np.random.seed(DEFAULT_OTHER_SEED)
+            torch.manual_seed(DEFAULT_OTHER_SEED)
+            for task in tasks:
+                task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+            out = evaluate(lm=self._hflm(), task_dict=self.task_manager.load(tasks), samples=dict(samples),
+                           bootstrap_iters=0, log_samples=True)
         found: dict[TaskItem, tuple[Any, Any]] = {}
         for name in samples:
             for entry in out["samples"][name]:
@@ -205,13 +220,6 @@ class LMEvalEvaluator(CachedEvaluator):
                 self._lm = HFLM(pretrained=self.net.model, tokenizer=self.tokenizer, batch_size=self.lm_batch_size,
                                 max_length=self.max_length)
         return self._lm
-
-    def _fewshot(self, task: Any) -> int:
-        """The few-shot count lm-eval will use for ``task`` (a task config's explicit 0 wins)."""
-        own = task.get_config("num_fewshot")
-        if self.num_fewshot is not None and own != 0:
-            return self.num_fewshot
-        return own or 0
 
 
 # ---------------------------------------------------------------------------- task loading
@@ -306,6 +314,16 @@ def _first_line(exc: BaseException) -> str:
     return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _set_fewshot(task: Any, num_fewshot: int | None) -> None:
+    """lm-eval's rule: ``num_fewshot`` replaces the task's own count unless the task fixes it at 0;
+    a task without one gets 0."""
+    own = task.get_config("num_fewshot")
+    if num_fewshot is not None and own != 0:
+        task.set_config(key="num_fewshot", value=num_fewshot)
+    elif own is None:
+        task.set_config(key="num_fewshot", value=0)
+
+
 def _check_metric(name: str, task: Any, metric: str) -> bool:
     """Whether higher is better for ``metric`` on ``task``; a one-line error if it has no such metric."""
     aggregations = task.aggregation()
@@ -362,15 +380,10 @@ def _prediction(task: Any, entry: Mapping[str, Any], metric: str) -> Any:
 def _global_generators_kept() -> Iterator[None]:
     """Python's, numpy's and torch's global generators as they were before the block.
 
-    lm-eval seeds them at every call (which makes its own sampling repeatable) and draws from
-    Python's for task ids; left changed, a seeded search strategy that draws from them would
-    propose other configs after a resume, which skips the logged evaluations.
+    An evaluation seeds them as lm-eval does (which makes its own sampling repeatable), and lm-eval
+    draws from Python's for task ids; left changed, a seeded search strategy that draws from them
+    would propose other configs after a resume, which skips the logged evaluations.
     """
-    import random
-
-    import numpy as np
-    import torch
-
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:

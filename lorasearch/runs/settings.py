@@ -185,7 +185,7 @@ def evaluator_kind(settings: TaskSettings, records: Sequence[Record] | None = No
 def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence[Record] | None = None) -> Evaluator:
     """The evaluator the settings ask for, on a seeded subset of the task."""
     _check_options(settings)
-    if evaluator_kind(settings) == "lm-eval":
+    if parse_lm_eval(settings.evaluator) is not None:
         return build_lm_eval(net, settings)
     records = list(records) if records is not None else load_task(settings)
     kind = evaluator_kind(settings, records)
