@@ -300,13 +300,24 @@ def _load_one(manager: Any, spec: str, *, light: bool) -> dict[str, Any]:
                         "once with network access to fill the Hugging Face cache, or point a task YAML at local files "
                         "(dataset_path: json, dataset_kwargs: {data_files: ...})") from None
     except FileNotFoundError as exc:
-        raise EvalError(f"lm-eval task {spec}: a data file is missing ({_first_line(exc)}); fix: check dataset_kwargs.data_files "
-                        "(relative paths count from the working directory)") from None
+        raise EvalError(f"lm-eval task {spec}: a data file or dataset is missing ({_first_line(exc)}); fix: check "
+                        "dataset_path and dataset_kwargs.data_files (relative paths count from the working directory)"
+                        ) from None
     except EvalError:
         raise
     except Exception as exc:  # lm-eval's and datasets' own errors: a bad YAML, a dataset that cannot be built
+        if _from_the_network(exc):
+            raise EvalError(f"lm-eval task {spec}: its dataset could not be fetched from the Hugging Face Hub "
+                            f"({type(exc).__name__}: {_first_line(exc)}); fix: check the network and the dataset "
+                            "name, or point a task YAML at local files (dataset_path: json)") from None
         raise EvalError(f"lm-eval task {spec}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); "
                         "fix: check the task YAML with lm-eval's own command line") from None
+
+
+def _from_the_network(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from an HTTP client or the Hub (a download that failed)."""
+    return isinstance(exc, TimeoutError) or type(exc).__module__.split(".")[0] in {
+        "httpx", "httpcore", "requests", "urllib3", "huggingface_hub"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -20,16 +20,16 @@ import torch
 
 from lorasearch import SearchSpace, SuperNetwork, TaskSettings, build_evaluator
 from lorasearch.data import parse_choices, subset, synthetic_task
-from lorasearch.evaluate import EvalError, MultipleChoiceEvaluator
 from lorasearch.errors import LoraSearchError
+from lorasearch.evaluate import EvalError, MultipleChoiceEvaluator
+from lorasearch.lm_eval_harness import LMEvalEvaluator, parse_lm_eval, write_task
 from lorasearch.models import byte_tokenizer, tiny_model
 from lorasearch.search import Objective
 from lorasearch.search.objectives import measure_all
 
 from helpers import TINY_SPACE, cli_error, run_cli
 
-lm_eval = pytest.importorskip("lm_eval")
-from lorasearch.lm_eval_harness import LMEvalEvaluator, parse_lm_eval, write_task  # noqa: E402
+pytest.importorskip("lm_eval")  # the README's test command installs it (the lmeval extra)
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 SPACE = {
@@ -234,8 +234,23 @@ def test_bad_lm_eval_settings_are_one_line_errors(net, tmp_path):
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(USER_YAML.format(name="broken", data=tmp_path / "missing.jsonl"))
-    with pytest.raises(EvalError, match=r"lm-eval task .*broken.yaml: a data file is missing .*fix: check dataset_kwargs"):
+    with pytest.raises(EvalError, match=r"lm-eval task .*broken.yaml: a data file or dataset is missing .*fix: check"):
         LMEvalEvaluator(net, str(broken))
+
+
+def test_a_failed_download_is_a_one_line_error(net, tmp_path, monkeypatch):
+    import httpx
+    from lm_eval.tasks import TaskManager
+
+    def no_network(self, specs):
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(TaskManager, "load", no_network)
+    with pytest.raises(EvalError) as exc:
+        LMEvalEvaluator(net, str(write_task(RECORDS, tmp_path, "syn")))
+    message = str(exc.value)
+    assert "could not be fetched from the Hugging Face Hub (ConnectError: [Errno -3]" in message
+    assert "\n" not in message and "fix: check the network" in message
 
 
 @pytest.mark.slow
