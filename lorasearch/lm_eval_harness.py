@@ -317,7 +317,7 @@ def _load_one(manager: Any, spec: str, *, light: bool) -> dict[str, Any]:
 def _from_the_network(exc: BaseException) -> bool:
     """Whether ``exc`` comes from an HTTP client or the Hub (a download that failed)."""
     return isinstance(exc, TimeoutError) or type(exc).__module__.split(".")[0] in {
-        "httpx", "httpcore", "requests", "urllib3", "huggingface_hub"}
+        "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "aiohttp", "huggingface_hub"}
 
 
 def _first_line(exc: BaseException) -> str:
