@@ -12,7 +12,8 @@ runs the model under ``torch.inference_mode()`` in eval mode, and caches the res
 * `ExactMatchEvaluator`: greedy generation, the number after "The answer is" (else the last
   number), compared with a tolerance (GSM8K, SVAMP, ...).
 * `LossEvaluator`: negative mean token loss (or perplexity) on held-out records or texts.
-* `LMEvalEvaluator`: a thin adapter to lm-evaluation-harness, when ``lm_eval`` is installed.
+* `lorasearch.lm_eval_harness.LMEvalEvaluator` (its own module, on this same protocol):
+  lm-evaluation-harness tasks, when ``lm_eval`` is installed.
 
 Sequences are left-padded with explicit position ids, so a sequence's scores do not depend on
 what it is batched with.
@@ -663,73 +664,6 @@ class LossEvaluator(CachedEvaluator):
         extra = {"loss": loss, "perplexity": perplexity, "tokens": tokens}
         items = tuple(-nll / n if n else float("nan") for nll, n in values)
         return EvalResult(score, len(values), None, 0.0, self.metric, (), extra, items)
-
-
-# --------------------------------------------------------------------------------------- lm-eval
-class LMEvalEvaluator:
-    """A thin adapter to lm-evaluation-harness (``pip install lm-eval``; optional).
-
-    Runs ``lm_eval.simple_evaluate`` on one task with the network's model as it stands under each
-    config. lm-eval's ``limit`` takes the first documents, not a seeded subset.
-
-    Args:
-        net: the `SuperNetwork`.
-        task: an lm-eval task name (``arc_easy``, ``boolq``, ...).
-        metric: the metric to report (``acc``, ``acc_norm``, ``exact_match``, ...).
-        limit: documents per evaluation (None: all).
-        num_fewshot, batch_size: passed to lm-eval.
-    """
-
-    def __init__(
-        self,
-        net: SuperNetwork,
-        task: str,
-        *,
-        metric: str = "acc",
-        limit: int | None = None,
-        num_fewshot: int = 0,
-        batch_size: int = 8,
-    ) -> None:
-        try:
-            import lm_eval  # noqa: F401
-        except ImportError:
-            raise EvalError("LMEvalEvaluator needs lm-evaluation-harness; fix: pip install lm-eval") from None
-        if limit is not None and limit < 1:
-            raise DataError(f"limit {limit}: the subset would be empty; fix: use a limit of 1 or more")
-        self.net, self.task, self.metric = net, task, metric
-        self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
-        self._cache: dict[Any, EvalResult] = {}
-
-    itemwise = False
-
-    def __call__(self, config: Mapping[str, Any]) -> EvalResult:
-        """Evaluate ``config`` with lm-eval (from the cache when seen before)."""
-        key = self.net.space.canonical(config)
-        if key not in self._cache:
-            start = time.perf_counter()
-            with _evaluating(self.net, config):
-                result = self._evaluate()
-            self._cache[key] = replace(result, seconds=time.perf_counter() - start, scored=result.n)
-        return self._cache[key]
-
-    @property
-    def cache(self) -> dict[Any, EvalResult]:
-        """Results so far, keyed by ``net.space.canonical(config)``."""
-        return self._cache
-
-    def _evaluate(self) -> EvalResult:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-
-        lm = HFLM(pretrained=self.net.model, tokenizer=self.net.tokenizer, batch_size=self.batch_size)
-        out = simple_evaluate(model=lm, tasks=[self.task], num_fewshot=self.num_fewshot, limit=self.limit)
-        found = out["results"][self.task]
-        key_name = f"{self.metric},none"
-        if key_name not in found:
-            raise EvalError(f"lm-eval task {self.task}: no metric {self.metric!r}; fix: use one of {sorted(found)}")
-        stderr = found.get(f"{self.metric}_stderr,none")
-        n = int(out.get("n-samples", {}).get(self.task, {}).get("effective", self.limit or 0))
-        return EvalResult(float(found[key_name]), n, float(stderr) if isinstance(stderr, (int, float)) else None, 0.0, self.metric)
 
 
 # --------------------------------------------------------------------------------------- helpers

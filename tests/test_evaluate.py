@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from lorasearch.evaluate import (
     EvalResult,
     Evaluator,
     ExactMatchEvaluator,
-    LMEvalEvaluator,
     LossEvaluator,
     MultipleChoiceEvaluator,
     binomial_stderr,
@@ -304,38 +302,6 @@ def test_bad_options(net):
         MultipleChoiceEvaluator(net, synthetic_task(2), mode="text", normalization="bytes")
     with pytest.raises(EvalError, match="metric"):
         LossEvaluator(net, synthetic_task(2), metric="accuracy")
-
-
-def test_lm_eval_missing_says_how_to_install(net, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(EvalError, match="pip install lm-eval"):
-        LMEvalEvaluator(net, "arc_easy")
-
-
-def test_lm_eval_adapter(net, monkeypatch):
-    """The adapter's plumbing, with lm-eval's runner stubbed out (its tasks would download data)."""
-    pytest.importorskip("lm_eval")
-    import lm_eval
-    import lm_eval.models.huggingface as hf
-
-    seen = {}
-
-    def fake_simple_evaluate(model, tasks, num_fewshot, limit):
-        seen.update(model=model, tasks=tasks, limit=limit, active=net.active_config)
-        return {
-            "results": {"arc_easy": {"acc,none": 0.5, "acc_stderr,none": 0.1}},
-            "n-samples": {"arc_easy": {"effective": 2}},
-        }
-
-    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_simple_evaluate)
-    monkeypatch.setattr(hf, "HFLM", lambda **kw: kw)
-    ev = LMEvalEvaluator(net, "arc_easy", limit=2, batch_size=2)
-    result = ev(net.space.min())
-    assert (result.score, result.stderr, result.n) == (0.5, 0.1, 2)
-    assert (
-        seen["tasks"] == ["arc_easy"] and seen["active"] == net.space.min() and seen["model"]["pretrained"] is net.model
-    )
-    assert ev(net.space.min()) is result
 
 
 # ------------------------------------------------------------------------------ item prefixes, token budget

@@ -240,3 +240,43 @@ def test_imported_spaces_bind_to_a_llama(tmp_path, tiny_llama, fixture):
     binding = bind(space, tiny_llama)
     assert set(binding.slots) == set(space.with_num_layers(2).keys)
     assert "model.layers.1.self_attn.q_proj" in binding.rank_modules
+
+
+# ------------------------------------------------------------------------------ descriptions
+@pytest.mark.parametrize("fixture, missing", [
+    ("sqft_elastic_adapter_config", "mlp.up_proj, mlp.gate_proj, mlp.down_proj"),
+    ("sqft_elastic_adapter_config_per_module", "mlp.up_proj, mlp.gate_proj, mlp.down_proj"),
+    ("shears_nncf_llama", "mlp.gate_proj"),
+    ("lonas_nncf_llama", "mlp.down_proj"),  # LoNAS's LLaMA command trains down_proj with a fixed rank
+])
+def test_descriptions_name_the_lora_modules_without_a_group_and_how_alpha_was_chosen(fixture, missing):
+    description = import_space(FIXTURES / f"{fixture}.json").description
+    assert "--target_modules that are in no group keep their trained rank: add them to adapter.targets" in description
+    assert f"of the modules the reference's LLaMA commands train, these are in no group here: {missing} (" in description
+    assert "alpha = 2 x rank = 64 (the file does not record alpha" in description
+    assert "alpha = 16 (given)" in import_space(FIXTURES / f"{fixture}.json", alpha=16).description
+
+
+def test_the_modules_a_description_names_are_real_module_paths(tmp_path, tiny_llama):
+    """Following the description (adding its modules to adapter.targets) gives their LoRA a fixed rank."""
+    from lorasearch.binding import bind
+
+    space = import_space(FIXTURES / "shears_nncf_llama.json")
+    data = space.to_dict()
+    data["adapter"]["targets"] = ["mlp.gate_proj"]
+    binding = bind(SearchSpace.from_dict(data), tiny_llama)
+    assert {"model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"} <= set(binding.fixed_modules)
+
+
+def test_descriptions_of_other_families_and_of_width_only_files(tmp_path):
+    phi3 = [{"target": [f"base_model.model.model.layers.{i}.self_attn.qkv_proj.lora_A"], "search_space": [16, 12, 8]}
+            for i in range(2)]
+    assert "every module the reference's Phi-3 commands train has a group here" in import_space(
+        write(tmp_path, phi3, "phi3.json")).description
+    bert = [{"target": [f"base_model.model.bert.encoder.layer.{i}.attention.self.query.lora_A"], "search_space": [8, 4]}
+            for i in range(2)]
+    description = import_space(write(tmp_path, bert, "bert.json")).description
+    assert "add them to adapter.targets." in description and "reference's" not in description
+    width_only = import_space(write(tmp_path, nncf_config([[base(0, "gate_proj"), base(0, "up_proj")]],
+                                                          [[128, 64]]), "width.json")).description
+    assert "No rank group, so no adapter rank or alpha is set" in width_only

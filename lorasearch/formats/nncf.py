@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import SpaceError
 from ..space import SearchSpace
@@ -46,6 +46,45 @@ _EXAMPLE = (
     ".../ModuleList[layers]/LlamaDecoderLayer[0]/LlamaAttention[self_attn]/Linear[q_proj]/"
     "ModuleDict[lora_A]/NNCFLinear[default]/linear_0"
 )
+
+
+# The LoRA modules the reference's training commands name in --target_modules, per model family
+# (LoNAS, Shears and SQFT commands together): (family, attention leaves and their usual parent,
+# MLP leaves and their usual parent). The first family holding every module of a file is its own.
+COMMAND_MODULES = (
+    ("LLaMA", ("q_proj", "k_proj", "v_proj"), "self_attn", ("up_proj", "gate_proj", "down_proj"), "mlp"),
+    ("MPT", ("q_proj", "k_proj", "v_proj", "out_proj"), "attn", ("up_proj", "down_proj"), "ffn"),
+    ("BLOOM", ("query_key_value",), "self_attention", ("dense_h_to_4h", "dense_4h_to_h"), "mlp"),
+    ("Phi-3", ("qkv_proj",), "self_attn", (), "mlp"),
+)
+
+
+def targets_note(modules: Iterable[str]) -> str:
+    """The description's sentence on LoRA modules that a file leaves out: the reference's files
+    list only elastic modules, so modules of the training command's --target_modules without a group
+    keep their trained rank and belong in ``adapter.targets``. Names those of the reference's own
+    commands for the file's model family that have no group among ``modules``."""
+    modules = list(dict.fromkeys(modules))
+    leaves = {m.rpartition(".")[2] for m in modules}
+    rule = ("LoRA modules of the training command's --target_modules that are in no group keep their "
+            "trained rank: add them to adapter.targets")
+    for family, attention, attention_parent, mlp, mlp_parent in COMMAND_MODULES:
+        if not leaves or not leaves <= set(attention) | set(mlp):
+            continue
+        missing = [_module_path(leaf, part, parent, modules)
+                   for part, parent in ((attention, attention_parent), (mlp, mlp_parent))
+                   for leaf in part if leaf not in leaves]
+        if not missing:
+            return f" {rule}; every module the reference's {family} commands train has a group here."
+        return (f" {rule}; of the modules the reference's {family} commands train, these are in no group here: "
+                f"{', '.join(missing)} (add those your command lists).")
+    return f" {rule}."
+
+
+def _module_path(leaf: str, part: tuple[str, ...], parent: str, modules: list[str]) -> str:
+    """``leaf`` under the parent of a file module of the same part of the layer (else the usual one)."""
+    sibling = next((m for m in modules if m.rpartition(".")[2] in part and "." in m), None)
+    return f"{sibling.rpartition('.')[0] if sibling else parent}.{leaf}"
 
 
 @dataclass(frozen=True)
@@ -80,11 +119,14 @@ def space_from_nncf(data: Mapping[str, Any], *, source: str, name: str, alpha: f
         units.append(_unit(nodes, choices, source, field, g))
     templated = any(u.layers is None for u in units)
     kind = "SQFT's legacy NNCF config" if root == "SQFT" else "an NNCF bootstrapNAS config (LoNAS/Shears)"
+    with_lora = [m for u in units for m in (u.modules if u.kind == "rank" else u.adapters)]
     description = (
         f"Imported from {kind} ({len(groups)} overwrite_groups"
-        f"{', {re}/{*} templates for every layer' if templated else ''}). LoRA modules in no group "
-        "(the reference's --target_modules) are not in the file; add them to adapter.targets."
+        f"{', {re}/{*} templates for every layer' if templated else ''}).{targets_note(with_lora)}"
     )
+    if not any(u.kind == "rank" for u in units):
+        description += (" No rank group, so no adapter rank or alpha is set: set adapter.rank and adapter.alpha "
+                        "to the training command's --lora_r and --lora_alpha.")
     return build_space(units, per_layer=per_layer, name=name, source=source, description=description, alpha=alpha)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from ..errors import SpaceError
 from ..space import SearchSpace
 from . import Unit, build_space, check_choices
+from .nncf import targets_note
 
 _PEFT_PREFIX = "base_model.model."
 _LORA_SUFFIX = re.compile(r"\.lora_[AB](\..*)?$")
@@ -40,7 +41,11 @@ def space_from_sqft(data: Any, *, source: str, name: str, alpha: float | None = 
             )
         per_layer = entry_layer
         units.append(unit)
-    description = f"Imported from SQFT elastic_adapter_config.json ({len(entries)} entries)."
+    modules = [m for unit in units for m in unit.modules]
+    description = (
+        f"Imported from SQFT elastic_adapter_config.json ({len(entries)} entries: the training command's "
+        f"--nls_target_modules).{targets_note(modules)}"
+    )
     return build_space(
         _share_modules(units), per_layer=per_layer, name=name, source=source, description=description, alpha=alpha
     )

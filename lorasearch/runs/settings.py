@@ -26,6 +26,7 @@ from ..data import Record, is_multiple_choice, load_records, synthetic_task
 from ..errors import LoraSearchError
 from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleChoiceEvaluator
 from ..io import parse_json, read_text
+from ..lm_eval_harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..models import load_model, resolve_device, resolve_dtype
 from ..space import Config, SearchSpace
 from ..supernet import SPACE_FILE_NAME, SuperNetwork
@@ -87,9 +88,10 @@ class TaskSettings:
     task: str | None = None
     """Task file (LLM-Adapters JSON, JSONL or a datasets folder); default: the synthetic task."""
     evaluator: str = "auto"
-    """auto, text (option text), label (option label), exact (math exact match) or loss."""
+    """auto, text (option text), label (option label), exact (math exact match), loss, or lm-eval:TASK[,TASK...]
+    (lm-evaluation-harness task names or task YAML paths; several give their mean)."""
     limit: int | None = 200
-    """Items in the seeded subset scored per config."""
+    """Items in the seeded subset scored per config (per task with lm-eval)."""
     seed: int = 0
     """Seeds the subset."""
     batch_size: int | None = None
@@ -99,6 +101,13 @@ class TaskSettings:
     a GPU, no limit on the CPU)."""
     max_new_tokens: int = 256
     """Exact match only: generation limit."""
+    metric: str | None = None
+    """lm-eval: acc (default), acc_norm, exact_match, ... (a filter after a comma: exact_match,strict-match);
+    loss: neg_loss (default) or neg_perplexity."""
+    num_fewshot: int | None = None
+    """lm-eval only: few-shot examples per item (default: the task's own, else 0)."""
+    lm_eval_include: str | None = None
+    """lm-eval only: a folder of task YAMLs added to lm-eval's task index."""
 
 
 # ------------------------------------------------------------------------------- plain data
@@ -124,13 +133,20 @@ def absolute_paths(network: NetworkSettings, task: TaskSettings) -> tuple[Networ
     return (
         dataclasses.replace(network, model=_absolute(network.model), space=_absolute(network.space),
                             adapter=_absolute(network.adapter)),
-        dataclasses.replace(task, task=_absolute(task.task)),
+        dataclasses.replace(task, task=_absolute(task.task), evaluator=_absolute_lm_eval(task.evaluator),
+                            lm_eval_include=_absolute(task.lm_eval_include)),
     )
 
 
 def _absolute(path: str | None) -> str | None:
     """``path`` made absolute when it names an existing file or folder (model names stay as they are)."""
     return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
+def _absolute_lm_eval(evaluator: str) -> str:
+    """``lm-eval:TASKS`` with its task YAML paths made absolute; other evaluators as they are."""
+    specs = parse_lm_eval(evaluator)
+    return evaluator if specs is None else LM_EVAL_PREFIX + ",".join(_absolute(s) or s for s in specs)
 
 
 # ------------------------------------------------------------------------------- building
@@ -178,12 +194,18 @@ def load_task(settings: TaskSettings) -> list[Record]:
     return load_records(settings.task)
 
 
-def evaluator_kind(settings: TaskSettings, records: Sequence[Record]) -> str:
-    """``auto`` resolved: multiple choice scores option texts; numeric answers use exact match."""
+def evaluator_kind(settings: TaskSettings, records: Sequence[Record] | None = None) -> str:
+    """The evaluator the settings name: ``lm-eval`` for ``lm-eval:TASKS``, and ``auto`` resolved on
+    ``records`` (multiple choice scores option texts; numeric answers use exact match)."""
+    if parse_lm_eval(settings.evaluator) is not None:
+        return "lm-eval"
     if settings.evaluator not in EVALUATORS:
-        raise LoraSearchError(f"--evaluator: unknown {settings.evaluator!r}; fix: use one of {', '.join(EVALUATORS)}")
+        raise LoraSearchError(f"--evaluator: unknown {settings.evaluator!r}; fix: use one of {', '.join(EVALUATORS)} "
+                              f"or {LM_EVAL_PREFIX}TASK")
     if settings.evaluator != "auto":
         return settings.evaluator
+    if records is None:
+        raise LoraSearchError("--evaluator auto: needs the task's records to choose; fix: pass them or name the evaluator")
     if is_multiple_choice(records[0]):
         return "text"
     try:
@@ -195,6 +217,9 @@ def evaluator_kind(settings: TaskSettings, records: Sequence[Record]) -> str:
 
 def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence[Record] | None = None) -> Evaluator:
     """The evaluator the settings ask for, on a seeded subset of the task."""
+    _check_options(settings)
+    if parse_lm_eval(settings.evaluator) is not None:
+        return build_lm_eval(net, settings)
     records = list(records) if records is not None else load_task(settings)
     kind = evaluator_kind(settings, records)
     common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device)}
@@ -202,7 +227,28 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
         return MultipleChoiceEvaluator(net, records, mode=kind, **common)
     if kind == "exact":
         return ExactMatchEvaluator(net, records, max_new_tokens=settings.max_new_tokens, **common)
-    return LossEvaluator(net, records, **common)
+    return LossEvaluator(net, records, metric=settings.metric or "neg_loss", **common)
+
+
+def build_lm_eval(net: SuperNetwork, settings: TaskSettings) -> LMEvalEvaluator:
+    """The lm-eval evaluator of ``--evaluator lm-eval:TASKS`` (``--task`` is not used by it)."""
+    if settings.task is not None:
+        raise LoraSearchError(f"--task {settings.task}: not used by --evaluator {settings.evaluator}; fix: drop --task "
+                              "(name lm-eval task YAMLs in lm-eval:PATH instead)")
+    return LMEvalEvaluator(net, parse_lm_eval(settings.evaluator), metric=settings.metric or "acc",
+                           limit=settings.limit, seed=settings.seed, num_fewshot=settings.num_fewshot,
+                           include=settings.lm_eval_include, batch_size=settings.batch_size or 8)
+
+
+def _check_options(settings: TaskSettings) -> None:
+    """Options of one evaluator given to another: a one-line error rather than silence."""
+    lm_eval = parse_lm_eval(settings.evaluator) is not None
+    if not lm_eval:
+        for name in ("num_fewshot", "lm_eval_include"):
+            if getattr(settings, name) is not None:
+                raise LoraSearchError(f"--{name.replace('_', '-')}: only for --evaluator lm-eval:TASK; fix: drop it")
+    if settings.metric is not None and not lm_eval and settings.evaluator != "loss":
+        raise LoraSearchError(f"--metric {settings.metric}: only for --evaluator lm-eval:TASK or loss; fix: drop it")
 
 
 def batching(settings: TaskSettings, device: torch.device) -> dict[str, int | None]:

@@ -4,7 +4,8 @@ An `Objective` is a named callable ``config -> value`` (or ``Measurement`` with 
 error) with a direction; nothing here knows about models. The registered names, built from a
 super-network, an evaluator and a cost model by `lorasearch.runs.objectives`, are (`DIRECTIONS_OF`):
 
-* ``accuracy`` (max): the evaluator's score, with its binomial standard error;
+* ``accuracy`` (max): the evaluator's score, with its binomial standard error (and, from an
+  lm-eval evaluator, each task's score as a column ``accuracy_TASK``);
 * ``macs`` (min): MACs per sequence, in the deployment the cost model was built for;
 * ``macs_merged`` / ``macs_unmerged`` (min): MACs in that deployment regardless;
 * ``params`` (min): total parameters of the subnet (unmerged: base plus active adapters);
@@ -18,8 +19,8 @@ A `Constraint` such as ``macs<=2.5e8`` becomes a pymoo inequality constraint (an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import LoraSearchError
 from ..space import Config
@@ -57,20 +58,26 @@ class Measurement:
     n: int | None = None
     items: tuple[float, ...] = ()
     scored: int = 0
+    parts: Mapping[str, float] = field(default_factory=dict)
+    """Named components of the value (an evaluation's per-task scores), recorded beside it as
+    columns ``{objective}_{part}``."""
 
 
 def as_measurement(value: Any) -> Measurement:
     """A float, a `Measurement`, or a result with ``score`` (and ``stderr``, ``n``, ``item_scores``,
-    ``scored``, as `lorasearch.evaluate.EvalResult` has) as a `Measurement`."""
+    ``scored``, per-task scores in ``extra["per_task"]``, as `lorasearch.evaluate.EvalResult` has)
+    as a `Measurement`."""
     if isinstance(value, Measurement):
         return value
     stderr = getattr(value, "stderr", None)
+    parts = (getattr(value, "extra", None) or {}).get("per_task") or {}
     return Measurement(
         float(getattr(value, "score", value)),
         float(stderr) if stderr is not None else float("nan"),
         getattr(value, "n", None),
         tuple(getattr(value, "item_scores", ()) or ()),
         int(getattr(value, "scored", 0) or 0),
+        {str(k): float(v) for k, v in parts.items()},
     )
 
 
@@ -162,6 +169,8 @@ def put_measurement(values: dict[str, Any], name: str, m: Measurement) -> None:
         values[f"{name}_stderr"] = m.stderr
     if m.n is not None:
         values[f"{name}_items"] = m.n
+    for part, value in m.parts.items():
+        values[f"{name}_{part}"] = value
     if m.items:
         values.setdefault(ITEM_SCORES, {})[name] = [int(v) if float(v).is_integer() else float(v) for v in m.items]
     values[ITEM_FORWARDS] = values.get(ITEM_FORWARDS, 0) + m.scored
