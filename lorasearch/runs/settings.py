@@ -25,6 +25,7 @@ from ..errors import LoraSearchError
 from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleChoiceEvaluator
 from ..io import parse_json, read_text
 from ..models import load_model
+from ..permutation import PERMUTATION_FILE
 from ..space import Config, SearchSpace
 from ..supernet import SPACE_FILE_NAME, SuperNetwork
 
@@ -122,14 +123,22 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
 def build_network(settings: NetworkSettings, space: SearchSpace | None = None) -> SuperNetwork:
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
-    A quantized base gets its INT grids back, and the adapter modules take the adapter mode
-    (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside the adapter).
-    ``space`` overrides the settings' space (e.g. a space stored inside a run file).
+    A quantized base gets its INT grids back; the channel permutation of a reordered adapter
+    (``lorasearch_permutation.safetensors``) is applied to the freshly loaded base and the adapter
+    together (in `SuperNetwork`), before the adapter modules take the adapter mode (dense, SparsePEFT
+    or QA-SparsePEFT: asked for, else the one saved beside the adapter), so masks are taken from the
+    reordered base. ``space`` overrides the settings' space (e.g. a space stored inside a run file).
     """
     space = space if space is not None else resolve_space(settings)
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
+    quantized = is_quantized_folder(settings.model)
+    if quantized and settings.adapter and (Path(settings.adapter) / PERMUTATION_FILE).is_file():
+        raise LoraSearchError(
+            f"{Path(settings.adapter) / PERMUTATION_FILE}: a reordered adapter cannot run on the quantized base "
+            f"{settings.model} (its INT grid follows the original channel order); fix: use the unquantized base"
+        )
     loaded = load_model(settings.model, **settings.load_options())
-    if is_quantized_folder(settings.model):
+    if quantized:
         attach_grids(loaded.model, settings.model)
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer,
                        model_spec=loaded.spec, seed=settings.seed)
