@@ -124,4 +124,4 @@ def reorder_line(result: ReorderResult) -> str:
         label = min(shares, key=lambda k: int(k.split("/")[0]) / int(k.split("/")[1]))
         share = shares[label]
         parts.append(f"{kind} prefix {label} keeps {100 * share['after']:.1f} % of the importance (was {100 * share['before']:.1f} %)")
-    return f"reordered {len(result.sets)} channel and head sets by output energy: " + "; ".join(parts)
+    return f"reordered {len(result.sets)} MLP/attention unit sets by output energy: " + "; ".join(parts)
