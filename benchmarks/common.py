@@ -74,7 +74,8 @@ def train_on_commonsense(out: Path, space: str | Path, sampler: str, *, steps: i
                          batch_size: int = 8, target: str = "text") -> Path:
     """NLS (or, with the fixed sampler, plain LoRA) on the commonsense mix with 10 % held out.
 
-    A finished run in ``out`` is reused and an interrupted one resumed.
+    A finished run in ``out`` is reused and an interrupted one resumed. The reference's recipe: no
+    importance reordering (`bench_modeb_ablation.py` measures what it changes).
     """
     import sys
 
@@ -84,7 +85,8 @@ def train_on_commonsense(out: Path, space: str | Path, sampler: str, *, steps: i
     if (out / "adapter" / "adapter_config.json").is_file():
         print(f"reusing {out}")
         return out
-    targs = TrainArgs(steps=steps, batch_size=batch_size, lr=lr, sampler=sampler, seed=0, checkpoint_every=25)
+    targs = TrainArgs(steps=steps, batch_size=batch_size, lr=lr, sampler=sampler, seed=0, checkpoint_every=25,
+                      reorder=False)
     trainer = prepare_training(NetworkSettings(model="default", space=str(space), seed=0),
                                [str(DATA / t) for t in COMMONSENSE_TRAIN], targs, out, target=target,
                                max_length=256, val_size=0.1, max_records=per_task,

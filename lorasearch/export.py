@@ -10,9 +10,13 @@ so a crash leaves no half-written export; an existing folder is refused):
   fully qualified, regex-escaped key per module with ``alpha' = s * r'`` (rsLoRA: ``s * sqrt(r')``),
   ``s`` being the training scale ``alpha / r_max``, so PEFT's ``alpha' / r'`` equals ``s``.
   ``target_modules`` lists the kept modules by full name, so modules at rank 0 are absent.
-  Mode B widths cannot be expressed by PEFT: a config that shrinks a width is refused.
+  Mode B widths cannot be expressed by PEFT: a config that shrinks a width is refused. A reordered
+  network (`lorasearch.reorder`) writes its sub-adapter in the base's original channel order
+  (``lora_B`` rows and ``lora_A`` columns inverse-permuted), so it applies to the unpermuted base.
 * ``merged``: the active adapters folded into the base weights, saved with ``save_pretrained``
-  (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only.
+  (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only. A
+  reordered network's merged (and pruned) model keeps the reordered channels: the same function,
+  the weights' rows and columns in importance order.
 * ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels and attention heads
   removed, adapters merged. When every layer keeps the same sizes, ``config.json`` is a stock
   config (smaller ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, with an
@@ -42,6 +46,7 @@ from .errors import ExportError
 from .io import atomic_write_json, refuse_existing, staged
 from .models import forget_dequantized_gguf, save_model_folder
 from .peft_format import AdapterModule, write_adapter
+from .permutation import unpermute_adapter
 from .pruned import PRUNED_FILE, fit_stock_config, load_pruned
 from .space import SearchSpace
 from .supernet import SuperNetwork
@@ -132,12 +137,15 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     """Write the sub-adapter of ``config`` as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
 
     Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``) or
-    leaves no module with a rank above 0.
+    leaves no module with a rank above 0. The tensors are in the base's original channel order, also
+    for a reordered network, so the folder applies to the unpermuted base model.
     """
     refuse_existing(out, ExportError)
     with net.activated(config):
         _refuse_shrunk(net, "peft", "--format pruned (a physically smaller model) or a config at full width")
         modules = sub_adapter(net)
+    if net.permutation is not None:
+        modules = unpermute_adapter(modules, net.permutation)
     if not modules:
         raise ExportError("--format peft: every adapter of this config has rank 0, so there is nothing to save; "
                           "fix: use --format merged (the base model) or pick another subnet")

@@ -25,6 +25,7 @@ from .errors import AdapterError, SpaceError
 from .io import atomic_write_json
 from .models import LOW_PRECISION, LoadedModel, load_model
 from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 from .space import Config, SearchSpace, space_fingerprint
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
@@ -40,7 +41,9 @@ class SuperNetwork:
         model: a Hugging Face causal LM (Llama, Mistral, Qwen2, Phi-3, ...), modified in place.
         space: a `SearchSpace` or the path of a space file.
         adapter: a PEFT LoRA super-adapter folder; omitted, fresh adapters are built as the space's
-            ``adapter`` section says (Kaiming A, zero B, so the model starts unchanged).
+            ``adapter`` section says (Kaiming A, zero B, so the model starts unchanged). When the
+            folder holds a channel permutation (``lorasearch_permutation.safetensors``, written for a
+            reordered run), the base and the adapter are permuted together after loading.
         tokenizer: kept for evaluators and training.
         model_spec: how the model was loaded, recorded in saved adapters and runs.
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
@@ -76,6 +79,10 @@ class SuperNetwork:
         self._active: Config = self.space.max()
         self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
         self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
+        self.permutation: ChannelPermutation | None = None  # channels reordered relative to the base as loaded
+        recorded = read_permutation(adapter)
+        if recorded is not None:
+            self.permute(recorded, source=str(Path(adapter) / PERMUTATION_FILE))
 
     @classmethod
     def from_pretrained(
@@ -174,6 +181,23 @@ class SuperNetwork:
                     first[slot.module] = gene.choices[0]
         return first
 
+    def permute(self, permutation: ChannelPermutation, *, source: str = "permutation") -> None:
+        """Reorder channels of the base and the adapters together (function unchanged); record it.
+
+        Only plain and `ElasticLoRALinear` layers can be permuted: adapter modes with their own masks
+        or grids (SparsePEFT, QA-SparsePEFT) are refused. Successive permutations compose.
+        """
+        linears = linear_modules(self.model)
+        permutation.check(linears, source)
+        for name in permutation.modules():
+            if type(linears[name]) not in (nn.Linear, ElasticLoRALinear):
+                raise SpaceError(
+                    f"{source}: {name} is a {type(linears[name]).__name__}, whose masks or grids cannot be reordered; "
+                    "fix: reorder before the adapter mode is applied, or train with --no-reorder"
+                )
+        permute_modules(linears, permutation)
+        self.permutation = permutation if self.permutation is None else self.permutation.then(permutation)
+
     # ---------------------------------------------------------------------- activation
     @property
     def active_config(self) -> Config:
@@ -221,20 +245,30 @@ class SuperNetwork:
         }
 
     def save_adapter(self, path: str | Path) -> Path:
-        """Save the super-adapter (all ranks) as a PEFT folder, with the space file beside it."""
+        """Save the super-adapter (all ranks) as a PEFT folder, with the space file beside it.
+
+        A reordered network saves its adapter in the base's original channel order (stock PEFT
+        applies it to the unpermuted base) and the permutation beside it.
+        """
         modules = self.adapter_modules()
         if not modules:
             raise SpaceError(f"{self.space.source}: the space has no adapters to save")
+        if self.permutation is not None:
+            modules = unpermute_adapter(modules, self.permutation)
         use_rslora = any(m.use_rslora for m in self.elastic.values())
         dropout = next((m.lora_dropout.p for m in self.elastic.values() if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
         path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
         self.space.save(path / SPACE_FILE_NAME)
+        if self.permutation is not None:
+            self.permutation.save(path / PERMUTATION_FILE)
+        else:
+            (path / PERMUTATION_FILE).unlink(missing_ok=True)
         if self.adapter_metadata:
             atomic_write_json(path / ADAPTER_MODE_FILE, self.adapter_metadata)
         return path
 
     def fingerprint(self) -> str:
-        """A short hash of the space and the adapter tensors (every rank, every module).
+        """A short hash of the space, the adapter tensors (every rank, every module) and any channel permutation.
 
         Two networks with equal fingerprints score every config alike; parallel workers and
         resumed runs compare it to refuse another adapter or space than the run's.
@@ -246,13 +280,17 @@ class SuperNetwork:
                 data = tensor.detach().to("cpu").contiguous()
                 digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
                 digest.update(data.view(torch.uint8).numpy().tobytes())
+        if self.permutation is not None:
+            for (name, dim), index in sorted(self.permutation.indices.items()):
+                digest.update(f"{name}|{dim}".encode() + index.to(torch.int64).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
         n_adapters = sum(m.lora_A is not None for m in self.elastic.values())
         return (
             f"SuperNetwork(space={self.space.name!r}, mode={self.space.mode}, genes={len(self.space.genes)}, "
-            f"elastic_modules={len(self.elastic)}, adapters={n_adapters})"
+            f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
+            f"{', reordered' if self.permutation is not None else ''})"
         )
 
 

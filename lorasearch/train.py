@@ -4,7 +4,8 @@ The base model stays frozen; the adapters train while a sub-network config, draw
 optimizer step by a sampler (``lorasearch.sampling``), is active. A run folder holds::
 
     train_run.yaml     the run's settings (a different run refuses to write here)
-    train_log.jsonl    one flushed line per step: loss, lr, the sampled configs' genes
+    train_log.jsonl    one flushed line per step: loss, lr, the sampled configs' genes and task losses
+                       (with --distill also their KL to the max subnet)
     checkpoint/        adapters, optimizer, scheduler, RNG states and step (for --resume)
     adapter/           the super-adapter in PEFT format (stock PEFT loads it), with the space
     space.yaml         the search space
@@ -13,6 +14,13 @@ optimizer step by a sampler (``lorasearch.sampling``), is active. A run folder h
 
 Every step's data, config draws and dropout come from generators seeded by (seed, step), so a
 resumed run ends in exactly the state of an uninterrupted one.
+
+**In-place distillation** (``distill``, as in BigNAS and Once-for-All): on every micro-batch the max
+subnet's response logits, detached, are the teacher of the step's other subnets, whose loss is
+``(1 - w) * cross-entropy + w * KL(teacher || subnet)`` on the response tokens (``w`` =
+``distill_weight``, temperature 1). The max subnet learns from the labels alone. With the sandwich
+sampler the max subnet is already in the step and its logits are reused; with the random sampler
+the teacher costs one extra forward pass without gradient per micro-batch.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from .data import IGNORE_INDEX
 from .errors import LoraSearchError
 from .io import append_jsonl, atomic_write_json, atomic_write_text, first_difference, read_jsonl
-from .sampling import make_sampler
+from .sampling import make_sampler, resolve_sampler
 from .space import Config, SearchSpace
 from .supernet import SuperNetwork
 
@@ -61,10 +69,23 @@ class TrainArgs:
     """AdamW weight decay of the adapters."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""
-    sampler: str = "random"
-    """random (NLS), sandwich (max + min + k random) or fixed (plain LoRA at the max config)."""
+    sampler: str = "auto"
+    """auto (sandwich for Mode B spaces, random for Mode A), random (NLS: one subnet per step), sandwich
+    (max + min + k random per step) or fixed (plain LoRA at the max config)."""
     sandwich_k: int = 2
-    """Random configs per step besides the max and the min (sandwich sampler)."""
+    """Random subnets per sandwich step, besides the max and the min."""
+    distill: bool = False
+    """In-place distillation: the max subnet's output (no gradient) supervises every other subnet of the
+    step with a KL term on the response tokens."""
+    distill_weight: float = 0.5
+    """A distilled subnet's loss: (1 - w) * task loss + w * KL(max || subnet)."""
+    reorder: bool | None = None
+    """Sort MLP channels and heads by importance on the training data before training, so every width keeps
+    the most important ones (lorasearch train; default: on for Mode B spaces with dense adapters)."""
+    reorder_samples: int = 32
+    """Calibration windows of the training texts for --reorder."""
+    reorder_seq_len: int = 128
+    """Tokens per calibration window for --reorder."""
     seed: int = 0
     """Seeds the adapters' initialisation, the data order, the sampled configs and dropout."""
     checkpoint_every: int = 50
@@ -82,6 +103,12 @@ class TrainArgs:
             (self.schedule in ("cosine", "linear", "constant"), "schedule", "use cosine, linear or constant"),
             (self.warmup_steps >= 0, "warmup_steps", "use 0 or more"),
             (self.checkpoint_every >= 1, "checkpoint_every", "use at least 1"),
+            (self.sandwich_k >= 0, "sandwich_k", "use 0 or more"),
+            (0.0 <= self.distill_weight <= 1.0, "distill_weight", "use a weight in [0, 1]"),
+            (not (self.distill and self.sampler == "fixed"), "distill",
+             "the fixed sampler trains only the max subnet, the teacher itself; use --sampler sandwich or random"),
+            (self.reorder_samples >= 1, "reorder_samples", "use at least 1"),
+            (self.reorder_seq_len >= 1, "reorder_seq_len", "use at least 1"),
         ]
         for ok, name, fix in rules:
             if not ok:
@@ -122,8 +149,8 @@ def micro_batch_indices(n_examples: int, batch_size: int, seed: int, index: int)
     return order[pos * batch_size : (pos + 1) * batch_size].tolist()
 
 
-def response_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token loss over the response tokens only.
+def response_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token logits at the response positions only (``[tokens, vocab]``) and their targets.
 
     The output projection runs on the response positions alone: prompts are most of the tokens,
     and the vocabulary projection is the most expensive layer of a small model.
@@ -131,8 +158,22 @@ def response_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> 
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    return model.get_output_embeddings()(hidden[:, :-1][keep]), targets[keep]
+
+
+def response_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over the response tokens only."""
+    logits, targets = response_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher || student)`` of the next-token distributions, averaged over the response tokens.
+
+    Temperature 1; ``teacher`` is used as given (pass it detached: no gradient reaches the teacher).
+    """
+    return F.kl_div(F.log_softmax(student.float(), -1), F.log_softmax(teacher.float(), -1),
+                    log_target=True, reduction="batchmean")
 
 
 def lr_lambda(args: TrainArgs) -> Callable[[int], float]:
@@ -203,6 +244,7 @@ class NLSTrainer:
         *,
         run_info: Mapping[str, Any] | None = None,
     ) -> None:
+        args = dataclasses.replace(args, sampler=resolve_sampler(args.sampler, net.space))  # run files record the real one
         args.check()
         if not examples:
             raise LoraSearchError("train: the dataset is empty; fix: give a task file with records")
@@ -211,6 +253,7 @@ class NLSTrainer:
         self.run_info = {"args": dataclasses.asdict(args), "space": net.space.to_dict(), **(run_info or {})}
         self.device = net.device  # where build_network put the model (--device, --dtype)
         self.sampler = make_sampler(args.sampler, net.space, args.sandwich_k)
+        self._max_genes = net.space.canonical(net.space.max())
         self.stats = NLSStats(net.space)
         pad = getattr(net.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else 0
@@ -299,20 +342,38 @@ class NLSTrainer:
         return self._finish(loss, time.perf_counter() - start)
 
     def _one_step(self, optimizer, scheduler) -> float:
+        """One optimizer step: every micro-batch through every config of the step, gradients averaged.
+
+        With ``distill``, the max config runs first on each micro-batch and its detached logits are the
+        teacher of the other configs (an extra forward without gradient when the sampler did not
+        draw the max); the max config itself learns from the task loss alone.
+        """
         args, step = self.args, self.step
         torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of this step
         configs = self.sampler.step_configs(np.random.default_rng([args.seed, step]))
-        losses = []
-        for config in configs:
-            self.net.activate(config)
-            total = 0.0
-            for micro in range(args.grad_accum):
-                idx = micro_batch_indices(len(self.examples), args.batch_size, args.seed, step * args.grad_accum + micro)
-                batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in idx], self.pad_id).items()}
-                loss = response_loss(self.net.model, batch) / args.grad_accum
+        is_max = [self.net.space.canonical(c) == self._max_genes for c in configs]
+        order = sorted(range(len(configs)), key=lambda n: not is_max[n]) if args.distill else range(len(configs))
+        losses, kls = [0.0] * len(configs), [0.0] * len(configs)
+        for micro in range(args.grad_accum):
+            idx = micro_batch_indices(len(self.examples), args.batch_size, args.seed, step * args.grad_accum + micro)
+            batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in idx], self.pad_id).items()}
+            teacher = None
+            for n in order:
+                if args.distill and teacher is None and not is_max[n]:
+                    teacher = self._teacher_logits(batch)
+                self.net.activate(configs[n])
+                logits, targets = response_logits(self.net.model, batch)
+                task = F.cross_entropy(logits.float(), targets) / args.grad_accum
+                loss = task
+                if args.distill and is_max[n]:
+                    teacher = logits.detach()
+                elif args.distill:
+                    kl = distillation_loss(logits, teacher) / args.grad_accum
+                    loss = (1 - args.distill_weight) * task + args.distill_weight * kl
+                    kls[n] += kl.item()
                 (loss / len(configs)).backward()
-                total += loss.item()
-            losses.append(total)
+                losses[n] += task.item()
+        for config, total in zip(configs, losses):
             self.stats.record(config, total)
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.net.adapter_parameters(), args.max_grad_norm)
@@ -323,8 +384,17 @@ class NLSTrainer:
         self.step += 1
         mean = float(np.mean(losses))
         genes = [list(self.net.space.canonical(c)) for c in configs]
-        append_jsonl(self.out_dir / "train_log.jsonl", {"step": self.step, "loss": mean, "lr": lr, "losses": losses, "genes": genes})
+        record = {"step": self.step, "loss": mean, "lr": lr, "losses": losses, "genes": genes}
+        if args.distill:
+            record["kl"] = kls  # per config; 0 for the max (the teacher)
+        append_jsonl(self.out_dir / "train_log.jsonl", record)
         return mean
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The max config's response logits on ``batch``, without gradient (the config is restored by the caller)."""
+        self.net.activate(self.net.space.max())
+        return response_logits(self.net.model, batch)[0]
 
     def _finish(self, loss: float, seconds: float) -> TrainResult:
         space = self.net.space

@@ -74,6 +74,8 @@ def settings_options(
         added = []
         for f in chosen:
             flags = [option_name(f.name)] + ([short[f.name]] if f.name in short else [])
+            if hints[f.name] == Optional[bool]:  # typer makes --x/--no-x only for plain bools
+                flags[0] = f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"
             annotation = Annotated[_cli_type(hints[f.name]), typer.Option(*flags, help=docs.get(f.name, ""))]
             default = defaults.get(f.name, f.default)
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,

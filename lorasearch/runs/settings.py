@@ -28,6 +28,7 @@ from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleCh
 from ..io import parse_json, read_text
 from ..lm_eval_harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..models import load_model, resolve_device, resolve_dtype
+from ..permutation import PERMUTATION_FILE
 from ..space import Config, SearchSpace
 from ..supernet import SPACE_FILE_NAME, SuperNetwork
 
@@ -164,18 +165,27 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
     The model lands on the settings' device in their dtype (adapters in fp32 over a low-precision
-    base unless ``adapter_dtype="base"``); a quantized base gets its INT grids back; the adapter
-    modules take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved
-    beside the adapter). ``space`` overrides the settings' space (e.g. one stored in a run file);
-    without a space or an adapter, the network is the plain base model (no elastic modules).
-    ``with_tokenizer=False`` skips the tokenizer (counting costs needs none).
+    base unless ``adapter_dtype="base"``); a quantized base gets its INT grids back; the channel
+    permutation of a reordered adapter (``lorasearch_permutation.safetensors``) is applied to the
+    freshly loaded base and the adapter together (in `SuperNetwork`), before the adapter modules
+    take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside
+    the adapter), so masks are taken from the reordered base. ``space`` overrides the settings'
+    space (e.g. one stored in a run file); without a space or an adapter, the network is the plain
+    base model (no elastic modules). ``with_tokenizer=False`` skips the tokenizer (counting costs
+    needs none).
     """
     settings.check()
     if space is None:
         space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
+    quantized = is_quantized_folder(settings.model)
+    if quantized and settings.adapter and (Path(settings.adapter) / PERMUTATION_FILE).is_file():
+        raise LoraSearchError(
+            f"{Path(settings.adapter) / PERMUTATION_FILE}: a reordered adapter cannot run on the quantized base "
+            f"{settings.model} (its INT grid follows the original channel order); fix: use the unquantized base"
+        )
     loaded = load_model(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
-    if is_quantized_folder(settings.model):
+    if quantized:
         attach_grids(loaded.model, settings.model)
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
                        seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base")
