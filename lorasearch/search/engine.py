@@ -3,7 +3,9 @@
 No config is evaluated twice in a run: every finished evaluation is cached by its gene tuple and
 appended to ``evaluations.jsonl`` at once. A resumed run replays the strategy from its seed and
 serves the logged evaluations from the cache, so it repeats no evaluation, loses no finished
-one, and ends with the front an uninterrupted run would have found.
+one, and ends with the front an uninterrupted run would have found. The run directory is locked
+(`lorasearch.io.FolderLock`) from the engine's start to the end of `SearchEngine.run`, so a second
+process on the same directory is refused instead of repeating the same evaluations.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LoraSearchError
+from ..io import FolderLock
 from ..results.run import SearchResult
 from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_minimisation
-from ..space import SearchSpace
+from ..space import SearchSpace, space_fingerprint
 from .backends import EvaluationBackend, LocalBackend
 from .objectives import Constraint, Objective
 from .rundir import RunDirectory
@@ -82,6 +85,8 @@ class SearchEngine:
         backend: EvaluationBackend | None = None,
         log: Callable[[str], None] | None = print,
         optuna_storage: str | None = None,
+        fingerprints: Mapping[str, str | None] | None = None,
+        force: bool = False,
     ) -> None:
         settings.check()
         self.space, self.objectives, self.settings = space, list(objectives), settings
@@ -97,10 +102,21 @@ class SearchEngine:
         self.cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._replay: set[tuple[int, ...]] = set()
         self.run_info = dict(run_info or {})
-        self.specs = self._start(self.run_info, resume)
-        self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
-        self.strategy = self._strategy(optuna_storage, out_dir)
+        self.fingerprints = {"space": space_fingerprint(space), **dict(fingerprints or {})}
+        self.lock = FolderLock(out_dir).acquire() if out_dir is not None else None
+        try:
+            self.specs = self._start(self.run_info, resume, force)
+            self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
+            self.strategy = self._strategy(optuna_storage, out_dir)
+        except BaseException:
+            self.close()
+            raise
         self.start_time = time.perf_counter()
+
+    def close(self) -> None:
+        """Release the run directory (`run` does so when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _strategy(self, storage: str | None, out_dir: str | Path | None):
         n_obj, n_constr = len(self.objectives), len(self.constraints)
@@ -129,17 +145,17 @@ class SearchEngine:
         search = {k: v for k, v in asdict(self.settings).items()}
         search["objectives"] = [o.name for o in self.objectives]
         search["constraints"] = [str(c) for c in self.constraints]
-        return {"run": run_info, "search": search}
+        return {"run": run_info, "search": search, "fingerprints": self.fingerprints}
 
-    def _start(self, run_info: dict[str, Any], resume: bool) -> list[ObjectiveSpec]:
+    def _start(self, run_info: dict[str, Any], resume: bool, force: bool) -> list[ObjectiveSpec]:
         document = self._run_document(run_info)
         if self.rundir is None:
             return derive_specs(self.objectives, self.space)
-        previous = self.rundir.start(document, resume=resume)
+        previous = self.rundir.start(document, resume=resume, force=force)
         stored = self.rundir.read_run().get("bounds") if resume else None
         specs = [ObjectiveSpec(**s) for s in stored] if stored else derive_specs(self.objectives, self.space)
         if not stored:
-            self.rundir.update_run({**document, "bounds": [s.to_dict() for s in specs]})
+            self.rundir.update_run({"bounds": [s.to_dict() for s in specs]})
         for record in previous:
             self.cache[tuple(record["genes"])] = record
         self._replay = {tuple(r["genes"]) for r in previous}
@@ -148,6 +164,13 @@ class SearchEngine:
     # --------------------------------------------------------------------------- loop
     def run(self) -> SearchResult:
         """Search until the budget is spent or the strategy has nothing left to propose."""
+        try:
+            self._loop()
+            return self._finish()
+        finally:
+            self.close()
+
+    def _loop(self) -> None:
         generation, idle = 0, 0
         while self.evaluated < self.settings.budget and idle < MAX_IDLE_BATCHES:
             proposals = self.strategy.ask()
@@ -162,7 +185,6 @@ class SearchEngine:
             self.strategy.tell(genes, self._F(genes), self._G(genes))
             self._report(generation)
             generation += 1
-        return self._finish()
 
     def _evaluate(self, proposals: Sequence[tuple[np.ndarray, str]], generation: int) -> bool:
         """Evaluate the batch's new configs (up to the budget); False when the budget cut it short.
@@ -275,5 +297,9 @@ def run_search(
         resume: continue the run in ``out_dir``; refused when run.yaml differs.
         backend: how batches of configs are evaluated (default: in this process).
         log: called with one line per generation (default ``print``; None for silence).
+        optuna_storage: a study shared with other search processes (tpe, optuna-nsga2).
+        fingerprints: hashes of what the results depend on (``{"adapter": ..., "task": ...}``),
+            stored in run.yaml; a resume whose fingerprints differ is refused.
+        force: resume even when a fingerprint other than the space's differs (recorded in run.yaml).
     """
     return SearchEngine(space, objectives, settings or SearchSettings(), **kwargs).run()

@@ -2,8 +2,10 @@
 
 ::
 
-    run.yaml            everything needed to reproduce the run (a resume must match it)
+    run.yaml            everything needed to reproduce the run, and the fingerprints of what its
+                        results depend on (a resume must match both)
     evaluations.jsonl   append-only, one flushed line per finished evaluation (the resume source)
+    .lorasearch.lock    held by the process that searches here (`lorasearch.io.FolderLock`)
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
     hypervolume.csv     hypervolume per generation, over the fixed bounds stored in run.yaml
@@ -18,10 +20,14 @@ import pandas as pd
 import yaml
 
 from ..errors import LoraSearchError
+from ..fingerprints import changed_fingerprint
 from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, read_jsonl
 from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
 COMPARED_SECTIONS = ("run", "search")
+FINGERPRINTS = "fingerprints"
+FORCED = "forced"  # the changes a --force resume accepted, kept for the record
+UNFORCEABLE = ("space",)  # logged genes index the space's choices: another space reads them as other configs
 
 
 class RunDirectory:
@@ -40,21 +46,33 @@ class RunDirectory:
             raise LoraSearchError(f"{self.run_file}: missing; fix: point --resume at a search's run directory")
         return read_run_document(self.run_file)
 
-    def start(self, run: Mapping[str, Any], *, resume: bool) -> list[dict[str, Any]]:
-        """Claim the folder for ``run``; on resume, check it matches and return the finished evaluations."""
+    def start(self, run: Mapping[str, Any], *, resume: bool, force: bool = False) -> list[dict[str, Any]]:
+        """Claim the folder for ``run``; on resume, check it matches and return the finished evaluations.
+
+        ``run`` holds the ``run`` and ``search`` sections and, optionally, ``fingerprints``. A resume
+        whose fingerprints differ from the stored ones is refused, unless ``force`` (the space never:
+        the logged genes would mean other configs); a torn last line of the log is cut off.
+        """
         if resume:
-            stored = self.read_run()
+            stored = _upgraded(self.read_run())
+            forced = _check_fingerprints(stored, run, self.run_file, force)
             _refuse_changes(stored, run, self.run_file)
-            return list(read_jsonl(self.path / LOG_FILE))
+            current = dict(run.get(FINGERPRINTS) or {})
+            if forced:
+                self.update_run({FINGERPRINTS: current, FORCED: list(stored.get(FORCED) or []) + [forced]})
+            elif current.keys() - (stored.get(FINGERPRINTS) or {}).keys():  # a run of an earlier version
+                self.update_run({FINGERPRINTS: {**current, **(stored.get(FINGERPRINTS) or {})}})
+            return read_jsonl(self.path / LOG_FILE, repair=True)
         if self.run_file.exists() or (self.path / LOG_FILE).exists():
             raise LoraSearchError(f"{self.path}: already holds a search; fix: pass --resume to continue it, or another --out")
         self._guard(lambda: self.path.mkdir(parents=True, exist_ok=True))
         self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
         return []
 
-    def update_run(self, run: Mapping[str, Any]) -> None:
-        """Rewrite run.yaml (e.g. to store derived bounds), atomically."""
-        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
+    def update_run(self, changes: Mapping[str, Any]) -> None:
+        """Replace top-level sections of run.yaml (e.g. to store derived bounds), atomically."""
+        document = {**self.read_run(), **dict(changes)}
+        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(document, sort_keys=False)))
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one finished evaluation, flushed to disk before returning."""
@@ -84,3 +102,32 @@ def _refuse_changes(stored: Mapping[str, Any], current: Mapping[str, Any], file:
                 f"{file}: the run changed ({first_difference(a, b, section)}); "
                 "fix: resume with the same settings or start a new --out"
             )
+
+
+def _upgraded(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run.yaml of an earlier version kept the space's fingerprint in its run section."""
+    run = stored.get("run")
+    if isinstance(run, Mapping) and "space_fingerprint" in run:
+        run = dict(run)
+        stored = {**stored, "run": run}
+        stored.setdefault(FINGERPRINTS, {"space": run.pop("space_fingerprint")})
+    return stored
+
+
+def _check_fingerprints(stored: Mapping[str, Any], current: Mapping[str, Any], file: Path, force: bool) -> str | None:
+    """Refuse a resume whose inputs changed; with ``force``, return what changed (for the record)."""
+    change = changed_fingerprint(stored.get(FINGERPRINTS) or {}, current.get(FINGERPRINTS) or {})
+    if change is None:
+        return None
+    name, what = change
+    if name in UNFORCEABLE:
+        raise LoraSearchError(
+            f"{file}: {what}; fix: restore it or start a new --out "
+            "(the logged genes index the old space's choices, so --force cannot continue on another space)"
+        )
+    if not force:
+        raise LoraSearchError(
+            f"{file}: {what}; fix: restore it, start a new --out, "
+            "or pass --force to resume anyway (the front then mixes evaluations of both)"
+        )
+    return f"{what}; resumed with --force"
