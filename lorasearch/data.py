@@ -354,7 +354,7 @@ def subset(records: Sequence[Record], n: int | None, seed: int = 0) -> list[Reco
     if n is None or n >= len(records):
         return list(records)
     if n <= 0:
-        raise DataError(f"subset size {n}: the subset would be empty; fix: use a limit of 1 or more")
+        raise DataError(f"subset size {n} (--limit, --max-records): the subset would be empty; fix: use 1 or more")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     return [records[i] for i in sorted(order[:n])]
@@ -367,7 +367,8 @@ def train_val_split(
     total = len(records)
     count = round(val_size * total) if isinstance(val_size, float) and 0 < val_size < 1 else int(val_size)
     if not 0 < count < total:
-        raise DataError(f"val_size {val_size}: must leave both parts non-empty for {total} records")
+        raise DataError(f"val_size {val_size}: must leave both parts non-empty for {total} records; "
+                        f"fix: use a share in (0, 1) or a count from 1 to {total - 1}")
     order = list(range(total))
     random.Random(seed).shuffle(order)
     val = set(order[:count])

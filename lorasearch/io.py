@@ -21,6 +21,7 @@ import yaml
 from .errors import LoraSearchError, LoraSearchWarning
 
 MAX_YAML_ALIASES = 100  # a few anchors are fine; thousands are an alias bomb
+MAX_YAML_VALUES = 100_000  # values a document holds once its aliases are expanded (a space file has hundreds)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -217,6 +218,18 @@ class FolderLock:
         self.release()
 
 
+def _forget_locks() -> None:
+    """In a forked child: the parent holds the locks, not the child (its copies of the descriptors
+    would keep a lock alive after the parent died)."""
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks)
+
+
 def _lock_holder(fd: int) -> str:
     """``process 1234`` (``on host`` when another machine holds it), from the lock file."""
     try:
@@ -304,10 +317,11 @@ def _unique_keys(pairs: list[tuple[str, Any]], source: str, error: type[LoraSear
 
 
 class SafeLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader that refuses keys given twice and bounds the number of aliases.
+    """``yaml.safe_load``'s loader that refuses keys given twice and bounds what aliases can do.
 
     YAML keeps the last of two equal keys without a word; and a few lines of nested aliases can
-    expand to gigabytes (an alias bomb), so more than `MAX_YAML_ALIASES` are refused.
+    expand to gigabytes (an alias bomb): more than `MAX_YAML_ALIASES` aliases, a document that
+    expands to more than `MAX_YAML_VALUES` values, and an alias inside its own anchor are refused.
     """
 
     def __init__(self, stream: Any) -> None:
@@ -324,6 +338,12 @@ class SafeLoader(yaml.SafeLoader):
                 )
         return super().compose_node(parent, index)
 
+    def compose_document(self):
+        node = super().compose_document()
+        if self.aliases:
+            _check_expansion(node)
+        return node
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
@@ -334,6 +354,33 @@ class SafeLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that expands to more than `MAX_YAML_VALUES` values, or holds a cycle."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias inside its own anchor (a recursive value)",
+                                                    node.start_mark)
+        open_nodes.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand it to more than {MAX_YAML_VALUES} values; write the values out", node.start_mark
+            )
+        return total
+
+    size(root)
 
 
 def parse_yaml(text: str, source: str, error: type[LoraSearchError] = LoraSearchError) -> Any:
