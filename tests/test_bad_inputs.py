@@ -390,9 +390,3 @@ def test_a_bad_input_ends_in_one_line_naming_it(files, capsys, monkeypatch, comm
     assert lines and len(lines) <= 3 and lines[0].startswith("error: "), err
     assert named.format_map(files) in lines[0], err
 
-
-if __name__ == "__main__":  # print every case's message, to read them all at once
-    import sys
-    import tempfile
-
-    sys.exit(pytest.main([__file__, "-q", "-k", "naming_it", "-p", "no:cacheprovider", "--tb=no", "-rN"]))

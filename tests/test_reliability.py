@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lorasearch.cli import main
 from lorasearch.data import synthetic_task
@@ -69,14 +69,17 @@ CHILD = textwrap.dedent("""
 
     wrap(rundir)
     wrap(train)
-    if hook == "rename":  # killed between the checkpoint's two renames, the n-th time
+    if hook in ("rename", "renamed"):  # killed just before (after) the checkpoint's last rename, the n-th time
         real_rename, renames = Path.rename, [0]
         def rename(self, target):
             if self.name == "checkpoint.tmp":
                 renames[0] += 1
-                if renames[0] == n:
+                if renames[0] == n and hook == "rename":
                     os.kill(os.getpid(), signal.SIGKILL)
-            return real_rename(self, target)
+            moved = real_rename(self, target)
+            if self.name == "checkpoint.tmp" and renames[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return moved
         Path.rename = rename
     from lorasearch.cli import main
     main(args)
@@ -430,19 +433,14 @@ def test_training_killed_between_the_checkpoint_renames_resumes_from_it(full_tra
     assert_same_training(full_training, out)
 
 
-def test_a_checkpoint_left_beside_a_finished_one_does_not_block_the_next(tmp_path):
-    from lorasearch.train import NLSTrainer, TrainArgs
-
-    from lorasearch.data import IGNORE_INDEX
-
-    examples = [{"input_ids": list(range(3, 13)), "labels": [IGNORE_INDEX] * 6 + list(range(9, 13))}] * 8
-    args = TrainArgs(steps=4, batch_size=2, checkpoint_every=2)
-    t = NLSTrainer(SuperNetwork(tiny_model("llama"), TINY_SPACE), examples, args, tmp_path / "t")
-    t.prepare()
-    (tmp_path / "t" / "checkpoint.old").mkdir(parents=True)  # a crash after the last rename left it
-    (tmp_path / "t" / "checkpoint.old" / "state.json").write_text("{}")
-    t.train(progress=False)
-    assert json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())["step"] == 4
+@pytest.mark.slow
+def test_training_killed_before_the_old_checkpoint_is_removed_resumes_exactly(full_training, tmp_path):
+    out = tmp_path / "train"
+    killed("renamed", 2, "train", *TRAIN, "--out", out)  # step-8 checkpoint in place, step-4 one beside it
+    assert (out / "checkpoint" / "state.json").is_file() and (out / "checkpoint.old").is_dir()
+    run_cli("train", *TRAIN, "--out", out, "--resume")  # its next checkpoint must not trip over the leftover
+    assert not (out / "checkpoint.old").exists()
+    assert_same_training(full_training, out)
 
 
 # ------------------------------------------------------------------------ 7. hub and folders
@@ -497,3 +495,17 @@ def test_a_forked_child_does_not_inherit_the_lock(tmp_path):
                 os._exit(0 if f"in use by process {os.getppid()}" in str(exc) else 2)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_run_directory_of_the_earlier_layout_resumes_and_gains_fingerprints(tmp_path):
+    from helpers import synthetic_search
+
+    out = tmp_path / "run"
+    synthetic_search(out, budget=16)
+    document = yaml.safe_load((out / "run.yaml").read_text())
+    space = document.pop("fingerprints")["space"]
+    document["run"] = {**document["run"], "space_fingerprint": space}  # where earlier versions kept it
+    (out / "run.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = synthetic_search(out, budget=16, resume=True)
+    assert len(result.table) == 16
+    assert yaml.safe_load((out / "run.yaml").read_text())["fingerprints"] == {"space": space}

@@ -125,17 +125,20 @@ class SearchRun:
         return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
                              self.seq_len, self.deployment)
 
-    def run_info(self, net: SuperNetwork | None = None) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
         """The ``run`` section of run.yaml: the settings a resume must find unchanged."""
         info = {"network": settings_dict(self.network), "task": settings_dict(self.task)}
         if self.storage:
             info["storage"] = self.storage
         return info
 
-    def fingerprints(self, net: SuperNetwork, evaluator: Evaluator, records: Sequence[Any]) -> dict[str, str | None]:
-        """What the results depend on (see `lorasearch.fingerprints`); a resume must find it unchanged."""
+    def fingerprints(self, network: str, evaluator: Evaluator, records: Sequence[Any]) -> dict[str, str | None]:
+        """What the results depend on (see `lorasearch.fingerprints`); a resume must find it unchanged.
+
+        ``network`` is `SuperNetwork.fingerprint` (the space and every adapter tensor).
+        """
         return {
-            "adapter": net.fingerprint(),
+            "adapter": network,
             "model": model_fingerprint(self.network.model, self.network.gguf_file),
             "task": records_fingerprint(records),
             "evaluator": evaluator_fingerprint(evaluator),
@@ -162,16 +165,17 @@ class SearchRun:
         net = build_network(self.network)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
+        fingerprint = net.fingerprint()
         with contextlib.ExitStack() as stack:
             workers = None
             if backend.kind != "local":  # the local backend is the engine's default
-                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=net.fingerprint())
+                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=fingerprint)
                 workers = stack.enter_context(parallel)
             result = search_network(
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
-                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(net),
+                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(),
                 resume=resume, log=log, backend=workers, optuna_storage=self.storage,
-                fingerprints=self.fingerprints(net, evaluator, records), force=force,
+                fingerprints=self.fingerprints(fingerprint, evaluator, records), force=force,
             )
         return result, net
 

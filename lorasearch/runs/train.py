@@ -49,6 +49,7 @@ def prepare_training(
     locked from before the model loads until the training ends; a resume whose model, records or
     starting adapter changed is refused unless ``force``.
     """
+    args.check()  # before the folder is made
     with FolderLock(out):  # the trainer takes the lock over in prepare()
         return _prepare(network, tasks, args, out, target, max_length, val_size, max_records, resume, overwrite,
                         force, log)

@@ -54,25 +54,30 @@ class RunDirectory:
         the logged genes would mean other configs); a torn last line of the log is cut off.
         """
         if resume:
-            stored = _upgraded(self.read_run())
+            raw = self.read_run()
+            stored = _upgraded(raw)
             forced = _check_fingerprints(stored, run, self.run_file, force)
             _refuse_changes(stored, run, self.run_file)
+            kept = dict(stored.get(FINGERPRINTS) or {})
             current = dict(run.get(FINGERPRINTS) or {})
+            prints = current if forced else {**current, **{k: v for k, v in kept.items() if v is not None}}
             if forced:
-                self.update_run({FINGERPRINTS: current, FORCED: list(stored.get(FORCED) or []) + [forced]})
-            elif current.keys() - (stored.get(FINGERPRINTS) or {}).keys():  # a run of an earlier version
-                self.update_run({FINGERPRINTS: {**current, **(stored.get(FINGERPRINTS) or {})}})
+                stored[FORCED] = list(stored.get(FORCED) or []) + [forced]
+            if forced or prints != kept or stored is not raw:
+                self._write({**stored, FINGERPRINTS: prints})
             return read_jsonl(self.path / LOG_FILE, repair=True)
         if self.run_file.exists() or (self.path / LOG_FILE).exists():
             raise LoraSearchError(f"{self.path}: already holds a search; fix: pass --resume to continue it, or another --out")
         self._guard(lambda: self.path.mkdir(parents=True, exist_ok=True))
-        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
+        self._write(run)
         return []
 
     def update_run(self, changes: Mapping[str, Any]) -> None:
         """Replace top-level sections of run.yaml (e.g. to store derived bounds), atomically."""
-        document = {**self.read_run(), **dict(changes)}
-        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(document, sort_keys=False)))
+        self._write({**self.read_run(), **dict(changes)})
+
+    def _write(self, document: Mapping[str, Any]) -> None:
+        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(document), sort_keys=False)))
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one finished evaluation, flushed to disk before returning."""
