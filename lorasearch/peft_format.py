@@ -7,7 +7,6 @@ only through ``torch.load(weights_only=True)``, with a warning.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import AdapterError
-from .io import atomic_write_json
+from .errors import AdapterError, LoraSearchWarning
+from .io import atomic_write_json, parse_json, read_text
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -72,13 +71,14 @@ def read_adapter(path: str | Path) -> AdapterFolder:
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
         raise AdapterError(f"{config_file}: missing; fix: point --adapter at a PEFT LoRA folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_file}: line {exc.lineno}: malformed JSON ({exc.msg}); fix the syntax or re-save the adapter") from None
+    config = parse_json(read_text(config_file, AdapterError, "adapter config"), str(config_file), AdapterError)
+    if not isinstance(config, dict):
+        raise AdapterError(f"{config_file}: a JSON {type(config).__name__}, not an object; fix: re-save the adapter")
     _check_config(config, config_file)
     weights_file, tensors = _read_tensors(path)
-    return AdapterFolder(path, config, _group_tensors(tensors, config, weights_file), weights_file)
+    modules = _group_tensors(tensors, config, weights_file)
+    _check_ranks(modules, config, config_file)
+    return AdapterFolder(path, config, modules, weights_file)
 
 
 def _check_config(config: dict[str, Any], file: Path) -> None:
@@ -101,7 +101,8 @@ def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise AdapterError(f"{safe}: unreadable safetensors file ({_first_line(exc)}); fix: re-save the adapter") from None
     if pickled.is_file():
-        warnings.warn(f"{pickled}: pickle-based weights; loading with torch.load(weights_only=True)", stacklevel=3)
+        warnings.warn(LoraSearchWarning(f"{pickled}: pickle-based weights; loading with torch.load(weights_only=True)"),
+                      stacklevel=3)
         try:
             return pickled, torch.load(pickled, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -132,6 +133,22 @@ def _group_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], fil
             )
         modules[name] = AdapterModule(a, b, float(pattern_value(alpha_pattern, name, alpha)))
     return modules
+
+
+def _check_ranks(modules: Mapping[str, AdapterModule], config: Mapping[str, Any], file: Path) -> None:
+    """Refuse a config whose ``r`` (or ``rank_pattern``) disagrees with the tensors, as stock PEFT does:
+    the scale ``alpha / r`` would be computed from a rank the tensors do not have."""
+    r, patterns = config.get("r", 8), config.get("rank_pattern") or {}
+    if not isinstance(patterns, Mapping):
+        raise AdapterError(f"{file}: rank_pattern: must be an object of module pattern -> rank; fix: re-save the adapter")
+    for name, module in modules.items():
+        declared = pattern_value(patterns, name, r)
+        if declared != module.rank:
+            key = "rank_pattern" if declared != r else "r"
+            raise AdapterError(
+                f"{file}: {key} says rank {declared} for {name}, but its lora_A/lora_B tensors have rank {module.rank}; "
+                f"fix: set {key} to {module.rank} (or re-save the adapter)"
+            )
 
 
 def write_adapter(

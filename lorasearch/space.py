@@ -232,9 +232,12 @@ class SearchSpace:
         """The number of distinct configs (the product of the choice-list lengths)."""
         return math.prod(len(g.choices) for g in self.genes)
 
-    def encode(self, config: Mapping[str, Any]) -> np.ndarray:
-        """Turn a config into its gene vector (index into each descending list; 0 = largest)."""
-        field_ = f"{self.source or self.name}: config"
+    def encode(self, config: Mapping[str, Any], source: str | None = None) -> np.ndarray:
+        """Turn a config into its gene vector (index into each descending list; 0 = largest).
+
+        ``source`` names where the config came from in errors (default: the space's file).
+        """
+        field_ = f"{source or self.source or self.name}: config"
         unknown = set(config) - set(self.keys)
         if unknown:
             raise SpaceError(f"{field_}: unknown key {sorted(unknown)[0]!r}; fix: use the keys of space {self.name!r}")

@@ -3,17 +3,21 @@
 The base model stays frozen; the adapters train while a sub-network config, drawn once per
 optimizer step by a sampler (``lorasearch.sampling``), is active. A run folder holds::
 
-    train_run.yaml     the run's settings (a different run refuses to write here)
+    train_run.yaml     the run's settings (a different run refuses to write here) and the
+                       fingerprints of its model, records and starting adapter (a resume checks them)
     train_log.jsonl    one flushed line per step: loss, lr, the sampled configs' genes and task losses
                        (with --distill also their KL to the max subnet)
     checkpoint/        adapters, optimizer, scheduler, RNG states and step (for --resume)
+    .lorasearch.lock   held by the process that trains here (`lorasearch.io.FolderLock`)
     adapter/           the super-adapter in PEFT format (stock PEFT loads it), with the space
     space.yaml         the search space
     nls_stats.json     per-gene activation counts and mean training loss per sampled config
     heuristics.json    the midpoint, most-frequent and min-loss subnets
 
 Every step's data, config draws and dropout come from generators seeded by (seed, step), so a
-resumed run ends in exactly the state of an uninterrupted one.
+resumed run ends in exactly the state of an uninterrupted one, wherever it was killed: the log is
+cut back to the checkpoint's step (to nothing before the first checkpoint), and a checkpoint
+written whole but not yet renamed into place is used.
 
 **In-place distillation** (``distill``, as in BigNAS and Once-for-All): on every micro-batch the max
 subnet's response logits, detached, are the teacher of the step's other subnets, whose loss is
@@ -31,6 +35,7 @@ import math
 import random
 import shutil
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -43,7 +48,18 @@ from safetensors.torch import load_file, save_file
 
 from .data import IGNORE_INDEX
 from .errors import LoraSearchError
-from .io import append_jsonl, atomic_write_json, atomic_write_text, first_difference, read_jsonl
+from .fingerprints import changed_fingerprint
+from .io import (
+    LOCK_FILE,
+    FolderLock,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    first_difference,
+    fsync_file,
+    read_document,
+    read_jsonl,
+)
 from .sampling import make_sampler, resolve_sampler
 from .space import Config, SearchSpace
 from .supernet import SuperNetwork
@@ -261,26 +277,81 @@ class NLSTrainer:
         self._resume_states: dict[str, Any] | None = None
 
     # -- folder and checkpoints
-    def prepare(self, *, resume: bool = False, overwrite: bool = False) -> None:
-        """Claim the output folder: refuse another run's folder unless resuming or overwriting."""
+    def prepare(self, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+                fingerprints: Mapping[str, str | None] | None = None) -> None:
+        """Claim the output folder: refuse another run's folder unless resuming or overwriting.
+
+        The folder stays locked against other processes until `train` finishes. ``fingerprints``
+        (model, records, starting adapter) are stored; a resume whose fingerprints differ is
+        refused unless ``force``.
+        """
+        self._lock = FolderLock(self.out_dir).acquire()
+        weakref.finalize(self, self._lock.release)  # an abandoned trainer lets go of the folder
+        try:
+            self._claim(resume, overwrite, force, fingerprints)
+        except BaseException:
+            self.release()
+            raise
+
+    def _claim(self, resume: bool, overwrite: bool, force: bool, fingerprints: Mapping[str, str | None] | None) -> None:
         info_file = self.out_dir / "train_run.yaml"
-        if overwrite and self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
+        if overwrite:
+            _clear_folder(self.out_dir)
+        current, prints = _plain(self.run_info), _plain(dict(fingerprints or {}))
+        document = {**current, "fingerprints": prints} if prints else dict(current)
         if info_file.exists():
-            previous = yaml.safe_load(info_file.read_text())
-            if previous != _plain(self.run_info):
-                diff = first_difference(previous, _plain(self.run_info))
+            previous = read_document(info_file, what="training run file")
+            previous = dict(previous) if isinstance(previous, Mapping) else {}
+            stored_prints, forced = previous.pop("fingerprints", None) or {}, list(previous.pop("forced", None) or [])
+            if previous != current:
+                diff = first_difference(previous, current)
                 raise LoraSearchError(
                     f"{info_file}: the folder holds a different run ({diff}); fix: use --overwrite or another --out"
                 )
             if not resume:
                 raise LoraSearchError(f"{self.out_dir}: already holds this run; fix: pass --resume to continue or --overwrite")
-        elif self.out_dir.exists() and any(self.out_dir.iterdir()):
+            change = changed_fingerprint(stored_prints, prints)
+            if change is not None and not force:
+                raise LoraSearchError(
+                    f"{info_file}: {change[1]}; fix: restore it, use --overwrite or another --out, "
+                    "or pass --force to resume anyway (the adapter then trains on both)"
+                )
+            if change is not None:
+                forced.append(f"{change[1]}; resumed with --force")
+            if forced:
+                document["forced"] = forced
+        elif any(p.name != LOCK_FILE for p in self.out_dir.iterdir()):
             raise LoraSearchError(f"{self.out_dir}: exists and is not a training run; fix: choose an empty --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(info_file, yaml.safe_dump(_plain(self.run_info), sort_keys=False))
-        if resume and (self.out_dir / "checkpoint" / "state.json").exists():
-            self._load_checkpoint()
+        atomic_write_text(info_file, yaml.safe_dump(document, sort_keys=False))
+        if resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Continue from the newest whole checkpoint; steps logged after it will be trained again."""
+        folder = self._usable_checkpoint()
+        if folder is not None:
+            self._load_checkpoint(folder)
+        self._trim_log(self.step)
+
+    def _usable_checkpoint(self) -> Path | None:
+        """``checkpoint/``, or one a crash left under its temporary name (``state.json`` is written last)."""
+        final = self.out_dir / "checkpoint"
+        if (final / "state.json").is_file():
+            return final
+        for leftover in (self.out_dir / "checkpoint.tmp", self.out_dir / "checkpoint.old"):  # newest first
+            if (leftover / "state.json").is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                leftover.rename(final)
+                return final
+        return None
+
+    def _trim_log(self, step: int) -> None:
+        """Keep the log's records up to ``step`` (a torn last line is cut with a warning)."""
+        log = self.out_dir / "train_log.jsonl"
+        records = read_jsonl(log, repair=True)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records):
+            atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _save_checkpoint(self, optimizer, scheduler) -> None:
         tmp, final = self.out_dir / "checkpoint.tmp", self.out_dir / "checkpoint"
@@ -290,16 +361,19 @@ class NLSTrainer:
                    for n, m in self.net.elastic.items() if m.lora_A is not None for part in ("lora_A", "lora_B")}
         save_file(tensors, str(tmp / "adapters.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        for written in ("adapters.safetensors", "optimizer.pt"):
+            fsync_file(tmp / written)
         state = {"step": self.step, "stats": self.stats.to_dict(), "rng": _rng_states()}
-        (tmp / "state.json").write_text(json.dumps(state))
+        atomic_write_text(tmp / "state.json", json.dumps(state))  # last: its presence marks the folder whole
         old = self.out_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)  # left by a crash after the last rename
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
 
-    def _load_checkpoint(self) -> None:
-        folder = self.out_dir / "checkpoint"
+    def _load_checkpoint(self, folder: Path | None = None) -> None:
+        folder = folder or self.out_dir / "checkpoint"
         tensors = load_file(str(folder / "adapters.safetensors"))
         with torch.no_grad():
             for key, value in tensors.items():
@@ -310,10 +384,12 @@ class NLSTrainer:
         self.stats.load_dict(state["stats"])
         _set_rng_states(state["rng"])
         self._resume_states = torch.load(folder / "optimizer.pt", weights_only=True)
-        # Steps logged after the checkpoint will be trained again: drop them from the log.
-        log = self.out_dir / "train_log.jsonl"
-        kept = [r for r in read_jsonl(log) if r["step"] <= self.step]
-        atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def release(self) -> None:
+        """Let go of the output folder's lock (`train` does so when it finishes)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     # -- the loop
     def train(self, progress: bool = True) -> TrainResult:
@@ -404,6 +480,7 @@ class NLSTrainer:
         heuristics = {"midpoint": space.heuristic(), "most_frequent": self.stats.most_frequent(),
                       "min_loss": self.stats.min_loss(5)}
         atomic_write_json(self.out_dir / "heuristics.json", heuristics)
+        self.release()
         return TrainResult(self.out_dir, adapter_dir, self.step, loss, seconds)
 
 
@@ -424,6 +501,17 @@ def _set_rng_states(states: Mapping[str, Any]) -> None:
     kind, keys, *rest = states["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(torch.tensor(states["torch"], dtype=torch.uint8))
+
+
+def _clear_folder(folder: Path) -> None:
+    """Delete what ``folder`` holds, except its lock file (held by this process)."""
+    for entry in folder.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _plain(obj: Any) -> Any:

@@ -215,6 +215,7 @@ def test_adapter_of_lower_rank_than_space(adapter):
         for k in list(t):
             t[k] = t[k][:4] if ".lora_A." in k else t[k][:, :4].contiguous()
     edit_tensors(adapter, shrink)
+    edit_config(adapter, r=4)  # a consistent rank-4 adapter (a config that disagrees is refused on its own)
     with pytest.raises(SpaceError) as exc:
         load(adapter)
     one_line_error(exc, str(TINY_SPACE), "start at 8", "trained rank is 4", "fix")

@@ -190,7 +190,14 @@ def test_column_mapping(tmp_path):
 
 def test_hf_folder_without_datasets_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    (tmp_path / "dataset_dict.json").write_text('{"splits": ["train"]}')  # what save_to_disk writes
     with pytest.raises(DataError, match="pip install datasets"):
+        load_records(tmp_path)
+
+
+def test_a_plain_folder_is_no_datasets_folder(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match=r"a folder, and no Hugging Face datasets folder .*fix: pass a \.json"):
         load_records(tmp_path)
 
 

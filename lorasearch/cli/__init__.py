@@ -4,7 +4,9 @@ Every error a user can cause ends in one line and a non-zero exit, never a trace
 
 * usage errors (an unknown option, a value of the wrong type) in the command-line library's own
   words, naming the option, with a pointer to ``--help`` (exit 2);
-* bad input (a file, a field, a setting) as ``error: FILE: FIELD: problem; fix: ...`` (exit 2).
+* bad input (a file, a field, a setting) as ``error: FILE: FIELD: problem; fix: ...`` (exit 2);
+* what lorasearch handled but the user should know (`LoraSearchWarning`: a torn log line cut off,
+  a pickle file read) as one ``warning: ...`` line each.
 
 Set ``LORASEARCH_DEBUG=1`` to see tracebacks of unexpected failures.
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
-from ..errors import LoraSearchError
+from ..errors import LoraSearchError, LoraSearchWarning
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
 
@@ -26,6 +29,25 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
     debug = bool(os.environ.get("LORASEARCH_DEBUG"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", LoraSearchWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        _run(argv, debug)
+
+
+def _one_line_warnings(show):
+    """A ``showwarning`` that prints a `LoraSearchWarning` as ``warning: ...`` (others as before)."""
+
+    def showwarning(message, category, *rest):
+        if issubclass(category, LoraSearchWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest)
+
+    return showwarning
+
+
+def _run(argv: list[str] | None, debug: bool) -> None:
     try:
         app(args=argv, prog_name="lorasearch", standalone_mode=False)
     except typer.Exit as exc:

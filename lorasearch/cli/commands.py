@@ -206,6 +206,9 @@ def train_command(
     max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 256,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace whatever --out holds.")] = False,
+    force: Annotated[bool, typer.Option(help=(
+        "With --resume: continue even though the model, the task records or the starting adapter changed since "
+        "the run began (the adapter then trains on both; train_run.yaml records it)."))] = False,
 ) -> None:
     """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
     from ..runs.train import prepare_training
@@ -213,7 +216,7 @@ def train_command(
     network = dataclasses.replace(network, seed=args.seed)  # one --seed seeds the adapters and the run
     trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
                                val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
-                               log=console.print)
+                               force=force, log=console.print)
     result = trainer.train(progress=True)
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
     console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
@@ -316,6 +319,10 @@ def search_command(
     storage: Annotated[Optional[str], typer.Option(help=(
         "optuna storage shared with other search processes (tpe, optuna-nsga2): sqlite:///study.db, postgresql://..."
     ))] = None,
+    force: Annotated[bool, typer.Option(help=(
+        "With --resume: continue even though the adapter, model, task records or evaluator changed since the run "
+        "began (the front then mixes evaluations of both; run.yaml records it). A changed space is always refused."
+    ))] = False,
 ) -> None:
     """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
     from ..runs.search import SearchRun, run_from_file
@@ -341,9 +348,12 @@ def search_command(
         plan.storage = storage  # a resume with another storage than run.yaml's is refused
     if out is None:
         raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
+    if force and resume is None:
+        raise LoraSearchError("--force: only means something with --resume; fix: drop it, or pass --resume RUN_DIR")
     # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
     progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
-    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress)
+    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
+                         force=force)
     print_search_summary(result)
 
 

@@ -2,7 +2,7 @@
 
 A run directory (written by `lorasearch.search.rundir.RunDirectory`)::
 
-    run.yaml            the settings (run, search), the fixed objective bounds, the fingerprints
+    run.yaml            the settings (run, search), the fingerprints, the fixed objective bounds
     evaluations.jsonl   append-only, one line per finished evaluation (the resume source)
     results.csv         every evaluation: config, genes, objectives, generation, source, is_pareto
     pareto.csv          the non-dominated feasible evaluations
@@ -11,7 +11,8 @@ A run directory (written by `lorasearch.search.rundir.RunDirectory`)::
 `load_run` reads it into a `SearchResult`, the same object a search returns in memory, so plots,
 reports, picking and exports take either. ``results.csv`` is read when it is complete, else the
 table is rebuilt from ``evaluations.jsonl`` (a run killed between generations logged more than it
-tabled).
+tabled). A torn last line of the log (a write cut short by a crash) is left out with the same
+one-line warning a resume gives (`lorasearch.io.read_jsonl`); the file is not changed here.
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def load_run(
             f"{path / RUN_FILE}: bounds: missing (the search stopped before its first evaluation); "
             "fix: run or --resume the search"
         )
-    records = [r for r in read_jsonl(path / LOG_FILE) if "eval_id" in r]  # raced chunks are no evaluations
+    # a torn last line is left out, with a warning; raced chunks are no evaluations
+    records = [r for r in read_jsonl(path / LOG_FILE, error=error) if "eval_id" in r]
     table = _read_table(path, records, stored or [], error)
     return SearchResult(
         table=table,

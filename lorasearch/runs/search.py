@@ -10,13 +10,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import LoraSearchError
 from ..evaluate import Evaluator
+from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
+from ..io import FolderLock
 from ..results.run import SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
 from ..search.engine import SearchSettings, run_search
 from ..search.objectives import Constraint, Objective
 from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
-from ..space import space_fingerprint
 from ..supernet import SuperNetwork
 from .objectives import network_objectives
 from .settings import (
@@ -25,6 +26,7 @@ from .settings import (
     absolute_paths,
     build_evaluator,
     build_network,
+    load_task,
     settings_dict,
     settings_from_dict,
 )
@@ -121,25 +123,35 @@ class SearchRun:
         return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
                              self.seq_len, self.deployment)
 
-    def run_info(self, net: SuperNetwork) -> dict[str, Any]:
-        """The ``run`` section of run.yaml: the settings and what a resume must find unchanged."""
-        info = {
-            "network": settings_dict(self.network),
-            "space_fingerprint": space_fingerprint(net.space),
-            "task": settings_dict(self.task),
-        }
+    def run_info(self) -> dict[str, Any]:
+        """The ``run`` section of run.yaml: the settings a resume must find unchanged."""
+        info = {"network": settings_dict(self.network), "task": settings_dict(self.task)}
         if self.storage:
             info["storage"] = self.storage
         return info
 
+    def fingerprints(self, network: str, evaluator: Evaluator, records: Sequence[Any]) -> dict[str, str | None]:
+        """What the results depend on (see `lorasearch.fingerprints`); a resume must find it unchanged.
+
+        ``network`` is `SuperNetwork.fingerprint` (the space and every adapter tensor).
+        """
+        return {
+            "adapter": network,
+            "model": model_fingerprint(self.network.model, self.network.gguf_file),
+            "task": records_fingerprint(records),
+            "evaluator": evaluator_fingerprint(evaluator),
+        }
+
     def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
-            backend: BackendSettings | None = None,
-            progress: Callable[[str], None] | None = None) -> tuple[SearchResult, SuperNetwork]:
+            backend: BackendSettings | None = None, progress: Callable[[str], None] | None = None,
+            force: bool = False) -> tuple[SearchResult, SuperNetwork]:
         """Build the network and evaluator, then search into ``out``; returns (result, network).
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
         ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
-        gets them too).
+        gets them too). ``out`` is locked from before the model loads to the end (a second process
+        is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
+        the run began.
         """
         backend = backend or BackendSettings()
         backend.check()
@@ -149,17 +161,25 @@ class SearchRun:
                                   "fix: search with the local backend")
         if self.storage:
             check_shareable(self.settings.strategy)
+        with FolderLock(out):
+            return self._run(out, resume, log, backend, progress, force)
+
+    def _run(self, out: str | Path, resume: bool, log: Callable[[str], None] | None, backend: BackendSettings,
+             progress: Callable[[str], None] | None, force: bool) -> tuple[SearchResult, SuperNetwork]:
         net = build_network(self.network)
-        evaluator = build_evaluator(net, self.task)
+        records = load_task(self.task)
+        evaluator = build_evaluator(net, self.task, records)
+        fingerprint = net.fingerprint()
         with contextlib.ExitStack() as stack:
             workers = None
             if backend.kind != "local":  # the local backend is the engine's default
-                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=net.fingerprint())
+                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=fingerprint)
                 workers = stack.enter_context(parallel)
             result = search_network(
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
-                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(net),
+                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(),
                 resume=resume, log=log, backend=workers, optuna_storage=self.storage, progress=progress,
+                fingerprints=self.fingerprints(fingerprint, evaluator, records), force=force,
             )
         return result, net
 

@@ -23,7 +23,7 @@ from ..compress.masked import apply_adapter_mode
 from ..compress.network import resolve_mode
 from ..compress.quant import attach_grids, is_quantized_folder
 from ..data import Record, is_multiple_choice, load_records, synthetic_task
-from ..errors import LoraSearchError
+from ..errors import AdapterError, LoraSearchError
 from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleChoiceEvaluator
 from ..io import parse_json, read_text
 from ..lm_eval_harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
@@ -155,6 +155,8 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
     """The space file: given, or the one saved beside the adapter."""
     if settings.space:
         return SearchSpace.load(settings.space)
+    if settings.adapter and not Path(settings.adapter).is_dir():
+        raise AdapterError(f"{settings.adapter}: no such adapter folder; fix: point --adapter at a PEFT LoRA folder")
     if settings.adapter and (Path(settings.adapter) / SPACE_FILE_NAME).is_file():
         return SearchSpace.load(Path(settings.adapter) / SPACE_FILE_NAME)
     raise LoraSearchError("--space: missing; fix: pass a space file (see search_spaces/) or an adapter saved by lorasearch")
@@ -285,5 +287,5 @@ def resolve_config(space: SearchSpace, choice: str | None) -> Config:
     config = data.get("config", data) if isinstance(data, Mapping) else None
     if not isinstance(config, Mapping):
         raise LoraSearchError(f"{path}: expected a JSON object of gene key -> value (or a subnet.json)")
-    space.encode(config)
+    space.encode(config, source=str(path))
     return dict(config)

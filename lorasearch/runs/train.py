@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 from ..compress.quant import GRID_ATTR
 from ..data import Record, load_records, subset, synthetic_task, train_val_split
 from ..errors import LoraSearchError, SpaceError
-from ..io import atomic_write_json, atomic_write_text
+from ..fingerprints import model_fingerprint, records_fingerprint
+from ..io import FolderLock, atomic_write_json, atomic_write_text
 from ..permutation import ChannelPermutation
 from ..reorder import ReorderResult, network_unit_sets, reorder_network
 from ..space import space_fingerprint
@@ -49,6 +50,7 @@ def prepare_training(
     synthetic_records: int = 400,
     resume: bool = False,
     overwrite: bool = False,
+    force: bool = False,
     log: Callable[[str], None] = print,
 ) -> NLSTrainer:
     """Build the super-network and data, claim ``out``, and return a trainer ready to ``train()``.
@@ -57,8 +59,19 @@ def prepare_training(
     The held-out records go to ``out/validation.jsonl`` for the search to score on. With
     ``args.reorder`` (default: on for Mode B spaces with dense adapters) the network's MLP channels and
     heads are sorted by importance on the training records first (`lorasearch.reorder`); a resumed
-    run reapplies the permutation it saved instead of scoring again.
+    run reapplies the permutation it saved instead of scoring again. ``out`` is locked from before the
+    model loads until the training ends; a resume whose model, records or starting adapter changed is
+    refused unless ``force``.
     """
+    args.check()  # before the folder is made
+    with FolderLock(out):  # the trainer takes the lock over in prepare()
+        return _prepare(network, tasks, args, out, target, max_length, val_size, max_records, synthetic_records,
+                        resume, overwrite, force, log)
+
+
+def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, out: str | Path, target: str,
+             max_length: int, val_size: float, max_records: int | None, synthetic_records: int, resume: bool,
+             overwrite: bool, force: bool, log: Callable[[str], None]) -> NLSTrainer:
     records = load_training_records(tasks, max_records, args.seed, synthetic_records)
     train, val = train_val_split(records, val_size if val_size < 1 else int(val_size), args.seed) if val_size else (records, [])
     net = build_network(network)
@@ -81,8 +94,13 @@ def prepare_training(
         "target": target,
         "max_length": max_length,
     }
+    fingerprints = {
+        "model": model_fingerprint(network.model, network.gguf_file),
+        "task": records_fingerprint(records),
+        "adapter": net.fingerprint() if network.adapter else None,  # the adapter training starts from
+    }
     trainer = NLSTrainer(net, examples, args, out, run_info=run_info)
-    trainer.prepare(resume=resume, overwrite=overwrite)
+    trainer.prepare(resume=resume, overwrite=overwrite, force=force, fingerprints=fingerprints)
     if val:
         atomic_write_text(Path(out) / VALIDATION_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in val))
     if isinstance(reordered, ReorderResult):

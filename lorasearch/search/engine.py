@@ -3,7 +3,9 @@
 No config is evaluated twice in a run: every finished evaluation is cached by its gene tuple and
 appended to ``evaluations.jsonl`` at once. A resumed run replays the strategy from its seed and
 serves the logged evaluations from the cache, so it repeats no evaluation, loses no finished
-one, and ends with the front an uninterrupted run would have found.
+one, and ends with the front an uninterrupted run would have found. The run directory is locked
+(`lorasearch.io.FolderLock`) from the engine's start to the end of `SearchEngine.run`, so a second
+process on the same directory is refused instead of repeating the same evaluations.
 
 Two ways to spend less on a search, on every strategy where they make sense:
 
@@ -28,9 +30,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LoraSearchError
+from ..io import FolderLock
 from ..results.run import SearchResult, item_scores_of
 from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_minimisation
-from ..space import SearchSpace
+from ..space import SearchSpace, space_fingerprint
 from .backends import EvaluationBackend, LocalBackend
 from .bounds import derive_specs, needs_references
 from .objectives import ITEM_FORWARDS, ITEM_SCORES, PARTIAL, RECORD_KEYS, Constraint, Measurement, Objective
@@ -110,6 +113,8 @@ class SearchEngine:
         log: Callable[[str], None] | None = print,
         progress: Callable[[str], None] | None = None,
         optuna_storage: str | None = None,
+        fingerprints: Mapping[str, str | None] | None = None,
+        force: bool = False,
     ) -> None:
         settings.check()
         self.space, self.objectives, self.settings = space, list(objectives), settings
@@ -129,10 +134,21 @@ class SearchEngine:
         self.raced = raced_objective(self.objectives) if settings.racing else None
         self.surrogate = Surrogate(space) if settings.surrogate else None
         self.specs: list[ObjectiveSpec] | None = None
-        self._start(self.run_info, resume, shared=bool(optuna_storage))
-        self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
-        self.strategy = self._strategy(optuna_storage, out_dir)
+        self.fingerprints = {"space": space_fingerprint(space), **dict(fingerprints or {})}
+        self.lock = FolderLock(out_dir).acquire() if out_dir is not None else None
         self.start_time = time.perf_counter()
+        try:
+            self._start(self.run_info, resume, force, shared=bool(optuna_storage))
+            self.evaluated = 0  # distinct configs evaluated in this run, logged ones included
+            self.strategy = self._strategy(optuna_storage, out_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory (`run` does so when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _strategy(self, storage: str | None, out_dir: str | Path | None):
         n_obj, n_constr = len(self.objectives), len(self.constraints)
@@ -161,14 +177,14 @@ class SearchEngine:
         search = {k: v for k, v in asdict(self.settings).items()}
         search["objectives"] = [o.name for o in self.objectives]
         search["constraints"] = [str(c) for c in self.constraints]
-        return {"run": run_info, "search": search}
+        return {"run": run_info, "search": search, "fingerprints": self.fingerprints}
 
-    def _start(self, run_info: dict[str, Any], resume: bool, shared: bool) -> None:
+    def _start(self, run_info: dict[str, Any], resume: bool, force: bool, shared: bool) -> None:
         """Claim the run directory, take the logged evaluations and chunks, fix the bounds if they can be."""
         document = self._run_document(run_info)
         previous: list[dict[str, Any]] = []
         if self.rundir is not None:
-            previous = self.rundir.start(document, resume=resume)
+            previous = self.rundir.start(document, resume=resume, force=force)
             stored = self.rundir.read_run().get("bounds") if resume else None
             if stored:
                 self.specs = [ObjectiveSpec(**s) for s in stored]
@@ -190,8 +206,7 @@ class SearchEngine:
                 measured[label] = self.cache[key]["objectives"]
         self.specs = derive_specs(self.objectives, self.space, measured)
         if self.rundir is not None:
-            document = self._run_document(self.run_info)
-            self.rundir.update_run({**document, "bounds": [s.to_dict() for s in self.specs]})
+            self.rundir.update_run({"bounds": [s.to_dict() for s in self.specs]})
 
     def _restore_chunk(self, record: Mapping[str, Any]) -> None:
         """Items of an unfinished raced evaluation, scored before a crash: not to be scored again."""
@@ -202,6 +217,13 @@ class SearchEngine:
     # --------------------------------------------------------------------------- loop
     def run(self) -> SearchResult:
         """Search until the budget is spent or the strategy has nothing left to propose."""
+        try:
+            self._loop()
+            return self._finish()
+        finally:
+            self.close()
+
+    def _loop(self) -> None:
         generation, idle = 0, 0
         while self.evaluated < self.settings.budget and idle < MAX_IDLE_BATCHES:
             proposals = self._ask()
@@ -218,7 +240,6 @@ class SearchEngine:
             self.strategy.tell(genes, self._F(genes), self._G(genes))
             self._report(generation)
             generation += 1
-        return self._finish()
 
     def _ask(self) -> list[tuple[np.ndarray, str]]:
         """The strategy's next batch; with a surrogate, the best-predicted of several times as many."""
@@ -439,6 +460,10 @@ def run_search(
         log: called with one line per generation (default ``print``; None for silence).
         progress: called with one line per finished evaluation (a run directory's progress.log gets
             them anyway).
+        optuna_storage: a study shared with other search processes (tpe, optuna-nsga2).
+        fingerprints: hashes of what the results depend on (``{"adapter": ..., "task": ...}``),
+            stored in run.yaml; a resume whose fingerprints differ is refused.
+        force: resume even when a fingerprint other than the space's differs (recorded in run.yaml).
     """
     return SearchEngine(space, objectives, settings or SearchSettings(), **kwargs).run()
 

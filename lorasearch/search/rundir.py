@@ -2,9 +2,11 @@
 
 ::
 
-    run.yaml            everything needed to reproduce the run (a resume must match it)
+    run.yaml            everything needed to reproduce the run, and the fingerprints of what its
+                        results depend on (a resume must match both)
     evaluations.jsonl   append-only, one flushed line per finished evaluation (the resume source), and
                         with racing one per finished chunk of an unfinished one (``"type": "chunk"``)
+    .lorasearch.lock    held by the process that searches here (`lorasearch.io.FolderLock`)
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
     hypervolume.csv     hypervolume per generation, over the fixed bounds stored in run.yaml
@@ -20,10 +22,14 @@ import pandas as pd
 import yaml
 
 from ..errors import LoraSearchError
+from ..fingerprints import changed_fingerprint
 from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, read_jsonl
 from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
 COMPARED_SECTIONS = ("run", "search")
+FINGERPRINTS = "fingerprints"
+FORCED = "forced"  # the changes a --force resume accepted, kept for the record
+UNFORCEABLE = ("space",)  # logged genes index the space's choices: another space reads them as other configs
 PROGRESS_FILE = "progress.log"
 CHUNK = "chunk"  # a log line of items scored so far by a raced evaluation (not an evaluation)
 
@@ -44,21 +50,38 @@ class RunDirectory:
             raise LoraSearchError(f"{self.run_file}: missing; fix: point --resume at a search's run directory")
         return read_run_document(self.run_file)
 
-    def start(self, run: Mapping[str, Any], *, resume: bool) -> list[dict[str, Any]]:
-        """Claim the folder for ``run``; on resume, check it matches and return the finished evaluations."""
+    def start(self, run: Mapping[str, Any], *, resume: bool, force: bool = False) -> list[dict[str, Any]]:
+        """Claim the folder for ``run``; on resume, check it matches and return the finished evaluations.
+
+        ``run`` holds the ``run`` and ``search`` sections and, optionally, ``fingerprints``. A resume
+        whose fingerprints differ from the stored ones is refused, unless ``force`` (the space never:
+        the logged genes would mean other configs); a torn last line of the log is cut off.
+        """
         if resume:
-            stored = self.read_run()
+            raw = self.read_run()
+            stored = _upgraded(raw)
+            forced = _check_fingerprints(stored, run, self.run_file, force)
             _refuse_changes(stored, run, self.run_file)
-            return list(read_jsonl(self.path / LOG_FILE))
+            kept = dict(stored.get(FINGERPRINTS) or {})
+            current = dict(run.get(FINGERPRINTS) or {})
+            prints = current if forced else {**current, **{k: v for k, v in kept.items() if v is not None}}
+            if forced:
+                stored[FORCED] = list(stored.get(FORCED) or []) + [forced]
+            if forced or prints != kept or stored is not raw:
+                self._write({**stored, FINGERPRINTS: prints})
+            return read_jsonl(self.path / LOG_FILE, repair=True)
         if self.run_file.exists() or (self.path / LOG_FILE).exists():
             raise LoraSearchError(f"{self.path}: already holds a search; fix: pass --resume to continue it, or another --out")
         self._guard(lambda: self.path.mkdir(parents=True, exist_ok=True))
-        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
+        self._write(run)
         return []
 
-    def update_run(self, run: Mapping[str, Any]) -> None:
-        """Rewrite run.yaml (e.g. to store derived bounds), atomically."""
-        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(run), sort_keys=False)))
+    def update_run(self, changes: Mapping[str, Any]) -> None:
+        """Replace top-level sections of run.yaml (e.g. to store derived bounds), atomically."""
+        self._write({**self.read_run(), **dict(changes)})
+
+    def _write(self, document: Mapping[str, Any]) -> None:
+        self._guard(lambda: atomic_write_text(self.run_file, yaml.safe_dump(dict(document), sort_keys=False)))
 
     def progress(self, line: str) -> None:
         """Append one line to ``progress.log`` (what a run without a terminal can be followed by)."""
@@ -97,3 +120,32 @@ def _refuse_changes(stored: Mapping[str, Any], current: Mapping[str, Any], file:
                 f"{file}: the run changed ({first_difference(a, b, section)}); "
                 "fix: resume with the same settings or start a new --out"
             )
+
+
+def _upgraded(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run.yaml of an earlier version kept the space's fingerprint in its run section."""
+    run = stored.get("run")
+    if isinstance(run, Mapping) and "space_fingerprint" in run:
+        run = dict(run)
+        stored = {**stored, "run": run}
+        stored.setdefault(FINGERPRINTS, {"space": run.pop("space_fingerprint")})
+    return stored
+
+
+def _check_fingerprints(stored: Mapping[str, Any], current: Mapping[str, Any], file: Path, force: bool) -> str | None:
+    """Refuse a resume whose inputs changed; with ``force``, return what changed (for the record)."""
+    change = changed_fingerprint(stored.get(FINGERPRINTS) or {}, current.get(FINGERPRINTS) or {})
+    if change is None:
+        return None
+    name, what = change
+    if name in UNFORCEABLE:
+        raise LoraSearchError(
+            f"{file}: {what}; fix: restore it or start a new --out "
+            "(the logged genes index the old space's choices, so --force cannot continue on another space)"
+        )
+    if not force:
+        raise LoraSearchError(
+            f"{file}: {what}; fix: restore it, start a new --out, "
+            "or pass --force to resume anyway (the front then mixes evaluations of both)"
+        )
+    return f"{what}; resumed with --force"
