@@ -130,7 +130,6 @@ def training_steps(device: torch.device, tiny: bool, rounds: int) -> dict:
                 times[name].append(seconds)
     medians = {k: statistics.median(v) for k, v in times.items()}
     adapter_dtype = next(m.adapter_dtype for m in net.elastic.values() if m.lora_A is not None)
-    del net, peft_model, nls_opt, peft_opt
     return {"seconds_per_step": medians, "ratio_nls_over_peft": medians["nls"] / medians["peft"],
             "tokens_per_step": batch_size * seq, "adapter_dtype": str(adapter_dtype)}
 

@@ -12,7 +12,6 @@ each process is divided by the checkpoint's weight bytes. The target: at most 1.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time

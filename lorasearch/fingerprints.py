@@ -16,6 +16,7 @@ things unless forced.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -62,8 +63,16 @@ def model_fingerprint(spec: str, gguf_file: str | None = None) -> str:
 
 
 def records_fingerprint(records: Iterable[Any]) -> str:
-    """A hash of task records (anything with ``to_dict()``, or mappings), in order."""
-    return digest([r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in records])
+    """A hash of task records (anything with ``to_dict()``, dataclasses or mappings), in order."""
+    return digest([_record_fields(r) for r in records])
+
+
+def _record_fields(record: Any) -> dict[str, Any]:
+    if hasattr(record, "to_dict"):
+        return record.to_dict()
+    if dataclasses.is_dataclass(record):
+        return dataclasses.asdict(record)
+    return dict(record)
 
 
 def evaluator_fingerprint(evaluator: Any) -> str | None:

@@ -415,13 +415,21 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def first_difference(a: Any, b: Any, path: str = "") -> str:
-    """Describe where two nested settings differ first: ``path: old there, new now``."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-    return f"{path or 'value'}: {a!r} there, {b!r} now"
+def changed_setting(stored: Any, current: Any, path: str = "") -> str | None:
+    """Where a run's stored settings and the current ones differ (``path: old there, new now``), or None.
+
+    Only settings both know are compared: a key the stored run lacks is a setting added since it
+    began (it ran with what is now that setting's default), and a key only it has is a setting that
+    no longer exists. So an upgrade of lorasearch does not stop old runs from resuming.
+    """
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        for key in stored:
+            if key in current:
+                found = changed_setting(stored[key], current[key], f"{path}.{key}" if path else str(key))
+                if found is not None:
+                    return found
+        return None
+    return None if stored == current else f"{path or 'value'}: {stored!r} there, {current!r} now"
 
 
 def _umask() -> int:

@@ -55,7 +55,7 @@ from .io import (
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
-    first_difference,
+    changed_setting,
     fsync_file,
     read_document,
     read_jsonl,
@@ -303,8 +303,8 @@ class NLSTrainer:
             previous = read_document(info_file, what="training run file")
             previous = dict(previous) if isinstance(previous, Mapping) else {}
             stored_prints, forced = previous.pop("fingerprints", None) or {}, list(previous.pop("forced", None) or [])
-            if previous != current:
-                diff = first_difference(previous, current)
+            diff = changed_setting(previous, current)
+            if diff is not None:
                 raise LoraSearchError(
                     f"{info_file}: the folder holds a different run ({diff}); fix: use --overwrite or another --out"
                 )

@@ -508,3 +508,17 @@ def test_a_run_directory_of_the_earlier_layout_resumes_and_gains_fingerprints(tm
     result = synthetic_search(out, budget=16, resume=True)
     assert len(result.table) == 16
     assert yaml.safe_load((out / "run.yaml").read_text())["fingerprints"] == {"space": space}
+
+
+def test_runs_started_before_a_setting_existed_still_resume(tmp_path, capsys):
+    """A setting added to the settings dataclasses since a run began does not stop it resuming."""
+    out = tmp_path / "run"
+    run_cli("search", "--model", "tiny-llama", "--space", TINY_SPACE, "--limit", "8", "--budget", "8",
+            "--population", "4", "--out", out)
+    document = yaml.safe_load((out / "run.yaml").read_text())
+    for section, key in (("network", "device"), ("network", "adapter_dtype"), ("task", "max_batch_tokens")):
+        del document["run"][section][key]  # as a run of an earlier version recorded it
+    del document["search"]["racing"]
+    (out / "run.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    run_cli("search", "--resume", out)  # not refused as "the run changed"
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == 8  # and nothing evaluated again

@@ -23,7 +23,7 @@ import yaml
 
 from ..errors import LoraSearchError
 from ..fingerprints import changed_fingerprint
-from ..io import append_jsonl, atomic_write_text, first_difference, os_reason, read_jsonl
+from ..io import append_jsonl, atomic_write_text, changed_setting, os_reason, read_jsonl
 from ..results.run import HYPERVOLUME_FILE, LOG_FILE, PARETO_FILE, RUN_FILE, TABLE_FILE, read_run_document
 
 COMPARED_SECTIONS = ("run", "search")
@@ -114,11 +114,10 @@ class RunDirectory:
 
 def _refuse_changes(stored: Mapping[str, Any], current: Mapping[str, Any], file: Path) -> None:
     for section in COMPARED_SECTIONS:
-        a, b = stored.get(section), current.get(section)
-        if a != b:
+        change = changed_setting(stored.get(section), current.get(section), section)
+        if change is not None:
             raise LoraSearchError(
-                f"{file}: the run changed ({first_difference(a, b, section)}); "
-                "fix: resume with the same settings or start a new --out"
+                f"{file}: the run changed ({change}); fix: resume with the same settings or start a new --out"
             )
 
 
