@@ -352,7 +352,9 @@ def markdown(d: dict) -> str:
             f"{fmt(e.get('hv_at_25pct', []), 4)} | {fmt(e.get('hv_at_35pct', []), 4)} | {fmt(e.get('hv_at_50pct', []), 4)} | "
             f"{fmt(e['final_hv'], 4)} | {fmt(e['surrogate_seconds'], 2)} |")
     lines += ["", "Test accuracy of each method's knee and best subnets (mean over seeds; paired difference against "
-              "plain NSGA-II's pick of the same seed, mean ± paired SE, averaged over seeds):", "",
+              "plain NSGA-II's pick of the same seed, mean ± paired SE, averaged over seeds"
+              + ("; the synthetic test score is the model's true, noise-free accuracy, so its SE is 0" if d["part"] == "synthetic"
+                 else f"; {d['settings'].get('test_items')} test items from each of ARC-Easy, BoolQ, OpenBookQA") + "):", "",
               "| method | knee | knee vs plain | best | best vs plain |", "|---|---:|---:|---:|---:|"]
     for method, e in s.items():
         t = e["test"]
