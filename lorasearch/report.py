@@ -242,9 +242,13 @@ def _noise_section(run: SearchResult) -> str:
     if not notes:
         return head + f"Every pair of neighbouring front points differs in accuracy by more than 2 standard errors ({paired})."
     pairs = max(len(run.pareto) - 1, 1)
+    steps = run.distinct_steps()
+    resolved = (f"\n\nWhat the items do resolve: {len(steps)} of the {len(run.pareto)} front points stand apart, each "
+                f"more than 2 standard errors above the last, from the least accurate up: evaluations "
+                f"{', '.join(map(str, steps))}.") if len(steps) > 1 else ""
     return head + f"{len(notes)} of {pairs} neighbouring pairs on the front are within noise of each other ({paired}):\n\n" + "\n".join(
         f"- {note}" for note in notes
-    )
+    ) + resolved
 
 
 def _hypervolume_section(run: SearchResult) -> str:

@@ -56,3 +56,32 @@ def test_a_run_read_back_keeps_its_item_scores(tmp_path):
                out_dir=tmp_path / "run", log=None)
     run = load_run(tmp_path / "run")
     assert len(run.items_of("accuracy")) == 16 and run.noise_warning() is not None
+
+
+def test_distinct_steps_keep_only_points_more_than_two_paired_errors_apart():
+    import pandas as pd
+
+    from lorasearch.results.noise import distinct_steps
+
+    base = np.arange(400) / 400
+    # item scores of four configs, each right on the items below its level: 2 and 3 differ on one item
+    levels = {0: 0.3, 1: 0.5, 2: 0.7, 3: 0.7025}
+    items = {k: [float(u < p) for u in base] for k, p in levels.items()}
+    front = pd.DataFrame({"eval_id": list(levels), "accuracy": [float(np.mean(items[k])) for k in levels]})
+    assert distinct_steps(front, items) == [0, 1, 2]
+    assert distinct_steps(front.iloc[:0], items) == []
+
+
+def test_the_report_and_summary_name_the_points_that_stand_apart(capsys):
+    scores = ItemScores(make_space(), n_items=120, noise=0.1)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    steps = result.distinct_steps()
+    assert steps and set(steps) <= set(result.pareto["eval_id"].astype(int))
+    from lorasearch.cli.printing import print_search_summary
+
+    print_search_summary(result)
+    out = capsys.readouterr().out
+    if len(result.pareto) > 1:
+        assert f"evaluations {', '.join(map(str, steps))}" in out
+    if result.noise_notes() and len(steps) > 1:
+        assert "What the items do resolve" in report_markdown(result)

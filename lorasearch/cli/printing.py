@@ -80,6 +80,10 @@ def print_search_summary(result: SearchResult) -> None:
             console.print(f"{label:>9}: {values}")
     for line in result.noise_notes():
         console.print(f"noise: {line}")
+    steps = result.distinct_steps() if "accuracy" in result.pareto else []
+    if len(result.pareto) > 1 and steps:
+        console.print(f"distinct: {len(steps)} of {len(result.pareto)} front points stand apart (each more than "
+                      f"2 standard errors above the last): evaluations {', '.join(map(str, steps))}", highlight=False)
     warning = result.noise_warning()
     if warning:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

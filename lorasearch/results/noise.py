@@ -6,8 +6,11 @@ item: the standard error of their difference is ``sd(d) / sqrt(n)`` over the per
 When the per-item scores were not logged (older runs), the unpaired test of
 `lorasearch.results.table.within_noise` is used.
 
-Two checks:
+Three checks:
 
+* `distinct_steps`: the front points that stand apart: from the least accurate up, each kept point
+  is more than ``Z`` standard errors above the last one kept, so these are the steps along the front
+  that the items resolve (neighbouring points in between may be noise);
 * `neighbour_notes`: neighbouring front points whose accuracies are within ``Z`` standard errors;
 * `extremes_warning`: the max and min configs within ``Z`` standard errors of each other (or the min
   ahead): then the space's whole range of subnets is indistinguishable on these items, and any
@@ -46,6 +49,20 @@ def difference(a: pd.Series, b: pd.Series, items: Mapping[int, Sequence[float]],
     stderr = f"{name}_stderr"
     se = math.hypot(float(a.get(stderr, float("nan"))), float(b.get(stderr, float("nan"))))
     return float(a[name]) - float(b[name]), se, "unpaired"
+
+
+def distinct_steps(front: pd.DataFrame, items: Mapping[int, Sequence[float]], name: str = "accuracy") -> list[int]:
+    """The eval_ids of front points each more than ``Z`` standard errors above the last one kept,
+    from the least accurate up (the first is always kept; empty for an empty front)."""
+    if front.empty or name not in front:
+        return []
+    ordered = front.sort_values(name).reset_index(drop=True)
+    kept = [ordered.iloc[0]]
+    for i in range(1, len(ordered)):
+        gap, se, _ = difference(ordered.iloc[i], kept[-1], items, name)
+        if se == se and gap > Z * se:
+            kept.append(ordered.iloc[i])
+    return [int(row["eval_id"]) for row in kept]
 
 
 def neighbour_notes(front: pd.DataFrame, items: Mapping[int, Sequence[float]], name: str = "accuracy") -> list[str]:

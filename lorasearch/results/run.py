@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..errors import LoraSearchError
 from ..io import read_document, read_jsonl
-from .noise import extremes_warning, neighbour_notes
+from .noise import distinct_steps, extremes_warning, neighbour_notes
 from .table import ObjectiveSpec, hypervolume_curve, results_table
 
 RUN_FILE = "run.yaml"
@@ -142,6 +142,11 @@ class SearchResult:
         """Neighbouring front points whose scores are within noise of each other (paired when the
         per-item scores were logged)."""
         return neighbour_notes(self.pareto, self.items_of(name), name)
+
+    def distinct_steps(self, name: str = "accuracy") -> list[int]:
+        """The front points that the items tell apart: eval_ids, each more than 2 standard errors
+        above the last one kept, from the least accurate up."""
+        return distinct_steps(self.pareto, self.items_of(name), name)
 
     def noise_warning(self, name: str = "accuracy") -> str | None:
         """A warning when the max and min configs are within noise of each other, else None."""

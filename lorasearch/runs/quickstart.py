@@ -48,7 +48,7 @@ class QuickstartPlan:
     validation: int
 
 
-SMALL = QuickstartPlan("smollm2-135m-lonas.yaml", steps=40, lr=1e-3, budget=24, population=8, records=550, validation=150)
+SMALL = QuickstartPlan("smollm2-135m-lonas.yaml", steps=60, lr=1e-3, budget=32, population=8, records=650, validation=250)
 TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, records=400, validation=120)
 
 
@@ -126,8 +126,10 @@ def _say_what_was_found(console: Console, result, row, exported: Path, fmt: str,
     if warning:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     else:
-        console.print(f"the max config beats the min config by more than 2 paired standard errors; "
-                      f"{len(result.noise_notes())} neighbouring front pairs are within noise", highlight=False)
+        steps = result.distinct_steps()
+        console.print(f"the max config beats the min config by more than 2 paired standard errors; {len(steps)} front "
+                      f"points stand apart (each more than 2 standard errors above the last): evaluations "
+                      f"{', '.join(map(str, steps))}", highlight=False)
     console.print(f"knee subnet: evaluation {int(row['eval_id'])}, {row['macs'] / 1e9:.2f} GMACs, accuracy "
                   f"{row['accuracy']:.3f}, exported to {exported}", highlight=False)
     if fmt == "pruned":
