@@ -8,6 +8,7 @@ The front door: everything a notebook or script needs, importable from ``lorasea
   (``lorasearch.runs``);
 * `search_network`, `SearchSettings`, `SearchRun`: the search (``lorasearch.runs.search``);
 * `load_run`, `SearchResult`, `pick_config`: a finished search read back (``lorasearch.results``);
+* `MultipleChoiceEvaluator`, `LMEvalEvaluator`: accuracy evaluators (built in; lm-evaluation-harness tasks);
 * `export_config`, `export_peft`, `export_merged`, `export_pruned`, `export_run`, `load_pruned`: exports.
 
 Layers, bottom to top: the library (space, binding, elastic, supernet, models, data, cost,
@@ -19,6 +20,7 @@ from .elastic import ElasticLoRALinear
 from .errors import AdapterError, ExportError, LoraSearchError, ModelError, SpaceError
 from .evaluate import EvalResult, MultipleChoiceEvaluator
 from .export import export_config, export_merged, export_peft, export_pruned, load_pruned
+from .lm_eval_harness import LMEvalEvaluator
 from .models import load_model
 from .results import SearchResult, load_run
 from .results.pick import pick_config
@@ -43,6 +45,7 @@ __all__ = [
     "ElasticLoRALinear",
     "EvalResult",
     "ExportError",
+    "LMEvalEvaluator",
     "LoraSearchError",
     "ModelError",
     "MultipleChoiceEvaluator",

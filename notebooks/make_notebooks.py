@@ -23,7 +23,7 @@ QUICKSTART = [
         "from pathlib import Path\n"
         "import tempfile\n\n"
         "MODEL = \"tiny-llama\"\n"
-        "SPACE = Path(\"..\") / \"search_spaces\" / (\"smollm2-135m.yaml\" if MODEL == \"default\" else \"tiny-llama.yaml\")\n"
+        "SPACE = Path(\"..\") / \"search_spaces\" / (\"smollm2-135m-lonas.yaml\" if MODEL == \"default\" else \"tiny-llama.yaml\")\n"
         "WORK = Path(tempfile.mkdtemp(prefix=\"lorasearch-quickstart-\"))\n"
         "WORK"
     ),
@@ -36,7 +36,7 @@ QUICKSTART = [
         "print(\"configs:\", space.size())\n"
         "print(\"heuristic (index (n-1)//2 of each list):\", space.heuristic())"
     ),
-    new_markdown_cell("## 2. NLS training on the synthetic task\n\nA random sub-network per optimizer step; the base stays frozen."),
+    new_markdown_cell("## 2. NLS training on the synthetic task\n\nThe default sampler (`auto`) trains the sandwich for a Mode B space like this one (the max, the min and two random sub-networks in each optimizer step) and one random sub-network per step for Mode A; the base stays frozen."),
     new_code_cell(
         "from lorasearch.data import synthetic_task, train_val_split\n"
         "from lorasearch.targets import encode_records\n"
