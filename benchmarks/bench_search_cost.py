@@ -20,6 +20,8 @@ The hypervolume's reference point follows lorasearch's rule (`lorasearch.search.
 max and min configs, the same for every method.
 
     python benchmarks/bench_search_cost.py --part synthetic --seeds 5
+    python benchmarks/bench_search_cost.py --part synthetic --methods nsga2 nsga2+racing-z1 random random+racing \\
+        --results search_cost_synthetic_racing          # racing at z = 1, and on random search
     python benchmarks/bench_search_cost.py --part real --adapter ../lorasearch-runs/ablation/today-150/adapter --seeds 2
 """
 
@@ -50,6 +52,11 @@ METHODS = {
     "random": {"strategy": "random"},
     "tpe": {"strategy": "tpe"},
 }
+DEFAULT_METHODS = list(METHODS)
+METHODS.update({  # what racing does under other settings (--methods names them)
+    "nsga2+racing-z1": {"strategy": "nsga2", "racing": True, "race_z": 1.0},
+    "random+racing": {"strategy": "random", "racing": True},
+})
 FRACTIONS = (0.25, 0.35, 0.5, 1.0)  # of plain NSGA-II's item forwards
 TARGETS = (0.95, 0.99)  # of plain NSGA-II's final hypervolume
 
@@ -61,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--items", type=int, default=120, help="validation items per full evaluation")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    p.add_argument("--results", help="results file name (default search_cost_<part>)")
     p.add_argument("--adapter", type=Path, default=RUNS / "ablation" / "today-150" / "adapter")
     p.add_argument("--cache", type=Path, default=RUNS / "search-cost" / "item_cache.jsonl")
     p.add_argument("--test-items", type=int, default=200, help="real part: test items per task")
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = {"environment": environment(), "part": args.part, "settings": {k: str(v) for k, v in vars(args).items()},
             "bounds": bounds, "seconds_per_item": seconds_per_item, "summary": summary}
     md = markdown(data)
-    write_results(f"search_cost_{args.part}", data, md)
+    write_results(args.results or f"search_cost_{args.part}", data, md)
     print(md)
     return data
 
