@@ -286,6 +286,22 @@ def test_resume_refuses_an_adapter_rewritten_in_place_unless_forced(adapter_run,
 
 
 @pytest.mark.slow
+def test_export_refuses_an_adapter_rewritten_since_the_search(adapter_run, tmp_path, capsys):
+    run, adapter, _ = adapter_run
+    run_cli("export", run, "--pick", "max", "--format", "peft", "--out", tmp_path / "before")
+    original = tmp_path / "original"
+    shutil.copytree(adapter, original)
+    saved_adapter(tmp_path / "other", seed=2)
+    shutil.copy(tmp_path / "other" / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
+    error = cli_error(capsys, "export", run, "--pick", "max", "--format", "peft", "--out", tmp_path / "after",
+                      last_line=True)
+    assert f"{run / 'run.yaml'}: the adapter's tensors changed since the run started" in error
+    assert "--adapter" in error and not (tmp_path / "after").exists()
+    run_cli("export", run, "--pick", "max", "--format", "peft", "--adapter", original, "--out", tmp_path / "chosen")
+    assert (tmp_path / "chosen" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_resume_refuses_an_edited_task_file(adapter_run, capsys):
     run, _, task = adapter_run
     records = [json.loads(line) for line in lines(task)]

@@ -60,6 +60,8 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
     """In memory only: the search's wall seconds, and the surrogate's fitting seconds when it had one."""
     item_scores: dict[int, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+    fingerprints: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The ``fingerprints`` section of run.yaml: what the results depend on (`lorasearch.fingerprints`)."""
     """Per eval_id, each item-wise objective's per-item scores (what paired comparisons use)."""
 
     def __post_init__(self) -> None:
@@ -210,6 +212,7 @@ def load_run(
         info=dict(document.get("run") or {}),
         path=path,
         item_scores=item_scores_of(records),
+        fingerprints=dict(document.get("fingerprints") or {}),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ..errors import ExportError
+from ..fingerprints import changed_fingerprint
 from ..export import EXPORTERS, FORMATS, require_mode_b
 from ..io import refuse_existing
 from ..results.pick import config_of, pick_config, registered_specs, row_objectives
@@ -69,11 +70,22 @@ def export_run(
         if settings.model is None:
             raise ExportError(f"{run_dir / RUN_FILE}: run.model is not recorded; fix: pass --model")
         net = build_network(settings, space=space)
+        if adapter is None:
+            _refuse_a_changed_adapter(net, result, run_dir)
     target = net if net is not None else _expanded(space, result.table)
     row, config = pick_config(result.table, pick, target.space if net is not None else target, result.specs)
     provenance = _provenance(run_dir, settings, space, row, pick, net)
     out = Path(out) if out is not None else run_dir / "exports" / f"{fmt}-{_label(row, pick)}"
     return EXPORTERS[fmt](target, config, out, provenance, objectives=row_objectives(row, result.specs))
+
+
+def _refuse_a_changed_adapter(net: SuperNetwork, result: SearchResult, run_dir: Path) -> None:
+    """An adapter rewritten since the search would export configs it never scored."""
+    changed = changed_fingerprint(result.fingerprints, {"adapter": net.fingerprint()})
+    if changed:
+        raise ExportError(f"{run_dir / RUN_FILE}: {changed[1]}, so its results do not describe this adapter; "
+                          "fix: restore the adapter the search scored, or pass --adapter DIR to export from "
+                          "another one on purpose")
 
 
 def recorded_network(
