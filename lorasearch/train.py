@@ -34,6 +34,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -520,15 +521,28 @@ def _plain(obj: Any) -> Any:
 
 
 class _Bar:
-    def __init__(self, progress, task) -> None:
-        self.progress, self.task = progress, task
+    """Advances a rich progress bar; without a terminal (``lines``), writes a line to stderr at most
+    every ``LINE_EVERY`` seconds instead, so a job's log shows the run moving."""
+
+    LINE_EVERY = 30.0
+
+    def __init__(self, progress, task, lines: tuple[int, int] | None = None) -> None:
+        self.progress, self.task, self.lines = progress, task, lines
         self.start, self.count = time.perf_counter(), 0
+        self.last = self.start
 
     def advance(self, loss: float, lr: float) -> None:
         self.count += 1
+        now = time.perf_counter()
+        speed = self.count / max(now - self.start, 1e-9)
         if self.progress is not None:
-            speed = self.count / max(time.perf_counter() - self.start, 1e-9)
             self.progress.update(self.task, advance=1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.2f}")
+        elif self.lines is not None:
+            total, done = self.lines
+            if now - self.last >= self.LINE_EVERY or done + self.count >= total:
+                self.last = now
+                print(f"train: step {done + self.count} of {total}, loss {loss:.4f}, lr {lr:.2e}, "
+                      f"{1 / speed:.2f} s per step", file=sys.stderr, flush=True)
 
 
 class _progress:
@@ -538,9 +552,11 @@ class _progress:
         self.enabled, self.total, self.done = enabled, total, done
 
     def __enter__(self) -> _Bar:
+        self.progress = None
         if not self.enabled:
-            self.progress = None
             return _Bar(None, None)
+        if not sys.stderr.isatty():
+            return _Bar(None, None, lines=(self.total, self.done))
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(

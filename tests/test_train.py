@@ -54,6 +54,18 @@ def test_only_adapters_change_and_loss_drops(tmp_path):
     assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]])
 
 
+def test_without_a_terminal_training_writes_progress_lines(tmp_path, capsys, monkeypatch):
+    from lorasearch.train import _Bar
+
+    monkeypatch.setattr(_Bar, "LINE_EVERY", 0.0)
+    t = trainer(tmp_path, steps=3)
+    t.prepare()
+    t.train(progress=True)  # pytest's stderr is no terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: step")]
+    assert [line.split(",")[0] for line in lines] == ["train: step 1 of 3", "train: step 2 of 3", "train: step 3 of 3"]
+    assert "s per step" in lines[-1]
+
+
 def test_outputs_load_in_stock_peft_and_in_a_super_network(tmp_path):
     t = trainer(tmp_path, lr=1e-2)
     t.prepare()
