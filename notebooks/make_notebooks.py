@@ -29,7 +29,7 @@ QUICKSTART = [
     ),
     new_markdown_cell("## 1. The search space and the super-network"),
     new_code_cell(
-        "from lorasearch import SearchSpace, SuperNetwork\n\n"
+        "from lorasearch import SuperNetwork\n\n"
         "net = SuperNetwork.from_pretrained(MODEL, SPACE)\n"
         "space = net.space\n"
         "print(net)\n"
