@@ -102,7 +102,8 @@ def bind(space: SearchSpace, model: nn.Module) -> SpaceBinding:
     if space.per_layer is not None:
         layers = find_layers(space, model)
         if layers != list(range(len(layers))):
-            raise SpaceError(f"{where(space.source, 'per_layer')}layer indices {layers} are not 0..N-1")
+            raise SpaceError(f"{where(space.source, 'per_layer')}layer indices {layers} are not 0..N-1; "
+                             "fix: point per_layer at the decoder layers' container, e.g. model.layers.{i}")
         space = space.with_num_layers(len(layers))
     binder = _Binder(space, linear_modules(model), dict(model.named_modules()))
     return binder.run()
@@ -213,7 +214,8 @@ class _Binder:
         q, k = self.linears[f"{attn_name}.q_proj"], self.linears[f"{attn_name}.k_proj"]
         head_dim = int(getattr(attn, "head_dim", 0) or 0)
         if not head_dim:
-            raise SpaceError(f"{where(self.space.source, field)}'{attn_name}' does not expose head_dim")
+            raise SpaceError(f"{where(self.space.source, field)}'{attn_name}' does not expose head_dim; "
+                             "fix: drop the heads group for this model (widths and ranks still work)")
         heads, kv_heads = q.out_features // head_dim, k.out_features // head_dim
         per_kv = heads // kv_heads
         bad = [h for h in group.choices if h % per_kv or h > heads]

@@ -127,7 +127,8 @@ def records_from_dicts(
     records = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise DataError(f"{source}: record {i}: expected an object with fields {', '.join(FIELDS)}")
+            raise DataError(f"{source}: record {i}: expected an object with fields {', '.join(FIELDS)}; "
+                            "fix: make every record a JSON object with those fields")
         values = {}
         for name in FIELDS:
             key = columns.get(name, name)
@@ -139,7 +140,8 @@ def records_from_dicts(
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)
             if not isinstance(value, str):
-                raise DataError(f"{source}: record {i}: field {key!r} must be a string, got {type(value).__name__}")
+                raise DataError(f"{source}: record {i}: field {key!r} must be a string, got {type(value).__name__}; "
+                                f"fix: quote the value of {key!r}")
             values[name] = value
         records.append(Record(**values, source=source, index=i))
     if not records:

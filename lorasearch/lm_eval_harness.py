@@ -115,7 +115,7 @@ class LMEvalEvaluator(CachedEvaluator):
         if limit is not None and limit < 1:
             raise DataError(f"limit {limit}: the subset would be empty; fix: use a limit of 1 or more")
         if num_fewshot is not None and num_fewshot < 0:
-            raise EvalError(f"num_fewshot {num_fewshot}: must be 0 or more")
+            raise EvalError(f"num_fewshot {num_fewshot}: must be 0 or more; fix: e.g. 0")
         self.metric_name, _, self.filter = metric.partition(",")
         self.task_manager, self.tasks = _load_tasks(specs, include)
         self.num_fewshot = num_fewshot

@@ -252,7 +252,8 @@ class SuperNetwork:
         """
         modules = self.adapter_modules()
         if not modules:
-            raise SpaceError(f"{self.space.source}: the space has no adapters to save")
+            raise SpaceError(f"{self.space.source}: the space has no adapters to save; "
+                             "fix: give it rank groups or adapter.targets")
         if self.permutation is not None:
             modules = unpermute_adapter(modules, self.permutation)
         use_rslora = any(m.use_rslora for m in self.elastic.values())

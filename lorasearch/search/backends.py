@@ -83,9 +83,9 @@ class BackendSettings:
         if self.kind not in BACKENDS:
             raise LoraSearchError(f"--backend: unknown {self.kind!r}; fix: use one of {', '.join(BACKENDS)}")
         if self.workers is not None and self.workers < 1:
-            raise LoraSearchError(f"--workers {self.workers}: must be 1 or more")
+            raise LoraSearchError(f"--workers {self.workers}: must be 1 or more; fix: e.g. --workers 2")
         if self.threads is not None and self.threads < 1:
-            raise LoraSearchError(f"threads {self.threads}: must be 1 or more")
+            raise LoraSearchError(f"--threads {self.threads}: must be 1 or more; fix: e.g. --threads 1")
         if self.kind == "local" and self.workers not in (None, 1):
             raise LoraSearchError(f"--workers {self.workers}: the local backend has one; fix: add --backend processes or ray")
         if self.ray_address and self.kind != "ray":

@@ -82,7 +82,7 @@ class SearchSettings(StrategySettings):
             raise LoraSearchError(f"--surrogate: the {self.strategy} strategy proposes one config at a time; "
                                   "fix: use --strategy nsga2 or random with it")
         if self.surrogate_oversample < 2:
-            raise LoraSearchError(f"--surrogate-oversample {self.surrogate_oversample}: must be 2 or more")
+            raise LoraSearchError(f"--surrogate-oversample {self.surrogate_oversample}: must be 2 or more; fix: e.g. 5")
 
     def chunks(self) -> tuple[float, ...]:
         """The racing chunks, parsed and checked."""

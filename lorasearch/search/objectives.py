@@ -149,7 +149,7 @@ def parse_constraint(text: str) -> Constraint:
     try:
         return Constraint(m.group(1), m.group(2), float(m.group(3)))
     except ValueError:
-        raise LoraSearchError(f"constraint {text!r}: {m.group(3)!r} is not a number") from None
+        raise LoraSearchError(f"constraint {text!r}: {m.group(3)!r} is not a number; fix: e.g. 'macs<=1.5e10'") from None
 
 
 def measure_all(objectives: Sequence[Objective], config: Config) -> dict[str, Any]:

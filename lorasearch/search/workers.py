@@ -82,7 +82,7 @@ def plan_workers(requested: int | None, gpus: int, cpus: int, where: str = "this
     """One worker per GPU when there are GPUs (never more), else one per CPU unless told otherwise;
     each gets ``threads`` torch threads, by default its share of the CPUs."""
     if requested is not None and requested < 1:
-        raise LoraSearchError(f"--workers {requested}: must be 1 or more")
+        raise LoraSearchError(f"--workers {requested}: must be 1 or more; fix: e.g. --workers 2")
     if gpus > 0:
         count = requested or gpus
         if count > gpus:
