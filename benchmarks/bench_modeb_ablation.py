@@ -457,9 +457,10 @@ def stage_report(args: argparse.Namespace, seconds: float) -> None:
              environment_markdown(env),
              f"Recipes (LoNAS space, commonsense mix, {args.steps} steps of batch 8, lr 1e-3, seed 0): "
              + "; ".join(f"{r}: {o}" for r, o in RECIPES.items()) + ".", "",
-             f"Best recipe on validation (mean of max, heuristic, min): {best or '-'}; trained again at "
-             f"{args.long_steps} steps with NSGA-II (budget {args.budget}, {args.search_limit} validation items, "
-             "merged MACs).", "",
+             f"Best recipe on validation (mean of max, heuristic, min): {best or '-'}; "
+             + (f"its {args.steps}-step run searched (not trained again at a longer schedule)" if args.long_steps == args.steps
+                else f"trained again at {args.long_steps} steps")
+             + f" with NSGA-II (budget {args.budget}, {args.search_limit} validation items, merged MACs).", "",
              f"Accuracy: option-text multiple choice, pooled over {args.test_limit} seeded test items per task of "
              f"{', '.join(TEST)}, ± binomial s.e.; 'paired' is the mean difference to LoRA over the same items ± its "
              "paired s.e. Speed-up: median forward time of merged LoRA over the pruned subnet's (batch x 128 tokens, "
@@ -468,7 +469,7 @@ def stage_report(args: argparse.Namespace, seconds: float) -> None:
              *table_lines(args, test, speed, cost, val), "",
              f"Seconds per step, side by side: {cost_line or '-'}"
              + (f"; reordering once: {cost['reorder_seconds']:.1f} s" if "reorder_seconds" in cost else "") + ".", "",
-             "## Against the issue's goals (the long run)", "", *goal_lines(args, test, speed), "",
+             "## Against the issue's goals (the searched run)", "", *goal_lines(args, test, speed), "",
              f"This invocation ran {', '.join(args.stages)} ({seconds / 60:.1f} min); stored work of other stages was read."]
     strip = {n: {k: v for k, v in e.items() if k != "tasks"} | {
         "tasks": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in e.get("tasks", {}).items()}}
