@@ -345,10 +345,26 @@ def digest(net: Any, config: dict) -> str:
 
 def stage_test(args: argparse.Namespace) -> None:
     store = args.runs / "test.json"
+    if args.long_steps == args.steps:
+        reuse_scores_of_the_same_run(args, store)
     for key, (out, rows) in planned_rows(args).items():
         net = build_network(NetworkSettings(model="default", adapter=str(out / "adapter")))
         search_dir = args.runs / "search" if key.endswith("-long") else None
         score_rows(net, resolved(net, rows, search_dir, args), store, args)
+
+
+def reuse_scores_of_the_same_run(args: argparse.Namespace, store: Path) -> None:
+    """When the searched run is the best recipe's own run, its max and heuristic rows are the rows
+    already scored for that recipe (same adapter, config and items): copy them under the new names."""
+    done = load_json(store)
+    best = best_recipe(args) if (args.runs / "val.json").is_file() or args.best else None
+    if not best:
+        return
+    for ref in ("max", "heuristic"):
+        source, target = f"{best} {ref}", f"{best}@{args.long_steps} {ref}"
+        if source in done and target not in done and len(done[source].get("tasks", {})) == len(TEST):
+            done[target] = {**done[source], "recipe": f"{best}@{args.long_steps}"}
+    atomic_write_json(store, done)
 
 
 # ------------------------------------------------------------------------------------- speed
