@@ -1,6 +1,6 @@
 """Run the README's command-line tour exactly as written and time each command.
 
-The tour is the first ``bash`` block after the "A 5-minute tour" heading. Each command runs from the
+The tour is the first ``bash`` block after the "A tour of the command line" heading. Each command runs from the
 repository root, in order, with the ``lorasearch`` next to this interpreter; the outputs it names
 (``runs/nls``, ``runs/search``, ...) are removed first so that the tour starts from nothing. The
 results (each command, its wall seconds, its last line of output) go to ``results/tour.{json,md}``;
@@ -8,11 +8,13 @@ the README's comments quote those seconds.
 
     python benchmarks/bench_tour.py            # run it (tens of minutes on 2 CPU cores)
     python benchmarks/bench_tour.py --list     # print the commands only
+    python benchmarks/bench_tour.py --from 10  # rerun from the 10th command on, keeping the earlier times
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import shutil
@@ -21,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, environment, environment_markdown, write_results
+from common import RESULTS, ROOT, environment, environment_markdown, write_results
 
 README = ROOT / "README.md"
-TOUR_HEADING = "## A 5-minute tour"
+TOUR_HEADING = "## A tour of the command line"
 
 
 def tour_commands(readme: Path = README) -> list[list[str]]:
@@ -70,10 +72,25 @@ def run_tour(commands: list[list[str]]) -> list[dict]:
     return rows
 
 
+def earlier_rows(commands: list[list[str]], start: int) -> list[dict]:
+    """The stored rows of the commands before ``start``, which must be the same commands, all successful."""
+    if start == 1:
+        return []
+    stored = RESULTS / "tour.json"
+    rows = json.loads(stored.read_text())["rows"][: start - 1] if stored.is_file() else []
+    wanted = [shlex.join(c) for c in commands[: start - 1]]
+    if [r["command"] for r in rows] != wanted or any(r["rc"] != 0 for r in rows):
+        raise SystemExit(f"{stored}: does not hold successful runs of the tour's first {start - 1} commands; "
+                         "fix: run the whole tour (no --from)")
+    return rows
+
+
 def markdown(data: dict) -> str:
     lines = ["# The README's command-line tour, timed", "", environment_markdown(data["environment"]),
              f"Total: {sum(r['seconds'] for r in data['rows']):.0f} s; "
-             f"{'every command succeeded' if all(r['rc'] == 0 for r in data['rows']) else 'a command FAILED'}.", "",
+             f"{'every command succeeded' if all(r['rc'] == 0 for r in data['rows']) else 'a command FAILED'}"
+             + (f"; commands 1-{data['from'] - 1} were timed by the previous run" if data.get("from", 1) > 1 else "")
+             + ".", "",
              "| s | command | last line |", "|---:|---|---|"]
     for r in data["rows"]:
         last = r["last_line"].replace("|", "\\|")[:140]
@@ -84,18 +101,21 @@ def markdown(data: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--list", action="store_true", help="print the commands and exit")
+    p.add_argument("--from", dest="start", type=int, default=1,
+                   help="start at this command (1-based), over the outputs and times of the last run's earlier ones")
     args = p.parse_args()
     commands = tour_commands()
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
         return
-    for path in outputs_of(commands):
+    earlier = earlier_rows(commands, args.start)
+    for path in outputs_of(commands[args.start - 1:]):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    rows = run_tour(commands)
-    data = {"environment": environment(), "rows": rows}
+    rows = earlier + run_tour(commands[args.start - 1:])
+    data = {"environment": environment(), "rows": rows, "from": args.start}
     json_path, md_path = write_results("tour", data, markdown(data))
     print(f"wrote {json_path} and {md_path}")
 
