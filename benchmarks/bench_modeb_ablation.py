@@ -345,9 +345,9 @@ def digest(net: Any, config: dict) -> str:
 
 def stage_test(args: argparse.Namespace) -> None:
     store = args.runs / "test.json"
-    if args.long_steps == args.steps:
-        reuse_scores_of_the_same_run(args, store)
     for key, (out, rows) in planned_rows(args).items():
+        if key.endswith("-long") and args.long_steps == args.steps:
+            reuse_scores_of_the_same_run(args, store)
         net = build_network(NetworkSettings(model="default", adapter=str(out / "adapter")))
         search_dir = args.runs / "search" if key.endswith("-long") else None
         score_rows(net, resolved(net, rows, search_dir, args), store, args)
