@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {default} ({QUICK[name]} with --quick)")
     p.add_argument("--runs", type=Path, help="where stages keep their work (default ../lorasearch-runs/ablation)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--test-searched-only", action="store_true",
+                   help="test stage: only the searched run's rows (beside a process scoring the recipes)")
     args = p.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -345,7 +347,10 @@ def digest(net: Any, config: dict) -> str:
 
 def stage_test(args: argparse.Namespace) -> None:
     store = args.runs / "test.json"
-    for key, (out, rows) in planned_rows(args).items():
+    plans = planned_rows(args)
+    if args.test_searched_only:
+        plans = {k: v for k, v in plans.items() if k.endswith("-long")}
+    for key, (out, rows) in plans.items():
         if key.endswith("-long") and args.long_steps == args.steps:
             reuse_scores_of_the_same_run(args, store)
         net = build_network(NetworkSettings(model="default", adapter=str(out / "adapter")))

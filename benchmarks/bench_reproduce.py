@@ -132,8 +132,17 @@ def score_rows(net: Any, rows: dict[str, dict], store: Path, args: argparse.Name
             entry = done.setdefault(name, {k: v for k, v in rows[name].items() if k != "config"})
             entry.setdefault("tasks", {})[task] = {"accuracy": result.score, "stderr": result.stderr, "n": result.n,
                                                    "seconds": result.seconds, "correct": correct}
-            atomic_write_json(store, done)
+            done = merged_into_store(store, name, entry)
             print(f"{name:>28} {task:<6} {result.score:.3f} ± {result.stderr:.3f} ({result.seconds:.0f} s)", flush=True)
+    return done
+
+
+def merged_into_store(store: Path, name: str, entry: dict) -> dict[str, dict]:
+    """Write one row's entry into the store as it is now, so processes scoring other rows into the same
+    file do not overwrite each other's work; returns the store's contents."""
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    done[name] = entry
+    atomic_write_json(store, done)
     return done
 
 
