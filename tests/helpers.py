@@ -4,6 +4,9 @@ references, and the analytic surrogate search."""
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +90,13 @@ def mode_a_space(family: str, rank: int = 8, alpha: float = 16, share: str = "la
     return SearchSpace.from_dict({"name": f"{family}-a", "adapter": {"rank": rank, "alpha": alpha}, "groups": groups})
 
 
-def randomize_adapters(net: SuperNetwork, seed: int = 0) -> None:
-    """Give every adapter non-zero weights (fresh ones start with B = 0, a no-op)."""
+def randomize_adapters(net: SuperNetwork, seed: int = 0, scale: float = 0.1) -> SuperNetwork:
+    """Give every adapter non-zero weights (fresh ones start with B = 0, a no-op); returns ``net``."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.adapter_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return net
 
 
 def merged_smaller_copy(net, original: nn.Module) -> nn.Module:
@@ -206,3 +210,20 @@ class ItemScores:
         accuracy = Objective("accuracy", "max", self.score_items, bounds=(1.0, 0.0), expensive=True,
                              partial=self.score_items, n_items=self.n_items, restore=self.restore)
         return [accuracy, Objective("macs", "min", self.truth.macs)]
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``path`` has ``count`` lines; fail if ``proc`` exits or the time runs out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {count} lines (child rc {proc.poll()})")
+
+
+def kill_at_lines(proc: subprocess.Popen, path: Path, count: int, timeout: float = 120) -> None:
+    """``kill -9`` the child once ``path`` (its append-only log) has ``count`` lines."""
+    wait_for_lines(path, count, proc, timeout)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

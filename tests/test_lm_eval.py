@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pandas as pd
@@ -27,7 +25,7 @@ from lorasearch.models import byte_tokenizer, tiny_model
 from lorasearch.search import Objective
 from lorasearch.search.objectives import measure_all
 
-from helpers import TINY_SPACE, cli_error, run_cli
+from helpers import TINY_SPACE, cli_error, kill_at_lines, randomize_adapters, run_cli
 
 pytest.importorskip("lm_eval")  # the README's test command installs it (the lmeval extra)
 
@@ -73,11 +71,7 @@ def offline(monkeypatch):
 def net() -> SuperNetwork:
     """A tiny Llama with non-zero adapters, so that configs differ."""
     net = SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(SPACE), tokenizer=byte_tokenizer())
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.adapter_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return net
+    return randomize_adapters(net, seed=0, scale=0.2)
 
 
 def user_task(folder, records, name="mine"):
@@ -311,11 +305,7 @@ def test_a_search_with_lm_eval_resumes_after_kill_9_without_running_lm_eval_agai
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "evaluations.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_lines(proc, log, 2, timeout=300)
     done_before = len(log.read_text().splitlines())
     assert 2 <= done_before < 6
 

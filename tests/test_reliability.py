@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ from lorasearch.io import LOCK_FILE, read_jsonl
 from lorasearch.models import tiny_model
 from lorasearch.supernet import SuperNetwork
 
-from helpers import ROOT, TINY_SPACE, cli_error, run_cli
+from helpers import ROOT, TINY_SPACE, cli_error, randomize_adapters, run_cli, wait_for_lines
 
 SHEARS = ROOT / "search_spaces" / "llama-shears.yaml"
 TRAIN = ["--model", "tiny-llama", "--space", SHEARS, "--steps", "10", "--batch-size", "4", "--checkpoint-every", "4",
@@ -109,15 +108,6 @@ def killed(hook: str, n: int, *args: object) -> None:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
-
-
-def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists() and len(lines(path)) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {count} lines (child rc {proc.poll()})")
 
 
 def errors_of(capsys, *args: object) -> list[str]:
@@ -263,11 +253,7 @@ def adapter_run(task_file, tmp_path):
 
 
 def saved_adapter(path: Path, seed: int) -> Path:
-    net = SuperNetwork(tiny_model("llama"), TINY_SPACE)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.adapter_parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    net = randomize_adapters(SuperNetwork(tiny_model("llama"), TINY_SPACE), seed=seed, scale=0.05)
     return net.save_adapter(path)
 
 

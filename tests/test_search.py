@@ -5,11 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pandas as pd
@@ -20,7 +18,7 @@ from lorasearch.results import hypervolume, pareto_mask, to_minimisation
 from lorasearch.search import Objective, SearchSettings, parse_constraint, run_search
 from lorasearch.search.strategies import STRATEGIES
 
-from helpers import Surrogate, make_space, objectives
+from helpers import Surrogate, kill_at_lines, make_space, objectives
 
 
 def front_values(table: pd.DataFrame) -> set[tuple[float, float]]:
@@ -226,11 +224,7 @@ def test_resume_after_kill_9_repeats_nothing_and_ends_on_the_same_front(tmp_path
     script = SLOW_SEARCH.format(tests=os.path.dirname(__file__), out=str(out), resume=False)
     proc = subprocess.Popen([sys.executable, "-c", script])
     log = out / "evaluations.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 13):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_lines(proc, log, 13)
     done_before = len(log.read_text().splitlines())
     assert 13 <= done_before < 40
 

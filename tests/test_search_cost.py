@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 
 import numpy as np
@@ -18,7 +16,7 @@ from lorasearch import LoraSearchError
 from lorasearch.search import SearchSettings, run_search
 from lorasearch.search.racing import paired_beats, stops_for
 
-from helpers import ROOT, ItemScores, make_space
+from helpers import ROOT, ItemScores, kill_at_lines, make_space
 
 COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "partial", "item_forwards"]
 
@@ -99,11 +97,7 @@ def test_a_raced_search_resumes_after_kill_9_scoring_no_finished_chunk_again(tmp
     script = RACED_SEARCH.format(tests=str(ROOT / "tests"), log=str(log), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script])
     evaluations = out / "evaluations.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not evaluations.exists() or len(evaluations.read_text().splitlines()) < 15):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_lines(proc, evaluations, 15)
     lines = [json.loads(line) for line in evaluations.read_text().splitlines() if line.strip()]
     assert any(r.get("type") == "chunk" for r in lines)
     resumed = run_search(space, ItemScores(space, log=str(log)).objectives(), settings, out_dir=out, resume=True,
