@@ -316,6 +316,10 @@ def planned_rows(args: argparse.Namespace) -> dict[str, tuple[Path, dict[str, di
         if (out / "adapter").is_dir():
             plans[recipe] = (out, {f"{recipe} {ref}": {"config": ref, "recipe": recipe, "subnet": ref}
                                    for ref in ("max", "heuristic", "min")})
+    lora_long = run_dir(args, "lora", args.long_steps)
+    if args.long_steps != args.steps and (lora_long / "adapter").is_dir():
+        plans[f"lora@{args.long_steps}"] = (lora_long, {f"LoRA@{args.long_steps}": {
+            "config": "max", "recipe": f"lora@{args.long_steps}", "subnet": "max"}})
     best = best_recipe(args) if (args.runs / "val.json").is_file() or args.best else None
     if best:
         out = run_dir(args, best, args.long_steps)
@@ -341,6 +345,11 @@ def resolved(net: Any, rows: dict[str, dict], search_dir: Path | None, args: arg
     return out
 
 
+def search_folder(args: argparse.Namespace) -> Path:
+    """The long run's search, one folder per schedule so that a longer run does not resume a shorter one's."""
+    return args.runs / f"search-{args.long_steps}"
+
+
 def digest(net: Any, config: dict) -> str:
     return hashlib.sha1(repr(net.space.canonical(config)).encode()).hexdigest()[:8]
 
@@ -354,7 +363,7 @@ def stage_test(args: argparse.Namespace) -> None:
         if key.endswith("-long") and args.long_steps == args.steps:
             reuse_scores_of_the_same_run(args, store)
         net = build_network(NetworkSettings(model="default", adapter=str(out / "adapter")))
-        search_dir = args.runs / "search" if key.endswith("-long") else None
+        search_dir = search_folder(args) if key.endswith("-long") else None
         score_rows(net, resolved(net, rows, search_dir, args), store, args)
 
 
@@ -382,10 +391,10 @@ def stage_speed(args: argparse.Namespace) -> None:
     exports = args.runs / "exports"
     models: dict[str, dict] = {}
     for key, (out, rows) in plans.items():
-        if key == "lora":
+        if key.startswith("lora"):
             continue
         net = build_network(NetworkSettings(model="default", adapter=str(out / "adapter")))
-        search_dir = args.runs / "search" if key.endswith("-long") else None
+        search_dir = search_folder(args) if key.endswith("-long") else None
         for row in resolved(net, rows, search_dir, args).values():
             name = row["config_digest"]
             if name in models:
@@ -394,6 +403,9 @@ def stage_speed(args: argparse.Namespace) -> None:
             if not folder.is_dir():
                 export_pruned(net, row["config"], folder)
             models[name] = {"model": load_pruned(folder)}
+    for name in {e.get("config_digest") for e in load_json(args.runs / "test.json").values()} - set(models):
+        if name and (exports / f"subnet-{name}").is_dir():  # rows of an earlier schedule, timed again beside these
+            models[name] = {"model": load_pruned(exports / f"subnet-{name}")}
     lora_net = build_network(NetworkSettings(model="default", adapter=str(plans["lora"][0] / "adapter")))
     lora_folder = exports / "lora-merged"
     if not lora_folder.is_dir():
@@ -413,9 +425,14 @@ def load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def lora_for(test: dict, recipe: str) -> dict | None:
+    """The LoRA row a row is compared with: LoRA trained for the same steps where it is scored."""
+    same = test.get(f"LoRA@{recipe.split('@')[1]}") if "@" in recipe else None
+    return same if same and len(same.get("tasks", {})) == len(TEST) else test.get("LoRA")
+
+
 def table_lines(args: argparse.Namespace, test: dict, speed: dict, cost: dict, val: dict) -> list[str]:
-    lora = test.get("LoRA")
-    lines = ["| recipe | subnet | pooled acc. | rel. to LoRA | vs LoRA (paired) | GMACs (merged, 128 tokens) "
+    lines = ["| recipe | subnet | pooled acc. | rel. to LoRA (same steps) | vs LoRA (paired) | GMACs (merged, 128 tokens) "
              "| speed-up, batch 1 | speed-up, batch 8 | val. acc. | s/step (run) | s/step (side by side) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, entry in test.items():
@@ -424,10 +441,11 @@ def table_lines(args: argparse.Namespace, test: dict, speed: dict, cost: dict, v
         acc, se, _ = pooled(entry)
         recipe = entry.get("recipe", "?")
         base = recipe.split("@")[0]
+        lora = lora_for(test, recipe)
         rel = f"{100 * acc / pooled(lora)[0]:.1f} %" if lora else "-"
         vs = "{:+.3f} ± {:.3f}".format(*paired(entry, lora)) if lora and entry is not lora else "-"
-        sp = speed.get(entry.get("config_digest", ""), {}).get("speedup", {}) if recipe != "lora" else {"1": 1.0, "8": 1.0}
-        steps = args.long_steps if "@" in recipe else args.steps
+        sp = speed.get(entry.get("config_digest", ""), {}).get("speedup", {}) if base != "lora" else {"1": 1.0, "8": 1.0}
+        steps = int(recipe.split("@")[1]) if "@" in recipe else args.steps
         per_step = seconds_per_step(run_dir(args, base, steps))
         side = cost.get(base, {}).get("seconds_per_step")
         v = entry.get("val_accuracy", val.get(base, {}).get(entry.get("subnet", ""), None) if "@" not in recipe else None)
@@ -441,12 +459,14 @@ def table_lines(args: argparse.Namespace, test: dict, speed: dict, cost: dict, v
 
 def goal_lines(args: argparse.Namespace, test: dict, speed: dict) -> list[str]:
     """The issue's targets, checked on the long run's subnets."""
-    lora = test.get("LoRA")
-    long_rows = {n: e for n, e in test.items() if "@" in e.get("recipe", "") and len(e.get("tasks", {})) == len(TEST)}
+    long_recipe = f"{best_recipe(args)}@{args.long_steps}" if (args.runs / "val.json").is_file() or args.best else None
+    long_rows = {n: e for n, e in test.items() if e.get("recipe") == long_recipe and len(e.get("tasks", {})) == len(TEST)}
+    lora = lora_for(test, long_recipe) if long_recipe else None
     if not lora or not long_rows:
         return ["(the long run is not scored yet)"]
     base = pooled(lora)[0]
-    lines = []
+    lora_steps = lora["recipe"].split("@")[1] if "@" in lora.get("recipe", "") else args.steps
+    lines = [f"Against LoRA trained for {lora_steps} steps ({base:.3f}):"]
     for name, e in long_rows.items():
         acc = pooled(e)[0]
         d, s = paired(e, lora)
@@ -518,12 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         stage_step_cost(args)
     if "val" in args.stages:
         print(f"best recipe on validation: {stage_val(args)}", flush=True)
-    if "long" in args.stages:
+    if "long" in args.stages:  # LoRA too, so the long run is compared at equal steps
         train_recipe(args, best_recipe(args), args.long_steps)
+        train_recipe(args, "lora", args.long_steps)
     if "search" in args.stages:
         long_run = run_dir(args, best_recipe(args), args.long_steps)
         plan = search_plan(long_run, "nsga2", args.budget, args.population, args.search_limit, "merged")
-        run_search(plan, args.runs / "search")
+        run_search(plan, search_folder(args))
     if "test" in args.stages:
         stage_test(args)
     if "speed" in args.stages:

@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("synthetic", "real"), default="synthetic")
     p.add_argument("--seeds", type=int, default=None, help="default 5 synthetic, 2 real")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds first-seed .. seeds-1 (split a long real part across processes sharing --cache)")
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--items", type=int, default=120, help="validation items per full evaluation")
@@ -88,9 +90,11 @@ class Memo:
         self.path, self.items = path, {}
         if path is not None and path.is_file():
             for line in path.read_text().splitlines():
-                if line.strip():
+                try:
                     entry = json.loads(line)
-                    self.items[tuple(entry["key"])] = entry["items"]
+                except json.JSONDecodeError:  # a line torn by a kill: its config is scored again
+                    continue
+                self.items[tuple(entry["key"])] = entry["items"]
 
     def get(self, key: tuple) -> list[float]:
         return self.items.get(key, [])
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         problem, memo = RealItems(args), Memo(args.cache)
     bounds = shared_bounds(problem, memo)
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for method in args.methods:
             r = run_method(problem, memo, bounds, method, seed, args)
             runs[method].append(r)
