@@ -128,6 +128,16 @@ def train_args(recipe: str, steps: int, **extra: Any) -> TrainArgs:
     return TrainArgs(**{**settings, **extra})
 
 
+def known_best(args: argparse.Namespace) -> str | None:
+    """The best recipe once it is known (validation scored, or ``--best``), else None."""
+    return best_recipe(args) if (args.runs / "val.json").is_file() or args.best else None
+
+
+def steps_of(recipe: str, default: int) -> int:
+    """A row's training steps: ``reorder@450`` ran 450, a plain recipe name ran ``default``."""
+    return int(recipe.split("@")[1]) if "@" in recipe else default
+
+
 def run_dir(args: argparse.Namespace, recipe: str, steps: int) -> Path:
     return args.runs / f"{recipe}-{steps}"
 
@@ -320,7 +330,7 @@ def planned_rows(args: argparse.Namespace) -> dict[str, tuple[Path, dict[str, di
     if args.long_steps != args.steps and (lora_long / "adapter").is_dir():
         plans[f"lora@{args.long_steps}"] = (lora_long, {f"LoRA@{args.long_steps}": {
             "config": "max", "recipe": f"lora@{args.long_steps}", "subnet": "max"}})
-    best = best_recipe(args) if (args.runs / "val.json").is_file() or args.best else None
+    best = known_best(args)
     if best:
         out = run_dir(args, best, args.long_steps)
         if (out / "adapter").is_dir():
@@ -371,7 +381,7 @@ def reuse_scores_of_the_same_run(args: argparse.Namespace, store: Path) -> None:
     """When the searched run is the best recipe's own run, its max and heuristic rows are the rows
     already scored for that recipe (same adapter, config and items): copy them under the new names."""
     done = load_json(store)
-    best = best_recipe(args) if (args.runs / "val.json").is_file() or args.best else None
+    best = known_best(args)
     if not best:
         return
     for ref in ("max", "heuristic"):
@@ -445,8 +455,7 @@ def table_lines(args: argparse.Namespace, test: dict, speed: dict, cost: dict, v
         rel = f"{100 * acc / pooled(lora)[0]:.1f} %" if lora else "-"
         vs = "{:+.3f} ± {:.3f}".format(*paired(entry, lora)) if lora and entry is not lora else "-"
         sp = speed.get(entry.get("config_digest", ""), {}).get("speedup", {}) if base != "lora" else {"1": 1.0, "8": 1.0}
-        steps = int(recipe.split("@")[1]) if "@" in recipe else args.steps
-        per_step = seconds_per_step(run_dir(args, base, steps))
+        per_step = seconds_per_step(run_dir(args, base, steps_of(recipe, args.steps)))
         side = cost.get(base, {}).get("seconds_per_step")
         v = entry.get("val_accuracy", val.get(base, {}).get(entry.get("subnet", ""), None) if "@" not in recipe else None)
         cells = [recipe, entry.get("subnet", name), f"{acc:.3f} ± {se:.3f}", rel, vs, f"{entry['merged_macs'] / 1e9:.2f}",
@@ -459,14 +468,14 @@ def table_lines(args: argparse.Namespace, test: dict, speed: dict, cost: dict, v
 
 def goal_lines(args: argparse.Namespace, test: dict, speed: dict) -> list[str]:
     """The issue's targets, checked on the long run's subnets."""
-    long_recipe = f"{best_recipe(args)}@{args.long_steps}" if (args.runs / "val.json").is_file() or args.best else None
+    best = known_best(args)
+    long_recipe = f"{best}@{args.long_steps}" if best else None
     long_rows = {n: e for n, e in test.items() if e.get("recipe") == long_recipe and len(e.get("tasks", {})) == len(TEST)}
     lora = lora_for(test, long_recipe) if long_recipe else None
     if not lora or not long_rows:
         return ["(the long run is not scored yet)"]
     base = pooled(lora)[0]
-    lora_steps = lora["recipe"].split("@")[1] if "@" in lora.get("recipe", "") else args.steps
-    lines = [f"Against LoRA trained for {lora_steps} steps ({base:.3f}):"]
+    lines = [f"Against LoRA trained for {steps_of(lora.get('recipe', 'lora'), args.steps)} steps ({base:.3f}):"]
     for name, e in long_rows.items():
         acc = pooled(e)[0]
         d, s = paired(e, lora)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from common import DATA, RUNS, environment, environment_markdown, write_results
 
+from lorasearch.io import append_jsonl, read_jsonl
 from lorasearch.results.pick import knee_index
 from lorasearch.results.table import hypervolume_curve, to_minimisation
 from lorasearch.search import Measurement, Objective, SearchSettings, run_search
@@ -88,12 +89,8 @@ class Memo:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path, self.items = path, {}
-        if path is not None and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a kill: its config is scored again
-                    continue
+        if path is not None:  # a line torn by a kill is cut off; its config is scored again
+            for entry in read_jsonl(path, repair=True):
                 self.items[tuple(entry["key"])] = entry["items"]
 
     def get(self, key: tuple) -> list[float]:
@@ -104,8 +101,7 @@ class Memo:
             self.items[key] = list(items)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({"key": list(key), "items": list(items)}) + "\n")
+                append_jsonl(self.path, {"key": list(key), "items": list(items)})
 
 
 class Charged:
