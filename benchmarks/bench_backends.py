@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import DATA, RESULTS, ROOT, environment, environment_markdown, write_results
 
-from lorasearch.models import smollm2_gguf
+from lorasearch.models.loading import smollm2_gguf
 from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings, build_evaluator, build_network
 from lorasearch.search.backends import BackendSettings, make_backend
 from lorasearch.search.engine import SearchSettings

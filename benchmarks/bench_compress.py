@@ -27,13 +27,13 @@ from common import DATA, ROOT, environment, environment_markdown, write_results 
 from lorasearch.compress import quantize_model, save_quantized, save_sparse, sparsify  # noqa: E402
 from lorasearch.compress.sparsity import sparsity_report  # noqa: E402
 from lorasearch.data import load_records, subset  # noqa: E402
-from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.export import export_merged  # noqa: E402
-from lorasearch.models import load_model  # noqa: E402
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
+from lorasearch.export.exporters import export_merged  # noqa: E402
+from lorasearch.models.loading import load_model  # noqa: E402
 from lorasearch.results import binomial_stderr  # noqa: E402
 from lorasearch.runs import NetworkSettings, build_network  # noqa: E402
-from lorasearch.targets import encode_records  # noqa: E402
-from lorasearch.train import NLSTrainer, TrainArgs  # noqa: E402
+from lorasearch.train.targets import encode_records  # noqa: E402
+from lorasearch.train.trainer import NLSTrainer, TrainArgs  # noqa: E402
 
 SPACE = ROOT / "search_spaces" / "smollm2-135m.yaml"
 TASKS = ("ARC-Easy", "openbookqa", "boolq")  # the commonsense tasks with a train split here

@@ -29,7 +29,7 @@ import torch
 from lorasearch import SuperNetwork
 from lorasearch.cost import CostModel, fvcore_macs, gmacs, measure_latency
 from lorasearch.io import atomic_write_json, atomic_write_text
-from lorasearch.models import smollm2_gguf
+from lorasearch.models.loading import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_RATIO = 10_000

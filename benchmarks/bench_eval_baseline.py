@@ -28,9 +28,9 @@ import torch
 
 from lorasearch import SuperNetwork
 from lorasearch.data import load_records
-from lorasearch.evaluate import MultipleChoiceEvaluator
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
 from lorasearch.io import atomic_write_json, atomic_write_text
-from lorasearch.models import smollm2_gguf
+from lorasearch.models.loading import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "llm-adapters"

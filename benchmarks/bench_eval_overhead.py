@@ -1,7 +1,7 @@
 """Evaluating a subnet inside the super-network against the same subnet merged into a plain model.
 
 The super-network runs the subnet unmerged and elastic (sliced adapters beside the base); the
-plain model is `lorasearch.export.merged_copy` of it (adapters folded in, stock ``nn.Linear``).
+plain model is `lorasearch.export.exporters.merged_copy` of it (adapters folded in, stock ``nn.Linear``).
 Both run the batches the option-text evaluator builds for ARC-Easy (left-padded, the same
 ``logits_to_keep``), interleaved batch by batch; the figure is tokens per second of each and
 their ratio. The target: the super-network costs at most 1.10x the merged model.
@@ -21,9 +21,9 @@ from common import DATA, ROOT, environment, environment_markdown, write_results
 
 from lorasearch import SuperNetwork
 from lorasearch.data import load_records
-from lorasearch.evaluate import MultipleChoiceEvaluator, _left_pad, _pad_id, _position_ids
-from lorasearch.export import merged_copy
-from lorasearch.models import load_model, smollm2_gguf
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator, _left_pad, _pad_id, _position_ids
+from lorasearch.export.exporters import merged_copy
+from lorasearch.models.loading import load_model, smollm2_gguf
 
 
 def parse_args() -> argparse.Namespace:

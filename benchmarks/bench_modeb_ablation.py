@@ -68,15 +68,15 @@ from common import COMMONSENSE_TRAIN, DATA, ROOT, RUNS, environment, environment
 
 from lorasearch.cost import CostModel  # noqa: E402
 from lorasearch.data import train_val_split  # noqa: E402
-from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.export import export_merged, export_pruned, load_pruned  # noqa: E402
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
+from lorasearch.export.exporters import export_merged, export_pruned, load_pruned  # noqa: E402
 from lorasearch.io import atomic_write_json  # noqa: E402
-from lorasearch.models import smollm2_gguf  # noqa: E402
-from lorasearch.reorder import reorder_network  # noqa: E402
+from lorasearch.models.loading import smollm2_gguf  # noqa: E402
 from lorasearch.results.run import load_run  # noqa: E402
 from lorasearch.runs import NetworkSettings, build_network, prepare_training  # noqa: E402
-from lorasearch.runs.train import load_training_records  # noqa: E402
-from lorasearch.train import NLSTrainer, TrainArgs  # noqa: E402
+from lorasearch.runs.training import load_training_records  # noqa: E402
+from lorasearch.train.reorder import reorder_network  # noqa: E402
+from lorasearch.train.trainer import NLSTrainer, TrainArgs  # noqa: E402
 
 LONAS = ROOT / "search_spaces" / "llama-lonas.yaml"
 STAGES = ("train", "step-cost", "val", "long", "search", "test", "speed", "report")

@@ -26,8 +26,8 @@ from pathlib import Path
 from common import DATA, ROOT, RUNS, environment, environment_markdown, train_on_commonsense, write_results
 
 from lorasearch.data import load_records
-from lorasearch.evaluate import MultipleChoiceEvaluator
-from lorasearch.models import smollm2_gguf
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+from lorasearch.models.loading import smollm2_gguf
 from lorasearch.runs import NetworkSettings, build_network
 
 TEST = {"ARC-Easy": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OpenBookQA": "openbookqa/test.json"}

@@ -19,7 +19,7 @@ import numpy as np
 from common import DATA, environment, environment_markdown, write_results
 
 from lorasearch.data import load_records
-from lorasearch.evaluate import MultipleChoiceEvaluator
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
 from lorasearch.runs import NetworkSettings, build_network
 from lorasearch.runs.settings import resolve_config
 

@@ -37,9 +37,9 @@ from torch import nn
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import CostModel
-from lorasearch.export import export_merged, export_pruned, load_pruned
+from lorasearch.export.exporters import export_merged, export_pruned, load_pruned
 from lorasearch.io import atomic_write_json, atomic_write_text
-from lorasearch.models import smollm2_gguf
+from lorasearch.models.loading import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "llm-adapters" / "ARC-Easy" / "test.json"
@@ -154,7 +154,7 @@ def time_models(
 def evaluate(models: dict[str, dict[str, Any]], tokenizer: Any, args: argparse.Namespace) -> None:
     """ARC-Easy accuracy and question-text perplexity of every model."""
     from lorasearch.data import load_records
-    from lorasearch.evaluate import LossEvaluator, MultipleChoiceEvaluator
+    from lorasearch.evaluate.evaluators import LossEvaluator, MultipleChoiceEvaluator
 
     records = load_records(args.data)
     texts = [r.instruction.split("\n\nAnswer1:")[0].removeprefix("Please choose the correct answer to the question: ")

@@ -40,10 +40,10 @@ from common import DATA, RESULTS, ROOT, RUNS, environment, environment_markdown,
 
 from lorasearch.cost import CostModel  # noqa: E402
 from lorasearch.data import load_records  # noqa: E402
-from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.export import export_merged, export_pruned, load_pruned  # noqa: E402
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
+from lorasearch.export.exporters import export_merged, export_pruned, load_pruned  # noqa: E402
 from lorasearch.io import atomic_write_json  # noqa: E402
-from lorasearch.models import smollm2_gguf  # noqa: E402
+from lorasearch.models.loading import smollm2_gguf  # noqa: E402
 from lorasearch.results.pick import pick_config  # noqa: E402
 from lorasearch.runs import (  # noqa: E402
     NetworkSettings,
@@ -51,7 +51,7 @@ from lorasearch.runs import (  # noqa: E402
     TaskSettings,
     build_network,
 )
-from lorasearch.runs.export import load_results  # noqa: E402
+from lorasearch.runs.exporting import load_results  # noqa: E402
 from lorasearch.search.engine import SearchSettings  # noqa: E402
 
 TEST = {"ARC-E": "ARC-Easy/test.json", "BoolQ": "boolq/test.json", "OBQA": "openbookqa/test.json",
@@ -367,7 +367,7 @@ def search_summary(args: argparse.Namespace) -> tuple[list[str], dict]:
 
 
 def figures(args: argparse.Namespace) -> list[str]:
-    from lorasearch.plot import comparison_figure, pareto_figure, save_figure
+    from lorasearch.report.figures import comparison_figure, pareto_figure, save_figure
 
     made = []
     runs = [args.search_dir / s for s in ("nsga2", "random") if (args.search_dir / s / "results.csv").is_file()]

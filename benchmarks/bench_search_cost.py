@@ -166,7 +166,7 @@ class RealItems:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from lorasearch.cost import CostModel
-        from lorasearch.evaluate import MultipleChoiceEvaluator
+        from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
         from lorasearch.runs import NetworkSettings, build_network
 
         self.net = build_network(NetworkSettings(model="default", adapter=str(args.adapter), device="cpu"))
@@ -186,7 +186,7 @@ class RealItems:
     def test_accuracy(self, configs) -> list[list[float]]:
         """Per config, its item scores on the test items (ARC-E, BoolQ, OBQA test sets)."""
         from lorasearch.data import load_records
-        from lorasearch.evaluate import MultipleChoiceEvaluator
+        from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
 
         records = []
         for task in ("ARC-Easy", "boolq", "openbookqa"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import RUNS, environment, environment_markdown, write_results
 
-from lorasearch.models import smollm2_gguf
+from lorasearch.models.loading import smollm2_gguf
 from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
 from lorasearch.search.engine import SearchSettings
 

@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, ROOT, RUNS, environment, environment_markdown, write_results  # noqa: E402
 
-from lorasearch.evaluate import MultipleChoiceEvaluator  # noqa: E402
-from lorasearch.models import smollm2_gguf  # noqa: E402
+from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
+from lorasearch.models.loading import smollm2_gguf  # noqa: E402
 from lorasearch.runs import NetworkSettings, build_network  # noqa: E402
 
 

@@ -26,7 +26,7 @@ from common import ROOT, environment, environment_markdown, write_results
 from peft import LoraConfig, get_peft_model
 
 from lorasearch import SuperNetwork
-from lorasearch.models import load_model, smollm2_gguf
+from lorasearch.models.loading import load_model, smollm2_gguf
 
 
 def parse_args() -> argparse.Namespace:

@@ -80,7 +80,7 @@ def train_on_commonsense(out: Path, space: str | Path, sampler: str, *, steps: i
     import sys
 
     from lorasearch.runs import NetworkSettings, prepare_training
-    from lorasearch.train import TrainArgs
+    from lorasearch.train.trainer import TrainArgs
 
     if (out / "adapter" / "adapter_config.json").is_file():
         print(f"reusing {out}")

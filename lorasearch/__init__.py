@@ -3,10 +3,10 @@
 The front door: everything a notebook or script needs, importable from ``lorasearch``.
 
 * `SearchSpace`: declarative spaces of rank and width choices (``lorasearch.space``);
-* `SuperNetwork`: a model, a space and its elastic adapters, one subnet active (``lorasearch.supernet``);
+* `SuperNetwork`: a model, a space and its elastic adapters, one subnet active (``lorasearch.network.supernet``);
 * `build_network`, `NetworkSettings`, `TaskSettings`, `build_evaluator`: objects from plain settings
   (``lorasearch.runs``);
-* `search_network`, `SearchSettings`, `SearchRun`: the search (``lorasearch.runs.search``);
+* `search_network`, `SearchSettings`, `SearchRun`: the search (``lorasearch.runs.searching``);
 * `load_run`, `SearchResult`, `pick_config`: a finished search read back (``lorasearch.results``);
 * `MultipleChoiceEvaluator`, `LMEvalEvaluator`: accuracy evaluators (built in; lm-evaluation-harness tasks);
 * `export_config`, `export_peft`, `export_merged`, `export_pruned`, `export_run`, `load_pruned`: exports.
@@ -16,12 +16,13 @@ evaluate, train, compress, search, results, export, plot, report), then ``lorase
 only code that builds objects from settings or run directories), then ``lorasearch.cli``.
 """
 
-from .elastic import ElasticLoRALinear
 from .errors import AdapterError, ExportError, LoraSearchError, ModelError, SpaceError
-from .evaluate import EvalResult, MultipleChoiceEvaluator
-from .export import export_config, export_merged, export_peft, export_pruned, load_pruned
-from .lm_eval_harness import LMEvalEvaluator
-from .models import load_model
+from .evaluate.evaluators import EvalResult, MultipleChoiceEvaluator
+from .evaluate.harness import LMEvalEvaluator
+from .export.exporters import export_config, export_merged, export_peft, export_pruned, load_pruned
+from .models.loading import load_model
+from .network.elastic import ElasticLoRALinear
+from .network.supernet import SuperNetwork
 from .results import SearchResult, load_run
 from .results.pick import pick_config
 from .runs import (
@@ -36,8 +37,7 @@ from .runs import (
 )
 from .search import SearchSettings
 from .space import SearchSpace
-from .supernet import SuperNetwork
-from .train import TrainArgs
+from .train.trainer import TrainArgs
 from .version import __version__
 
 __all__ = [

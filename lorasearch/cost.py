@@ -41,9 +41,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .binding import linear_modules
-from .errors import LoraSearchError
-from .supernet import SuperNetwork
+from .errors import CostError
+from .network.binding import linear_modules
+from .network.supernet import SuperNetwork
 
 DEPLOYMENTS = ("unmerged", "merged")
 REFERENCES = ("fvcore", "analytic")
@@ -51,9 +51,6 @@ KINDS = ("embedding", "linear", "adapter", "attention", "lm_head", "other")
 TOTAL = "total"
 ROOT = "(model)"  # the model's own ops in traces and breakdowns
 
-
-class CostError(LoraSearchError):
-    """Bad input to the cost model, or an fvcore count that disagrees with the module shapes."""
 
 
 # ------------------------------------------------------------------------ parameters

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import LoraSearchError
-from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
+from .errors import DataError
 from .io import read_text
+from .models.hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
 
 FIELDS = ("instruction", "input", "output", "answer")
 
@@ -51,9 +51,6 @@ _LABEL_RE = re.compile(r"^(?P<stem>[a-z]+)\s*(?P<num>\d+)$")
 # The lead-ins LLM-Adapters puts before the question ("Please choose the correct answer to the question: ").
 _LEAD_IN_RE = re.compile(r"^please (?:choose|answer|select)[^:\n]*?:\s*", re.IGNORECASE)
 
-
-class DataError(LoraSearchError):
-    """A task file is missing, malformed, empty, or its answers do not fit its options."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,26 @@ class ExportError(LoraSearchError):
     """A subnet cannot be picked or exported as asked."""
 
 
+class CostError(LoraSearchError):
+    """Bad input to the cost model, or an fvcore count that disagrees with the module shapes."""
+
+
+class DataError(LoraSearchError):
+    """A task file is missing, malformed, empty, or its answers do not fit its options."""
+
+
+class EvalError(LoraSearchError):
+    """An evaluator cannot be built or run on the given network and data."""
+
+
+class CompressError(LoraSearchError):
+    """Bad input to sparsification, quantization or the sparse/quantization-aware adapter modes."""
+
+
+class CalibrationError(LoraSearchError):
+    """Calibration texts that cannot give the windows asked for (Wanda, quantization, reordering)."""
+
+
 def where(source: str | None, field: str | None = None) -> str:
     """Format the `file: field:` prefix of an error message."""
     parts = [p for p in (source, field) if p]

@@ -11,7 +11,7 @@ things unless forced.
 * the records: a hash of the task records the run uses;
 * the adapter and the space: `lorasearch.SuperNetwork.fingerprint` and
   `lorasearch.space.space_fingerprint`;
-* the evaluator: its kind and the settings that change a score (template, limit, seed, ...).
+* the evaluator: its kind and the settings that change a score (its class's ``fingerprint_fields``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any, Iterable, Mapping
 
 SMALL_FILE = 1 << 20  # files under 1 MiB are hashed whole; larger ones by name and size
 HEAD_BYTES = 1 << 20  # of a single model file (a GGUF header holds its metadata)
-EVALUATOR_FIELDS = ("metric", "mode", "normalization", "response_prefix", "template", "max_new_tokens",
-                    "tolerance", "max_length", "task", "num_fewshot")
 LABELS = {
     "space": "the search space",
     "adapter": "the adapter's tensors",
@@ -76,11 +74,15 @@ def _record_fields(record: Any) -> dict[str, Any]:
 
 
 def evaluator_fingerprint(evaluator: Any) -> str | None:
-    """A hash of an evaluator's kind and of the settings that change its scores (None for no evaluator)."""
+    """A hash of an evaluator's kind and of the settings that change its scores (None for no evaluator).
+
+    The settings are the attributes the evaluator's class lists in ``fingerprint_fields``.
+    """
     if evaluator is None:
         return None
     settings: dict[str, Any] = {"kind": type(evaluator).__name__}
-    settings.update({k: getattr(evaluator, k) for k in EVALUATOR_FIELDS if hasattr(evaluator, k)})
+    fields = getattr(evaluator, "fingerprint_fields", ())
+    settings.update({k: getattr(evaluator, k) for k in fields if hasattr(evaluator, k)})
     records = getattr(evaluator, "records", None)
     if records is not None:
         settings["records"] = records_fingerprint(records)

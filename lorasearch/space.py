@@ -117,7 +117,7 @@ class SearchSpace:
 
     The gene-level API (:meth:`size`, :meth:`encode`, :meth:`decode`, :meth:`max`, :meth:`min`,
     :meth:`heuristic`, :meth:`sample`) needs the number of layers: set ``num_layers`` in the file,
-    call :meth:`with_num_layers`, or bind the space to a model (``lorasearch.binding.bind``).
+    call :meth:`with_num_layers`, or bind the space to a model (``lorasearch.network.binding.bind``).
     """
 
     name: str

@@ -39,7 +39,7 @@ QUICKSTART = [
     new_markdown_cell("## 2. NLS training on the synthetic task\n\nThe default sampler (`auto`) trains the sandwich for a Mode B space like this one (the max, the min and two random sub-networks in each optimizer step) and one random sub-network per step for Mode A; the base stays frozen."),
     new_code_cell(
         "from lorasearch.data import synthetic_task, train_val_split\n"
-        "from lorasearch.targets import encode_records\n"
+        "from lorasearch.train.targets import encode_records\n"
         "from lorasearch.train import NLSTrainer, TrainArgs\n\n"
         "train, val = train_val_split(synthetic_task(300), 0.2)\n"
         "examples = encode_records(net.tokenizer, train, target=\"text\", max_length=64)\n"
@@ -59,7 +59,7 @@ QUICKSTART = [
     ),
     new_markdown_cell("## 4. The Pareto front"),
     new_code_cell(
-        "from lorasearch.plot import pareto_figure\n\n"
+        "from lorasearch.report import pareto_figure\n\n"
         "figure = pareto_figure(result)\n"
         "figure"
     ),
@@ -110,7 +110,7 @@ ANALYSIS = [
     ),
     new_markdown_cell("## Compare the strategies: fronts and hypervolume against evaluations"),
     new_code_cell(
-        "from lorasearch.plot import comparison_figure\n\n"
+        "from lorasearch.report import comparison_figure\n\n"
         "comparison_figure(runs)"
     ),
     new_markdown_cell("## Pick the most accurate subnet under a MAC budget"),

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorasearch.errors import AdapterError, SpaceError
-from lorasearch.models import tiny_model
-from lorasearch.peft_format import CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
+from lorasearch.models.loading import tiny_model
+from lorasearch.network.peft_format import CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
+from lorasearch.network.supernet import SPACE_FILE_NAME, SuperNetwork
 from lorasearch.space import SearchSpace
-from lorasearch.supernet import SPACE_FILE_NAME, SuperNetwork
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TINY_SPACE = SPACES_DIR / "tiny-llama.yaml"

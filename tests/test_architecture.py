@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lorasearch"
-SHIMS = {"lorasearch.session", "lorasearch.search_run", "lorasearch.training_run", "lorasearch.rundata",
-         "lorasearch.quickstart"}
 
 
 def module_name(path: Path) -> str:
@@ -82,9 +80,12 @@ def floor(prefix: str) -> list[str]:
 
 
 @pytest.mark.parametrize("floor_prefix, forbidden", [
-    ("lorasearch.search", ("lorasearch.cost", "lorasearch.supernet", "lorasearch.runs", "lorasearch.evaluate")),
+    ("lorasearch.search", ("lorasearch.cost", "lorasearch.network", "lorasearch.runs", "lorasearch.evaluate")),
     ("lorasearch.compress", ("lorasearch.export", "lorasearch.runs")),
-    ("lorasearch.results", ("lorasearch.runs", "lorasearch.supernet", "lorasearch.cost")),
+    ("lorasearch.results", ("lorasearch.runs", "lorasearch.network", "lorasearch.cost", "lorasearch.search")),
+    ("lorasearch.train", ("lorasearch.compress", "lorasearch.runs")),
+    ("lorasearch.network", ("lorasearch.compress", "lorasearch.runs", "lorasearch.train", "lorasearch.evaluate")),
+    ("lorasearch.models", ("lorasearch.network", "lorasearch.compress", "lorasearch.runs")),
 ])
 def test_a_floor_reaches_nothing_above_it(floor_prefix, forbidden):
     for name in floor(floor_prefix):
@@ -92,8 +93,36 @@ def test_a_floor_reaches_nothing_above_it(floor_prefix, forbidden):
         assert not above, f"{name} reaches {sorted(above)}"
 
 
+def test_the_cli_imports_only_the_application_layer_io_and_errors():
+    allowed = ("lorasearch.runs", "lorasearch.cli", "lorasearch.io", "lorasearch.errors")
+    for name in floor("lorasearch.cli"):
+        direct = {m for m in GRAPH[name] if not m.startswith(allowed)}
+        assert not direct, f"{name} imports {sorted(direct)}; fix: call lorasearch.runs instead"
+
+
+def test_every_error_type_lives_in_errors():
+    defined = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith(("Error", "Warning")) and name != "lorasearch.errors":
+                defined.append(f"{name}.{node.name}")
+    assert not defined, defined
+
+
+def test_the_package_root_is_small_and_no_module_name_repeats():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 8, root
+    names: dict[str, list[str]] = {}
+    for name in MODULES:
+        parts = name.split(".")
+        if len(parts) > 1 and parts[-1] not in ("__main__",):
+            names.setdefault(parts[-1], []).append(name)
+    repeated = {short: full for short, full in names.items() if len(full) > 1}
+    assert not repeated, repeated
+
+
 def test_only_the_application_layer_and_above_import_runs():
-    allowed = set(floor("lorasearch.runs")) | set(floor("lorasearch.cli")) | SHIMS | {"lorasearch"}
+    allowed = set(floor("lorasearch.runs")) | set(floor("lorasearch.cli")) | {"lorasearch"}
     importers = {name for name in MODULES if any(m.startswith("lorasearch.runs") for m in GRAPH[name])}
     assert importers <= allowed, sorted(importers - allowed)
 
@@ -104,24 +133,10 @@ def test_every_module_imports_first_in_a_fresh_package():
     script = (
         "import importlib, sys\n"
         "import torch, transformers, pandas  # third-party modules stay loaded between rounds\n"
-        f"for name in {sorted(m for m in set(MODULES) - SHIMS if not m.endswith('__main__'))!r}:\n"
+        f"for name in {sorted(m for m in set(MODULES) if not m.endswith('__main__'))!r}:\n"
         "    for loaded in [m for m in sys.modules if m == 'lorasearch' or m.startswith('lorasearch.')]:\n"
         "        del sys.modules[loaded]\n"
         "    importlib.import_module(name)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-
-
-@pytest.mark.parametrize("name, attribute", [
-    ("lorasearch.session", "build_network"), ("lorasearch.search_run", "SearchRun"),
-    ("lorasearch.training_run", "prepare_training"), ("lorasearch.rundata", "load_run"),
-    ("lorasearch.quickstart", "run_quickstart"),
-])
-def test_old_module_paths_still_import_with_a_deprecation_warning(name, attribute):
-    import importlib
-
-    sys.modules.pop(name, None)
-    with pytest.warns(DeprecationWarning, match=f"{name} is deprecated"):
-        module = importlib.import_module(name)
-    assert callable(getattr(module, attribute))

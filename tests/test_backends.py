@@ -17,18 +17,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import Surrogate, make_space, objectives
 
 from lorasearch import LoraSearchError
 from lorasearch.cli import main
-from lorasearch.models import tiny_model
+from lorasearch.models.loading import tiny_model
+from lorasearch.network.supernet import SuperNetwork
+from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
 from lorasearch.search import SearchSettings, run_search
 from lorasearch.search.backends import BackendSettings, LocalBackend
 from lorasearch.search.processes import ProcessBackend
 from lorasearch.search.workers import WorkerSetup, plan_workers
-from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
-from lorasearch.supernet import SuperNetwork
-
-from helpers import Surrogate, make_space, objectives
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY_SPACE, run_cli
 from safetensors.torch import load_file, save_file
 
 from lorasearch.cli import main
 from lorasearch.data import synthetic_task
-from lorasearch.models import tiny_model
-from lorasearch.supernet import SuperNetwork
-
-from helpers import TINY_SPACE, run_cli
+from lorasearch.models.loading import tiny_model
+from lorasearch.network.supernet import SuperNetwork
 
 SPACE_TEXT = TINY_SPACE.read_text()
 GOOD_GROUP = "groups: {up: {modules: [mlp.up_proj], rank: [8, 4]}}"

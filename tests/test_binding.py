@@ -1,4 +1,4 @@
-"""Tests of lorasearch.binding: resolving spaces against tiny models, sizes per config, and errors."""
+"""Tests of lorasearch.network.binding: resolving spaces against tiny models, sizes per config, and errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorasearch.binding import bind, find_layers, linear_modules
 from lorasearch.errors import SpaceError
-from lorasearch.models import tiny_model
+from lorasearch.models.loading import tiny_model
+from lorasearch.network.binding import bind, find_layers, linear_modules
 from lorasearch.space import SearchSpace
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"

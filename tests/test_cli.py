@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_error, run_cli
 from peft import PeftModel
 
 from lorasearch import SuperNetwork
-from lorasearch.models import tiny_model
-
-from helpers import cli_error, run_cli
+from lorasearch.models.loading import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = str(ROOT / "search_spaces" / "tiny-llama.yaml")
@@ -135,7 +134,7 @@ def test_without_a_terminal_search_prints_and_logs_a_line_per_evaluation(tmp_pat
 
 
 def test_threads_apply_to_the_command_and_are_restored_after_it():
-    import lorasearch.cost as cost
+    import lorasearch.runs.scoring as cost  # where the cost command builds its CostModel
 
     before, seen = torch.get_num_threads(), []
 

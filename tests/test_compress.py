@@ -10,15 +10,22 @@ from transformers import AutoModelForCausalLM
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.compress import CompressError, QALoRALinear, SparseLoRALinear, apply_adapter_mode, sparsify
-from lorasearch.compress.calibration import calibration_tokens
 from lorasearch.compress.quant import (
-    QUANT_FILE, load_quantized, pack_int4, quantize_model, quantize_weight, save_quantized, unpack_int4,
+    QUANT_FILE,
+    load_quantized,
+    pack_int4,
+    quantize_model,
+    quantize_weight,
+    save_quantized,
+    unpack_int4,
 )
-from lorasearch.compress.sparsity import SPARSITY_FILE, prunable_linears, prune_mask, save_sparse
+from lorasearch.compress.sparsity import SPARSITY_FILE, prune_mask, save_sparse
 from lorasearch.cost import CostModel
 from lorasearch.data import synthetic_task
-from lorasearch.export import export_merged
-from lorasearch.models import byte_tokenizer, tiny_model
+from lorasearch.export.exporters import export_merged
+from lorasearch.models.anatomy import decoder_linears
+from lorasearch.models.calibration import calibration_tokens
+from lorasearch.models.loading import byte_tokenizer, tiny_model
 from lorasearch.runs import NetworkSettings, build_network
 
 ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
@@ -54,7 +61,7 @@ def inputs() -> torch.Tensor:
 # ------------------------------------------------------------------------------------ Wanda
 def test_wanda_zeros_half_of_every_row_and_reports_per_layer():
     model, report = sparse_model(0.5)
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         zeros_per_row = (layer.weight == 0).sum(1)
         assert torch.all(zeros_per_row == layer.in_features // 2), name
     assert report.iloc[-1]["module"] == "total" and report.iloc[-1]["sparsity"] == pytest.approx(0.5)
@@ -72,8 +79,9 @@ def test_wanda_prunes_sequentially_layer_after_layer():
     activations gives a different result."""
     seq, _ = sparse_model(0.5)
     dense = tiny_model("llama")
-    from lorasearch.compress.calibration import capture_layer_inputs, decoder_layers, run_layer, with_hidden
-    from lorasearch.compress.sparsity import _InputNorms, block_linears
+    from lorasearch.compress.sparsity import _InputNorms
+    from lorasearch.models.anatomy import block_linears, decoder_layers
+    from lorasearch.models.calibration import capture_layer_inputs, run_layer, with_hidden
 
     tokens = calibration_tokens(byte_tokenizer(), synthetic_task(60), 8, 32)
     captured = capture_layer_inputs(dense, tokens, 8)
@@ -96,7 +104,7 @@ def test_wanda_prunes_sequentially_layer_after_layer():
 def test_n_m_patterns(pattern, m):
     model, report = sparse_model(0.0, pattern=pattern)
     n = int(pattern.split(":")[0])
-    for layer in prunable_linears(model).values():
+    for layer in decoder_linears(model).values():
         groups = (layer.weight == 0).reshape(layer.out_features, -1, m).sum(-1)
         assert torch.all(groups == n)
     assert report.iloc[-1]["sparsity"] == pytest.approx(0.5)
@@ -129,7 +137,7 @@ def test_saved_sparse_base_loads_with_from_pretrained(tmp_path):
     model, report = sparse_model(0.5)
     save_sparse(model, byte_tokenizer(), tmp_path / "sparse", report)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         assert torch.equal(loaded.get_submodule(name).weight, layer.weight)
     doc = json.loads((tmp_path / "sparse" / SPARSITY_FILE).read_text())
     assert doc["method"] == "wanda" and doc["sparsity"] == pytest.approx(0.5) and len(doc["layers"]) == 4 * 7
@@ -161,7 +169,7 @@ def test_quantized_folder_round_trips(tmp_path):
     assert json.loads((tmp_path / "q" / QUANT_FILE).read_text())["group_size"] == 32
     loaded = load_quantized(tmp_path / "q")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         assert torch.equal(loaded.model.get_submodule(name).weight, layer.weight)
         assert torch.equal(plain.get_submodule(name).weight, layer.weight)
         assert loaded.model.get_submodule(name).quant_grid.group_size == 32
@@ -233,7 +241,7 @@ def test_sparse_adapter_refuses_another_sparse_base(tmp_path):
     other = tiny_model("llama")
     sparsify(other, method="magnitude", ratio=0.5)
     with pytest.raises(CompressError, match="trained on a base with"):
-        from lorasearch.compress.network import resolve_mode
+        from lorasearch.compress.adapter_modes import resolve_mode
 
         mode, saved = resolve_mode(None, adapter)
         apply_adapter_mode(SuperNetwork(other, space(), adapter), mode, saved)
@@ -300,7 +308,7 @@ def test_cost_names_dense_and_effective_macs():
     cost = CostModel(net, seq_len=16, reference="analytic")
     config = net.space.heuristic()
     dense, effective = cost.macs(config), cost.effective_macs(config)
-    linear_macs = 16 * sum(m.in_features * m.out_features for m in prunable_linears(net.model).values()
+    linear_macs = 16 * sum(m.in_features * m.out_features for m in decoder_linears(net.model).values()
                            if type(m) is torch.nn.Linear)  # elastic bases and the plain decoder linears
     assert dense - effective == linear_macs // 2
     assert cost.parameters(config).nonzero < cost.parameters(config).base
@@ -310,7 +318,7 @@ def test_cost_names_dense_and_effective_macs():
 
 
 def test_macs_effective_objective_is_registered():
-    from lorasearch.runs.objectives import ObjectiveContext, build_objective
+    from lorasearch.runs.network_objectives import ObjectiveContext, build_objective
 
     net = sparse_net("sparse")
     cost = CostModel(net, seq_len=8, reference="analytic")

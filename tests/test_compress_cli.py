@@ -7,16 +7,16 @@ import functools
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from helpers import run_cli
 from transformers import AutoModelForCausalLM
 
 from lorasearch.compress.quant import load_quantized
-from lorasearch.compress.sparsity import SPARSITY_FILE, prunable_linears
+from lorasearch.compress.sparsity import SPARSITY_FILE
 from lorasearch.data import synthetic_task
-
-import helpers
-from helpers import run_cli
+from lorasearch.models.anatomy import decoder_linears
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 
@@ -32,14 +32,14 @@ def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("bases")
     task = root / "task.json"
     task.write_text(json.dumps([r.to_dict() for r in synthetic_task(200)]))
-    run_cli("sparsify", "--model", "tiny-llama", "--calibration", task, "--samples", "8", "--seq-len", "64",
+    run_cli("sparsify", "--model", "tiny-llama", "--calibration", task, "--samples", "8", "--calibration-seq-len", "64",
             "--ratio", "0.5", "--out", root / "sparse")
     run_cli("quantize", "--model", root / "sparse", "--group-size", "32", "--out", root / "sparse-int4")
     return {"task": task, "sparse": root / "sparse", "int4": root / "sparse-int4"}
 
 
 def zeros(model) -> dict[str, torch.Tensor]:
-    return {n: m.weight == 0 for n, m in prunable_linears(model).items()}
+    return {n: m.weight == 0 for n, m in decoder_linears(model).items()}
 
 
 def train_search(bases, tmp_path, base: str, mode: str) -> Path:
@@ -103,5 +103,5 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, args, expected):
 
 def test_too_small_calibration_set_is_refused(capsys, bases, tmp_path):
     err = cli_error(capsys, "sparsify", "--model", "tiny-llama", "--calibration", bases["task"], "--samples", "4000",
-                    "--seq-len", "512", "--out", tmp_path / "x")
+                    "--calibration-seq-len", "512", "--out", tmp_path / "x")
     assert "calibration set too small" in err

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
+from helpers import MODE_B, merged_smaller_copy
 from torch import nn
 
-from helpers import MODE_B, merged_smaller_copy
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import (
     CostError,
@@ -19,7 +19,7 @@ from lorasearch.cost import (
     parameter_counts,
 )
 from lorasearch.errors import LoraSearchError, SpaceError
-from lorasearch.models import tiny_model
+from lorasearch.models.loading import tiny_model
 
 T = 16  # tokens per traced sequence
 LAYERS = 2  # two decoder layers keep each fvcore trace well under a second

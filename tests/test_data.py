@@ -21,7 +21,7 @@ from lorasearch.data import (
     synthetic_task,
     train_val_split,
 )
-from lorasearch.models import byte_tokenizer
+from lorasearch.models.loading import byte_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm-adapters"
 MC_TASKS = ["ARC-Easy", "boolq", "piqa", "social_i_qa", "openbookqa"]

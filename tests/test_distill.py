@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
 from helpers import TINY_SPACE, assert_good_error
+
 from lorasearch import LoraSearchError, SearchSpace, SuperNetwork
 from lorasearch.io import read_jsonl
-from lorasearch.models import tiny_model
-from lorasearch.sampling import make_sampler, resolve_sampler
-from lorasearch.train import (
+from lorasearch.models.loading import tiny_model
+from lorasearch.train.sampling import make_sampler, resolve_sampler
+from lorasearch.train.trainer import (
     IGNORE_INDEX,
     NLSTrainer,
     TrainArgs,

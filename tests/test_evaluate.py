@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import MODE_B
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.data import DataError, Record, encode_for_training, synthetic_task
-from lorasearch.evaluate import (
+from lorasearch.evaluate.evaluators import (
     EvalError,
     EvalResult,
     Evaluator,
@@ -20,9 +21,7 @@ from lorasearch.evaluate import (
     binomial_stderr,
     extract_number,
 )
-from lorasearch.models import byte_tokenizer, tiny_model
-
-from helpers import MODE_B
+from lorasearch.models.loading import byte_tokenizer, tiny_model
 
 SPACE = {
     "name": "tiny",

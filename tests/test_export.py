@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from lorasearch import SearchSpace, SuperNetwork
-from lorasearch.export import (
+from lorasearch.export.exporters import (
     PRUNED_FILE,
     SUBNET_FILE,
     ExportError,
@@ -25,9 +25,9 @@ from lorasearch.export import (
     export_pruned,
     load_pruned,
 )
+from lorasearch.models.loading import byte_tokenizer, tiny_model
 from lorasearch.results.pick import knee_index, pick_config
-from lorasearch.runs.export import export_run, load_results
-from lorasearch.models import byte_tokenizer, tiny_model
+from lorasearch.runs.exporting import export_run, load_results
 
 ATOL_PEFT = 1e-5
 ATOL_PRUNED = 1e-4
@@ -361,12 +361,11 @@ def test_run_directory_without_results(tmp_path):
 
 def test_export_of_a_run_rebuilds_its_network_with_every_recorded_setting(tmp_path):
     """The network of `export RUN_DIR` comes from the one builder, so a recorded dtype is kept."""
+    from helpers import TINY_SPACE
     from safetensors import safe_open
 
     from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
     from lorasearch.search import SearchSettings
-
-    from helpers import TINY_SPACE
 
     plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), dtype="bf16"), TaskSettings(limit=8),
                      SearchSettings(budget=4, population=4, seed=0))

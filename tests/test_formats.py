@@ -232,7 +232,7 @@ def tiny_llama():
 @pytest.mark.parametrize("fixture", ["sqft_elastic_adapter_config", "sqft_elastic_adapter_config_per_module",
                                      "shears_nncf_llama", "lonas_nncf_llama"])
 def test_imported_spaces_bind_to_a_llama(tmp_path, tiny_llama, fixture):
-    from lorasearch.binding import bind
+    from lorasearch.network.binding import bind
 
     path = FIXTURES / f"{fixture}.json"
     text = path.read_text().replace("11008, 9632, 8256, 6880, 5504", "128, 112, 96, 80, 64")  # the tiny MLP
@@ -259,7 +259,7 @@ def test_descriptions_name_the_lora_modules_without_a_group_and_how_alpha_was_ch
 
 def test_the_modules_a_description_names_are_real_module_paths(tmp_path, tiny_llama):
     """Following the description (adding its modules to adapter.targets) gives their LoRA a fixed rank."""
-    from lorasearch.binding import bind
+    from lorasearch.network.binding import bind
 
     space = import_space(FIXTURES / "shears_nncf_llama.json")
     data = space.to_dict()

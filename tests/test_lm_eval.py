@@ -15,17 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY_SPACE, cli_error, kill_at_lines, randomize_adapters, run_cli
 
 from lorasearch import SearchSpace, SuperNetwork, TaskSettings, build_evaluator
 from lorasearch.data import parse_choices, subset, synthetic_task
 from lorasearch.errors import LoraSearchError
-from lorasearch.evaluate import EvalError, MultipleChoiceEvaluator
-from lorasearch.lm_eval_harness import LMEvalEvaluator, parse_lm_eval, write_task
-from lorasearch.models import byte_tokenizer, tiny_model
+from lorasearch.evaluate.evaluators import EvalError, MultipleChoiceEvaluator
+from lorasearch.evaluate.harness import LMEvalEvaluator, parse_lm_eval, write_task
+from lorasearch.models.loading import byte_tokenizer, tiny_model
 from lorasearch.search import Objective
 from lorasearch.search.objectives import measure_all
-
-from helpers import TINY_SPACE, cli_error, kill_at_lines, randomize_adapters, run_cli
 
 pytest.importorskip("lm_eval")  # the README's test command installs it (the lmeval extra)
 
@@ -298,7 +297,7 @@ def test_a_search_with_lm_eval_resumes_after_kill_9_without_running_lm_eval_agai
         import time
         import torch; torch.set_num_threads(1)
         from lorasearch.cli import main
-        from lorasearch.lm_eval_harness import LMEvalEvaluator
+        from lorasearch.evaluate.harness import LMEvalEvaluator
         inner = LMEvalEvaluator._evaluate  # slowed down, so that the kill lands between evaluations
         LMEvalEvaluator._evaluate = lambda self, samples: (time.sleep(0.5), inner(self, samples))[1]
         main({args + ["--out", str(out)]!r})

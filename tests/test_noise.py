@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import ItemScores, make_space
 
-from lorasearch.report import report_markdown
+from lorasearch.report.document import report_markdown
 from lorasearch.results.noise import paired_difference
 from lorasearch.search import SearchSettings, run_search
-
-from helpers import ItemScores, make_space
 
 
 class Flat(ItemScores):

@@ -9,12 +9,12 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from helpers import STDERR, Surrogate, synthetic_search  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from helpers import STDERR, Surrogate, synthetic_search  # noqa: E402
 
 from lorasearch import LoraSearchError  # noqa: E402
-from lorasearch.plot import (  # noqa: E402
+from lorasearch.report.figures import (  # noqa: E402
     comparison_figure,
     comparison_info,
     hypervolume_figure,
@@ -29,6 +29,7 @@ from lorasearch.plot import (  # noqa: E402
 from lorasearch.results import hypervolume_curve, pareto_mask, to_minimisation  # noqa: E402
 from lorasearch.results.run import from_result, load_run  # noqa: E402
 from lorasearch.search import Objective  # noqa: E402
+
 
 def params_objective(s: Surrogate) -> Objective:
     return Objective("params", "min", lambda c: 1e6 * (50 + sum(v for k, v in c.items() if k.startswith("attn"))),

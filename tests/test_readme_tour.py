@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from helpers import ROOT
+
 from lorasearch.cli import main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

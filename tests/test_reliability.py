@@ -24,16 +24,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import ROOT, TINY_SPACE, cli_error, randomize_adapters, run_cli, wait_for_lines
 from safetensors.torch import load_file
 
 from lorasearch.cli import main
 from lorasearch.data import synthetic_task
 from lorasearch.errors import LoraSearchWarning
 from lorasearch.io import LOCK_FILE, read_jsonl
-from lorasearch.models import tiny_model
-from lorasearch.supernet import SuperNetwork
-
-from helpers import ROOT, TINY_SPACE, cli_error, randomize_adapters, run_cli, wait_for_lines
+from lorasearch.models.loading import tiny_model
+from lorasearch.network.supernet import SuperNetwork
 
 SHEARS = ROOT / "search_spaces" / "llama-shears.yaml"
 TRAIN = ["--model", "tiny-llama", "--space", SHEARS, "--steps", "10", "--batch-size", "4", "--checkpoint-every", "4",
@@ -46,7 +45,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    import lorasearch.search.rundir as rundir, lorasearch.train as train
+    import lorasearch.search.rundir as rundir, lorasearch.train.trainer as train
     hook, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     calls = [0]
 
@@ -302,7 +301,7 @@ def test_resume_refuses_a_changed_model_folder_and_evaluator(task_file, tmp_path
     folder = tmp_path / "model"
     model = tiny_model("llama")
     model.save_pretrained(folder)
-    from lorasearch.models import byte_tokenizer
+    from lorasearch.models.loading import byte_tokenizer
 
     byte_tokenizer().save_pretrained(folder)
     run = tmp_path / "run"
@@ -314,7 +313,7 @@ def test_resume_refuses_a_changed_model_folder_and_evaluator(task_file, tmp_path
     (folder / "config.json").write_text(original)
     run_cli("search", "--resume", run)  # restored: resumes
     # an upgrade that changed the prompt the evaluator scores with
-    from lorasearch.evaluate import MultipleChoiceEvaluator
+    from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
 
     defaults = dict(MultipleChoiceEvaluator.__init__.__kwdefaults__)
     monkeypatch.setattr(MultipleChoiceEvaluator.__init__, "__kwdefaults__", {**defaults, "template": "Q: {question}\nA:"})
@@ -424,7 +423,7 @@ def test_training_killed_between_the_checkpoint_renames_resumes_from_it(full_tra
     out = tmp_path / "train"
     killed("rename", 2, "train", *TRAIN, "--out", out)  # the step-8 checkpoint is whole but not in place
     assert not (out / "checkpoint").exists() and (out / "checkpoint.tmp" / "state.json").is_file()
-    import lorasearch.train as train
+    import lorasearch.train.trainer as train
 
     logged, append = [], train.append_jsonl
     monkeypatch.setattr(train, "append_jsonl", lambda path, record: (logged.append(record["step"]), append(path, record)))
@@ -446,7 +445,7 @@ def test_training_killed_before_the_old_checkpoint_is_removed_resumes_exactly(fu
 
 # ------------------------------------------------------------------------ 7. hub and folders
 def no_hub() -> None:
-    from lorasearch.hub import hub_reachable
+    from lorasearch.models.hub import hub_reachable
 
     if hub_reachable():
         pytest.skip("this machine reaches the Hugging Face hub")

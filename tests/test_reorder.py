@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import MODE_B, TINY_SPACE, assert_good_error, cli_error, run_cli
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from helpers import MODE_B, TINY_SPACE, assert_good_error, cli_error, run_cli
 from lorasearch import LoraSearchError, SearchSpace, SuperNetwork
-from lorasearch.binding import linear_modules
 from lorasearch.compress.quant import quantize_model, save_quantized
 from lorasearch.data import synthetic_task
 from lorasearch.errors import AdapterError
-from lorasearch.export import export_merged, export_peft, export_pruned, load_pruned
-from lorasearch.models import byte_tokenizer, tiny_model
-from lorasearch.permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules
-from lorasearch.reorder import importance_permutation, network_unit_sets, reorder_network, unit_scores, unit_sets
+from lorasearch.export.exporters import export_merged, export_peft, export_pruned, load_pruned
+from lorasearch.models.loading import byte_tokenizer, tiny_model
+from lorasearch.network.binding import linear_modules
+from lorasearch.network.permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules
 from lorasearch.runs import NetworkSettings, build_network, prepare_training
-from lorasearch.runs.train import REORDER_FILE
-from lorasearch.train import NLSTrainer, TrainArgs
+from lorasearch.runs.training import REORDER_FILE
+from lorasearch.train.reorder import importance_permutation, network_unit_sets, reorder_network, unit_scores, unit_sets
+from lorasearch.train.trainer import NLSTrainer, TrainArgs
 
 FAMILIES = ["llama", "mistral", "qwen2", "phi3"]
 SEPARATE = ["llama", "mistral", "qwen2"]  # Mode B binds separate projections only
@@ -291,7 +291,7 @@ def test_a_resumed_reordered_run_ends_where_an_uninterrupted_one_does(tmp_path, 
         killed.train(progress=False)
     monkeypatch.setattr(NLSTrainer, "_one_step", original)
     # the permutation comes back from the run folder, not from scoring again
-    monkeypatch.setattr("lorasearch.runs.train.reorder_network", lambda *a, **k: pytest.fail("scored again"))
+    monkeypatch.setattr("lorasearch.runs.training.reorder_network", lambda *a, **k: pytest.fail("scored again"))
     resumed = prepare_training(settings, [], train_args(), tmp_path / "killed", resume=True, log=lambda line: None)
     assert resumed.step == 2
     resumed.train(progress=False)

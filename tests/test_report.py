@@ -14,7 +14,7 @@ import yaml  # noqa: E402
 from helpers import STDERR, synthetic_search  # noqa: E402
 
 from lorasearch import LoraSearchError  # noqa: E402
-from lorasearch.report import config_summary, front_table, write_report  # noqa: E402
+from lorasearch.report.document import config_summary, front_table, write_report  # noqa: E402
 from lorasearch.results import hypervolume_curve  # noqa: E402
 from lorasearch.results.run import from_result, load_run, running_hypervolume  # noqa: E402
 from lorasearch.search import Objective  # noqa: E402

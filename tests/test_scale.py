@@ -7,18 +7,17 @@ import json
 
 import pytest
 import torch
+from helpers import MODE_A_MODULES, SHEARS_SPACE, SPACES_DIR, TINY_SPACE, mode_a_space, randomize_adapters, run_cli
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 
 from lorasearch import SuperNetwork
 from lorasearch.cost import CostModel
 from lorasearch.errors import ModelError
-from lorasearch.export import export_peft
-from lorasearch.models import load_model, resolve_device, resolve_dtype, tiny_model
+from lorasearch.export.exporters import export_peft
+from lorasearch.models.loading import load_model, resolve_device, resolve_dtype, tiny_model
 from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings, build_network, export_run, run_from_file
 from lorasearch.search import SearchSettings
-
-from helpers import MODE_A_MODULES, SHEARS_SPACE, SPACES_DIR, TINY_SPACE, mode_a_space, randomize_adapters, run_cli
 
 MODELS = SPACES_DIR / "models"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

@@ -12,13 +12,12 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import Surrogate, kill_at_lines, make_space, objectives
 
 from lorasearch import LoraSearchError, SearchSpace
 from lorasearch.results import hypervolume, pareto_mask, to_minimisation
 from lorasearch.search import Objective, SearchSettings, parse_constraint, run_search
 from lorasearch.search.strategies import STRATEGIES
-
-from helpers import Surrogate, kill_at_lines, make_space, objectives
 
 
 def front_values(table: pd.DataFrame) -> set[tuple[float, float]]:

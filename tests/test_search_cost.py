@@ -11,12 +11,11 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT, ItemScores, kill_at_lines, make_space
 
 from lorasearch import LoraSearchError
 from lorasearch.search import SearchSettings, run_search
 from lorasearch.search.racing import paired_beats, stops_for
-
-from helpers import ROOT, ItemScores, kill_at_lines, make_space
 
 COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "partial", "item_forwards"]
 
@@ -167,8 +166,8 @@ def test_racing_needs_an_item_wise_score():
 
 
 def test_plots_and_the_report_show_the_cost_in_items(tmp_path):
-    from lorasearch.plot import hypervolume_info, plot_run
-    from lorasearch.report import report_markdown
+    from lorasearch.report.document import report_markdown
+    from lorasearch.report.figures import hypervolume_info, plot_run
 
     scores = ItemScores(make_space(), n_items=120, noise=0.1)
     result = run_search(scores.space, scores.objectives(),

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_good_error, one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorasearch.errors import SpaceError
 from lorasearch.space import SearchSpace
-
-from helpers import assert_good_error, one_line
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SPACE_FILES = sorted(p for p in SPACES_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".json"))

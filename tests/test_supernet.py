@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from helpers import MODE_A_MODULES, MODE_B, merged_smaller_copy, mode_a_space, randomize_adapters
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from helpers import MODE_A_MODULES, MODE_B, merged_smaller_copy, mode_a_space, randomize_adapters
 from lorasearch import SearchSpace, SuperNetwork
-from lorasearch.models import tiny_config, tiny_model
-from lorasearch.peft_format import AdapterModule, write_adapter
+from lorasearch.models.loading import tiny_config, tiny_model
+from lorasearch.network.peft_format import AdapterModule, write_adapter
 
 ATOL = 1e-5
 

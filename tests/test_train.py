@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from lorasearch import LoraSearchError, SuperNetwork
 from lorasearch.io import read_jsonl
-from lorasearch.models import tiny_model
-from lorasearch.sampling import make_sampler
+from lorasearch.models.loading import tiny_model
 from lorasearch.space import SearchSpace
-from lorasearch.train import IGNORE_INDEX, NLSTrainer, TrainArgs, collate, micro_batch_indices, response_loss
+from lorasearch.train.sampling import make_sampler
+from lorasearch.train.trainer import IGNORE_INDEX, NLSTrainer, TrainArgs, collate, micro_batch_indices, response_loss
 
 SPACE = "search_spaces/tiny-llama.yaml"
 
@@ -55,7 +55,7 @@ def test_only_adapters_change_and_loss_drops(tmp_path):
 
 
 def test_without_a_terminal_training_writes_progress_lines(tmp_path, capsys, monkeypatch):
-    from lorasearch.train import _Bar
+    from lorasearch.train.trainer import _Bar
 
     monkeypatch.setattr(_Bar, "LINE_EVERY", 0.0)
     t = trainer(tmp_path, steps=3)

@@ -7,7 +7,6 @@ they are declared once, with their help text, and reach every command alike.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,11 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LoraSearchError
-from ..runs.settings import NetworkSettings, TaskSettings
-from ..search.backends import BackendSettings
-from ..search.engine import SearchSettings
-from ..space import SearchSpace
-from ..train import TrainArgs
+from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
 from .app import app, console, space_app
 from .options import settings_options, with_threads
 from .printing import print_configs, print_search_summary, print_space
@@ -66,16 +61,10 @@ def space_show(
     With --model (or --model-config) the space is checked against the model, and each config's
     parameters are shown.
     """
-    from ..runs.settings import build_network
+    from ..runs import load_space
 
-    space = SearchSpace.load(file)
     network = with_model_config(network, model_config)
-    net = None
-    if network.model is not None:
-        net = build_network(network, space=space, with_tokenizer=False)
-        space = net.space
-    elif num_layers is not None:
-        space = space.with_num_layers(num_layers)
+    space, net = load_space(file, network, num_layers)
     print_space(space, file)
     if space.per_layer is not None and space.num_layers is None:
         console.print("size and configs need the layer count: pass --model or --num-layers")
@@ -92,15 +81,12 @@ def space_import(
     alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha of the adapter (the reference files do not store it).")] = None,
 ) -> None:
     """Convert a reference implementation's space file into lorasearch's format."""
-    from ..formats import import_space
-    from ..io import refuse_existing
+    from ..runs import import_space_file
 
-    space = import_space(file, name=name, alpha=alpha)
+    space = import_space_file(file, out, name=name, alpha=alpha)
     if out is None:
         console.out(space.dumps(), end="", highlight=False)
         return
-    refuse_existing(out)
-    space.save(out)
     console.print(f"wrote {out} ({len(space.groups)} groups)")
 
 
@@ -129,23 +115,18 @@ def eval_command(
     seq_len: SeqLen = 128,
 ) -> None:
     """Score one subnet and print its accuracy, MACs and parameters."""
-    from ..cost import CostModel
-    from ..runs.settings import build_evaluator, build_network, resolve_config
+    from ..runs import score_subnet
 
-    net = build_network(network)
-    chosen = resolve_config(net.space, config)
-    result = build_evaluator(net, task)(chosen)
-    cost = CostModel(net, seq_len=seq_len, reference="analytic")
-    params = cost.parameters(chosen, nonzero=True)
+    scored = score_subnet(network, task, config, seq_len)
+    result, params = scored.result, scored.params
     se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
     console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
-    for deployment in ("unmerged", "merged"):
-        console.print(f"MACs ({deployment}, {seq_len} tokens): {cost.gmacs(chosen, deployment):.4f} G")
+    for deployment, gmacs in scored.gmacs.items():
+        console.print(f"MACs ({deployment}, {seq_len} tokens): {gmacs:.4f} G")
     console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
-    if params.nonzero is not None and params.nonzero < 0.99 * params.base:  # a padding row's zeros are no sparsity
-        effective = cost.effective_macs(chosen, "merged") / 1e9
+    if scored.effective_gmacs is not None:
         console.print(f"sparse base: {params.nonzero:,} non-zero base parameters "
-                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {effective:.4f} G")
+                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {scored.effective_gmacs:.4f} G")
 
 
 @app.command("cost")
@@ -162,29 +143,17 @@ def cost_command(
     csv: Annotated[Optional[Path], typer.Option(help="Also write the breakdown as CSV.")] = None,
 ) -> None:
     """Print the per-module MACs (unmerged and merged) and parameters of one subnet."""
-    from ..cost import CostModel, fvcore_macs
-    from ..runs.settings import build_network, resolve_config
+    from ..runs import cost_breakdown
 
     if backend is not None:
         deprecated("cost --backend", "--counter")
         counter = backend
-    if counter not in ("closed", "fvcore"):
-        raise LoraSearchError(f"--counter: unknown {counter!r}; fix: use closed or fvcore")
-    net = build_network(with_model_config(network, model_config), with_tokenizer=False)
-    chosen = resolve_config(net.space, config)
-    cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference="analytic")
-    if counter == "fvcore" and cost.on_meta:
-        raise LoraSearchError("--counter fvcore: a model from --model-config has no weights to trace; fix: use --counter closed")
-    table = cost.breakdown(chosen, "unmerged").rename(columns={"macs": "macs_unmerged"}).drop(columns="deployment")
-    table.insert(3, "macs_merged", cost.breakdown(chosen, "merged")["macs"])
-    if counter == "fvcore":
-        total, by_module = fvcore_macs(net, chosen, seq_len, deployment=deployment)
-        table[f"fvcore_macs_{deployment}"] = [by_module.get(m, 0) if m != "total" else total for m in table["module"]]
+    report = cost_breakdown(with_model_config(network, model_config), config, seq_len, deployment, counter)
     if csv:
-        table.to_csv(csv, index=False)
-    print(table.to_string(index=False, max_rows=80))
-    params = cost.parameters(chosen)
-    console.print(f"{cost.describe(chosen, 'unmerged')}; {cost.describe(chosen, 'merged')}")
+        report.table.to_csv(csv, index=False)
+    print(report.table.to_string(index=False, max_rows=80))
+    params = report.params
+    console.print("; ".join(report.descriptions))
     console.print(f"parameters: {params.total:,} total, {params.trainable:,} adapter, {params.base:,} base"
                   + ("" if params.nonzero is None else f", {params.nonzero:,} non-zero base"))
 
@@ -211,7 +180,7 @@ def train_command(
         "the run began (the adapter then trains on both; train_run.yaml records it)."))] = False,
 ) -> None:
     """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
-    from ..runs.train import prepare_training
+    from ..runs import prepare_training
 
     network = dataclasses.replace(network, seed=args.seed)  # one --seed seeds the adapters and the run
     trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
@@ -223,46 +192,27 @@ def train_command(
 
 
 # ------------------------------------------------------------------------------ compression
-def load_for_rewriting(network: NetworkSettings):
-    """A base to sparsify or quantize: in CPU memory, in the checkpoint's own dtype unless --dtype
-    says otherwise, with --device (a GPU when present) as where the layer-by-layer work runs."""
-    from ..models import load_model, resolve_device
-
-    device = resolve_device(network.device)
-    options = {**network.load_options(), "device": "cpu", "device_map": None}
-    if network.dtype in (None, "auto"):
-        options["dtype"] = "own"
-    return load_model(network.model, **options), device
-
-
 @app.command("sparsify")
 @with_threads
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
+@settings_options(SparsifySettings, "settings")
 def sparsify_command(
     network: NetworkSettings,
+    settings: SparsifySettings,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the sparse base (from_pretrained loads it).")],
-    method: Annotated[str, typer.Option(help="wanda (|W| * ||X_j||, per output row) or magnitude (|W|, per layer).")] = "wanda",
-    ratio: Annotated[float, typer.Option(help="Share of weights to zero, in [0, 1) (N:M patterns fix it at N/M).")] = 0.5,
-    pattern: Annotated[str, typer.Option(help="unstructured, 2:4 or 4:8.")] = "unstructured",
-    calibration: Annotated[Optional[Path], typer.Option(help="Task file whose texts calibrate Wanda.")] = None,
-    samples: Annotated[int, typer.Option(help="Calibration windows (the reference uses 128).")] = 128,
-    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Calibration windows per forward pass.")] = 8,
+    seq_len: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated spelling of --calibration-seq-len.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated spelling of --calibration-batch.")] = None,
 ) -> None:
     """Prune a base model (Wanda or magnitude; unstructured or N:M) and save it with a per-layer report."""
-    from ..compress.sparsity import save_sparse, sparsify
-    from ..data import load_records
-    from ..io import refuse_existing
+    from ..runs import sparsify_base
 
-    refuse_existing(out)
-    if method == "wanda" and calibration is None:
-        raise LoraSearchError("--calibration: missing; Wanda needs calibration texts; fix: pass a task file, or --method magnitude")
-    records = load_records(calibration) if calibration is not None else None
-    loaded, device = load_for_rewriting(network)
-    report = sparsify(loaded.model, loaded.tokenizer, method=method, ratio=ratio, pattern=pattern, records=records,
-                      n_samples=samples, seq_len=seq_len, batch_size=batch_size, device=device)
-    provenance = {"model": loaded.spec, "calibration": str(calibration) if calibration else None}
-    save_sparse(loaded.model, loaded.tokenizer, out, report, provenance)
+    if seq_len is not None:
+        deprecated("sparsify --seq-len", "--calibration-seq-len")
+        settings = dataclasses.replace(settings, calibration_seq_len=seq_len)
+    if batch_size is not None:
+        deprecated("sparsify --batch-size", "--calibration-batch")
+        settings = dataclasses.replace(settings, calibration_batch=batch_size)
+    report = sparsify_base(network, settings, out)
     print(report.to_string(index=False, max_rows=40))
     console.print(f"wrote {out} ({report['sparsity'].iloc[-1]:.1%} of the decoder linears' weights are zero)")
 
@@ -280,17 +230,9 @@ def quantize_command(
 
     A sparse base (from lorasearch sparsify) stays sparse.
     """
-    from ..compress.quant import quantize_model, save_quantized
-    from ..compress.sparsity import SPARSITY_FILE, sparsity_report
-    from ..io import refuse_existing
+    from ..runs import quantize_base
 
-    refuse_existing(out)
-    loaded, device = load_for_rewriting(network)
-    quantize_model(loaded.model, bits, group_size, device=device)
-    save_quantized(loaded.model, loaded.tokenizer, out, {"model": loaded.spec})
-    if (Path(network.model) / SPARSITY_FILE).is_file():
-        shutil.copy(Path(network.model) / SPARSITY_FILE, out / SPARSITY_FILE)
-    sparsity = sparsity_report(loaded.model)["sparsity"].iloc[-1]
+    sparsity = quantize_base(network, out, bits, group_size)
     console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
 
 
@@ -325,7 +267,7 @@ def search_command(
     ))] = False,
 ) -> None:
     """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
-    from ..runs.search import SearchRun, run_from_file
+    from ..runs import SearchRun, run_from_file
 
     where = BackendSettings(backend, workers, ray_address)
     where.check()
@@ -365,14 +307,9 @@ def plot_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the figures (default: RUN_DIR/plots).")] = None,
 ) -> None:
     """Draw the Pareto front, the search progression and the hypervolume (PNG and SVG)."""
-    from ..plot import comparison_figure, plot_run, save_figure
+    from ..runs import plot_runs
 
-    if len(run_dirs) == 1:
-        written = plot_run(run_dirs[0], out)
-    else:
-        folder = out or Path("comparison")
-        written = save_figure(comparison_figure([str(d) for d in run_dirs]), folder / "comparison")
-    for path in written:
+    for path in plot_runs(run_dirs, out):
         console.print(f"wrote {path}")
 
 
@@ -383,9 +320,9 @@ def report_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Markdown file (default: RUN_DIR/report.md).")] = None,
 ) -> None:
     """Write a markdown (and HTML) report of a search: the front, relative figures, settings, plots."""
-    from ..report import write_report
+    from ..runs import report_run
 
-    console.print(f"wrote {write_report(run_dir, out)}")
+    console.print(f"wrote {report_run(run_dir, out)}")
 
 
 @app.command("export")
@@ -400,7 +337,7 @@ def export_command(
     space: Annotated[Optional[Path], typer.Option(help="Override the run's space file.")] = None,
 ) -> None:
     """Export a subnet of a search: its config, a stock-PEFT sub-adapter, a merged or a pruned model."""
-    from ..runs.export import export_run
+    from ..runs import export_run
 
     path = export_run(run_dir, pick, format, out, model=model, adapter=str(adapter) if adapter else None,
                       space=str(space) if space else None)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
-from ..cost import parameter_counts
-from ..report import summary_table
-from ..results.run import SearchResult
-from ..space import Group, SearchSpace, config_summary
-from ..supernet import SuperNetwork
+from ..runs import front_summary, reference_configs
 from .app import console
+
+if TYPE_CHECKING:
+    from ..network.supernet import SuperNetwork
+    from ..results.run import SearchResult
+    from ..space import Group, SearchSpace
 
 
 def print_space(space: SearchSpace, file: Path) -> None:
@@ -60,11 +62,10 @@ def print_configs(space: SearchSpace, net: SuperNetwork | None) -> None:
     if net is not None:
         table.add_column("trainable params", justify="right")
         table.add_column("total params", justify="right")
-    for label, config in (("max", space.max()), ("heuristic", space.heuristic()), ("min", space.min())):
-        row = [label, config_summary(config)]
-        if net is not None:
-            counts = parameter_counts(net, config)
-            row += [f"{counts.trainable:,}", f"{counts.total:,}"]
+    for ref in reference_configs(space, net):
+        row = [ref.label, ref.summary]
+        if ref.params is not None:
+            row += [f"{ref.params.trainable:,}", f"{ref.params.total:,}"]
         table.add_row(*row)
     console.print(table)
 
@@ -72,7 +73,7 @@ def print_configs(space: SearchSpace, net: SuperNetwork | None) -> None:
 def print_search_summary(result: SearchResult) -> None:
     """The front, the reference configs, the noise notes and where the run lies."""
     console.print(f"\n[bold]Pareto front[/bold] ({len(result.pareto)} of {len(result.table)} evaluations)")
-    print(summary_table(result).to_string(index=False))
+    print(front_summary(result).to_string(index=False))
     for label in ("max", "heuristic", "min"):
         row = result.reference(label)
         if row is not None:

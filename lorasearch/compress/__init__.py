@@ -9,7 +9,7 @@ and the SparsePEFT / QA-SparsePEFT adapter modes that keep them through fine-tun
   `apply_adapter_mode`, which turns a `SuperNetwork`'s modules into them.
 """
 
-from .errors import CompressError
+from ..errors import CompressError
 from .masked import ADAPTER_MODES, QALoRALinear, SparseLoRALinear, apply_adapter_mode
 from .quant import QuantGrid, dequantize, fake_quantize, load_quantized, quantize_model, quantize_weight, save_quantized
 from .sparsity import METHODS, save_sparse, sparsify, sparsity_report

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..elastic import ElasticLoRALinear
-from ..supernet import ADAPTER_MODE_FILE, SuperNetwork
-from .errors import CompressError
+from ..errors import CompressError
+from ..network.elastic import ElasticLoRALinear
+from ..network.supernet import ADAPTER_MODE_FILE, SuperNetwork
 from .quant import GRID_ATTR, QuantGrid
 
 ADAPTER_MODES = ("dense", "sparse", "qa")

@@ -24,10 +24,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import CompressError
 from ..io import atomic_write_json, staged
-from ..models import load_model, save_model_folder
-from .errors import CompressError
-from .sparsity import prunable_linears
+from ..models.anatomy import decoder_linears
+from ..models.loading import load_model, save_model_folder
 
 QUANT_FILE = "lorasearch_quant.json"
 CODES_FILE = "lorasearch_quant.safetensors"
@@ -80,9 +80,9 @@ def check_group_size(model: nn.Module, group_size: int) -> None:
     """Refuse a group size that does not divide every decoder linear's input size."""
     if group_size < 1:
         raise CompressError(f"--group-size {group_size}: must be >= 1; fix: e.g. --group-size 128")
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         if layer.in_features % group_size:
-            divisors = [g for g in (256, 128, 64, 32, 16) if all(m.in_features % g == 0 for m in prunable_linears(model).values())]
+            divisors = [g for g in (256, 128, 64, 32, 16) if all(m.in_features % g == 0 for m in decoder_linears(model).values())]
             hint = f"e.g. --group-size {divisors[0]}" if divisors else "a divisor of every input size"
             raise CompressError(
                 f"--group-size {group_size}: {name} has {layer.in_features} inputs, not a multiple of {group_size}; fix: use {hint}"
@@ -128,7 +128,7 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128,
     """
     check_group_size(model, group_size)
     codes = {}
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         home = layer.weight.device
         grid, q = quantize_weight(layer.weight.to(device or home), bits, group_size)
         grid = QuantGrid(grid.scales.to(home), grid.zeros.to(home), grid.bits, grid.group_size)
@@ -142,7 +142,7 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128,
 def layer_codes(model: nn.Module) -> dict[str, torch.Tensor]:
     """The codes of every quantized decoder linear's current weight on its grid."""
     return {name: layer.quant_grid.quantize(layer.weight).to(torch.uint8)
-            for name, layer in prunable_linears(model).items() if hasattr(layer, GRID_ATTR)}
+            for name, layer in decoder_linears(model).items() if hasattr(layer, GRID_ATTR)}
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ def write_quant_files(folder: Path, model: nn.Module, provenance: Mapping[str, A
 
     tensors, layers, meta = {}, [], None
     for name, q in layer_codes(model).items():
-        grid: QuantGrid = getattr(prunable_linears(model)[name], GRID_ATTR)
+        grid: QuantGrid = getattr(decoder_linears(model)[name], GRID_ATTR)
         meta = meta or {"bits": grid.bits, "group_size": grid.group_size}
         tensors[f"{name}.codes"] = pack_int4(q) if grid.bits == 4 else q
         tensors[f"{name}.scales"] = grid.scales.contiguous()
@@ -196,7 +196,7 @@ def attach_grids(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     meta = json.loads((path / QUANT_FILE).read_text())
     tensors = load_file(str(path / CODES_FILE))
-    linears = prunable_linears(model)
+    linears = decoder_linears(model)
     for name in meta["layers"]:
         if name not in linears:
             raise CompressError(f"{path / QUANT_FILE}: layer {name} is not a decoder linear of the model; fix: re-quantize")

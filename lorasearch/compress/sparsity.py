@@ -22,18 +22,18 @@ import torch
 from torch import nn
 
 from ..data import Record
+from ..errors import CalibrationError, CompressError
 from ..io import atomic_write_json, staged
-from ..models import save_model_folder
-from .calibration import (
+from ..models.anatomy import block_linears, decoder_layers, decoder_linears
+from ..models.calibration import (
     calibration_tokens,
     capture_layer_inputs,
-    decoder_layers,
     on_device,
     outside_layers_on,
     run_layer,
     with_hidden,
 )
-from .errors import CompressError
+from ..models.loading import save_model_folder
 
 METHODS = ("wanda", "magnitude")
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -58,23 +58,11 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def block_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules of one decoder block, by name relative to the block."""
-    return {name: m for name, m in layer.named_modules() if type(m) is nn.Linear and "lora_" not in name}
-
-
-def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` inside the decoder blocks, by full name."""
-    layers = decoder_layers(model)
-    prefix = next(n for n, m in model.named_modules() if m is layers)
-    return {f"{prefix}.{i}.{n}": m for i, layer in enumerate(layers) for n, m in block_linears(layer).items()}
-
-
 def check_pattern_fits(model: nn.Module, nm: tuple[int, int] | None) -> None:
     """Refuse an N:M pattern whose M does not divide some layer's input size."""
     if nm is None:
         return
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         if layer.in_features % nm[1]:
             raise CompressError(
                 f"--pattern {nm[0]}:{nm[1]}: {name} has {layer.in_features} inputs, not a multiple of {nm[1]}; "
@@ -113,7 +101,7 @@ def _apply(layer: nn.Linear, zero: torch.Tensor) -> None:
 @torch.no_grad()
 def prune_magnitude(model: nn.Module, ratio: float, nm: tuple[int, int] | None) -> None:
     """Zero the smallest ``|W|`` of every decoder linear (per layer, or per N:M group)."""
-    for layer in prunable_linears(model).values():
+    for layer in decoder_linears(model).values():
         _apply(layer, prune_mask(layer.weight.abs().float(), ratio, nm, per_row=False))
 
 
@@ -196,7 +184,10 @@ def sparsify(
     else:
         if tokenizer is None or not records:
             raise CompressError("--method wanda: needs calibration records and a tokenizer; fix: pass --calibration TASK_FILE")
-        tokens = calibration_tokens(tokenizer, records, n_samples, seq_len)
+        try:
+            tokens = calibration_tokens(tokenizer, records, n_samples, seq_len)
+        except CalibrationError as exc:
+            raise CompressError(str(exc)) from None
         prune_wanda(model, tokens, ratio, nm, batch_size, device)
     report = sparsity_report(model)
     report.attrs.update(method=method, ratio=ratio, pattern=pattern, samples=n_samples, seq_len=seq_len)
@@ -206,7 +197,7 @@ def sparsify(
 def sparsity_report(model: nn.Module) -> pd.DataFrame:
     """One row per decoder linear (module, out, in, nonzero, numel, sparsity), then a ``total`` row."""
     rows = []
-    for name, layer in prunable_linears(model).items():
+    for name, layer in decoder_linears(model).items():
         nnz = int(torch.count_nonzero(layer.weight))
         rows.append((name, layer.out_features, layer.in_features, nnz, layer.weight.numel()))
     df = pd.DataFrame(rows, columns=["module", "out", "in", "nonzero", "numel"])

@@ -11,7 +11,7 @@
 * ``row N``: the evaluation with ``eval_id`` N.
 
 Objective directions come from the run's stored bounds, or for a bare table from the registered
-objectives (`lorasearch.search.objectives.DIRECTIONS_OF`).
+objectives (`lorasearch.results.table.DIRECTIONS_OF`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ExportError, LoraSearchError
-from ..search.objectives import DIRECTIONS_OF
 from ..space import Config, SearchSpace
-from .table import ObjectiveSpec, pareto_mask
+from .table import DIRECTIONS_OF, ObjectiveSpec, pareto_mask
 
 PICKS = ("knee", "max-accuracy-under-macs X", "heuristic", "max", "min", "row N")
 META_COLUMNS = frozenset({

@@ -16,6 +16,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+# The registered objectives and which way is better: the one list that builders, pickers and
+# readers of a bare results table consult.
+DIRECTIONS_OF = {
+    "accuracy": "max",
+    "macs": "min",
+    "macs_merged": "min",
+    "macs_unmerged": "min",
+    "params": "min",
+    "latency": "min",
+    "macs_effective": "min",
+}
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:

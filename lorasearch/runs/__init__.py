@@ -1,18 +1,30 @@
-"""The application layer: the only code that turns plain settings or a run directory into objects.
+"""The application layer: the only code that turns plain settings or a run directory into objects,
+one module per command, so the CLI above only parses, calls one function here and prints.
 
 * `settings`: `NetworkSettings`, `TaskSettings`, the one `build_network`, `build_evaluator`, `resolve_config`;
-* `objectives`: the registered objectives built from a network, an evaluator and a cost model;
-* `train`: a training run from settings (`prepare_training`);
-* `search`: `search_network` and `SearchRun` (a search from settings; resume);
-* `export`: `export_run` (pick and export from a run directory);
+* `network_objectives`: the registered objectives built from a network, an evaluator and a cost model;
+* `training`: a training run from settings (`prepare_training`);
+* `searching`: `search_network` and `SearchRun` (a search from settings; resume);
+* `exporting`: `export_run` (pick and export from a run directory);
+* `scoring`: one subnet's accuracy, MACs and parameters (`score_subnet`), its cost breakdown;
+* `compressing`: sparsify and quantize a base (`sparsify_base`, `quantize_base`);
+* `inspecting`: spaces, plots and reports (`load_space`, `plot_runs`, `report_run`);
 * `quickstart`: the README's main job.
 
-The library below knows nothing of this layer; the CLI above is a thin layer over it.
+The library below knows nothing of this layer; the CLI above is a thin layer over it. The other
+settings dataclasses the CLI derives options from (`TrainArgs`, `SearchSettings`,
+`BackendSettings`) are re-exported here.
 """
 
-from .export import export_run, load_results
-from .objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
-from .search import NetworkRecipe, SearchRun, run_from_file, search_network
+from ..search.backends import BackendSettings
+from ..search.engine import SearchSettings
+from ..train.trainer import TrainArgs
+from .compressing import SparsifySettings, quantize_base, sparsify_base
+from .exporting import export_run, load_results
+from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
+from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
+from .scoring import cost_breakdown, score_subnet
+from .searching import NetworkRecipe, SearchRun, run_from_file, search_network
 from .settings import (
     NetworkSettings,
     TaskSettings,
@@ -22,25 +34,39 @@ from .settings import (
     resolve_config,
     settings_dict,
 )
-from .train import prepare_training
+from .training import prepare_training
 
 __all__ = [
+    "BackendSettings",
     "NetworkRecipe",
     "NetworkSettings",
     "ObjectiveContext",
     "SearchRun",
+    "SearchSettings",
+    "SparsifySettings",
     "TaskSettings",
+    "TrainArgs",
     "build_evaluator",
     "build_network",
     "build_objective",
+    "cost_breakdown",
     "export_run",
+    "front_summary",
+    "import_space_file",
     "load_results",
+    "load_space",
     "load_task",
     "network_objectives",
+    "plot_runs",
     "prepare_training",
+    "quantize_base",
+    "reference_configs",
+    "report_run",
     "resolve_config",
     "run_from_file",
+    "score_subnet",
     "search_network",
     "settings_dict",
+    "sparsify_base",
     "standard_objectives",
 ]

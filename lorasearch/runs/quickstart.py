@@ -19,16 +19,16 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import LoraSearchError, SpaceError
-from ..export import export_config, export_peft, export_pruned
-from ..models import default_model_spec, smollm2_gguf
-from ..plot import plot_run
-from ..report import write_report
+from ..export.exporters import export_config, export_peft, export_pruned
+from ..models.loading import default_model_spec, smollm2_gguf
+from ..report.document import write_report
+from ..report.figures import plot_run
 from ..results.pick import pick_config, row_objectives
 from ..search.engine import SearchSettings
-from ..train import TrainArgs
-from .search import SearchRun
+from ..train.trainer import TrainArgs
+from .searching import SearchRun
 from .settings import NetworkSettings, TaskSettings
-from .train import prepare_training
+from .training import prepare_training
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 MARKER = ".lorasearch-quickstart"

@@ -19,20 +19,20 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
+from ..compress.adapter_modes import resolve_mode
 from ..compress.masked import apply_adapter_mode
-from ..compress.network import resolve_mode
 from ..compress.quant import attach_grids, is_quantized_folder
-from ..data import Record, is_multiple_choice, load_records, synthetic_task
+from ..data import Record, load_records, synthetic_task
 from ..errors import AdapterError, LoraSearchError
-from ..evaluate import Evaluator, ExactMatchEvaluator, LossEvaluator, MultipleChoiceEvaluator
+from ..evaluate import registry
+from ..evaluate.evaluators import Evaluator
+from ..evaluate.harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..io import parse_json, read_text
-from ..lm_eval_harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
-from ..models import load_model, resolve_device, resolve_dtype
-from ..permutation import PERMUTATION_FILE
+from ..models.loading import load_model, resolve_device, resolve_dtype
+from ..network.permutation import PERMUTATION_FILE
+from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
 from ..space import Config, SearchSpace
-from ..supernet import SPACE_FILE_NAME, SuperNetwork
 
-EVALUATORS = ("auto", "text", "label", "exact", "loss")
 ADAPTER_DTYPES = ("fp32", "base")
 GPU_BATCH_TOKENS = 32768
 Settings = TypeVar("Settings")
@@ -209,22 +209,7 @@ def load_task(settings: TaskSettings) -> list[Record]:
 def evaluator_kind(settings: TaskSettings, records: Sequence[Record] | None = None) -> str:
     """The evaluator the settings name: ``lm-eval`` for ``lm-eval:TASKS``, and ``auto`` resolved on
     ``records`` (multiple choice scores option texts; numeric answers use exact match)."""
-    if parse_lm_eval(settings.evaluator) is not None:
-        return "lm-eval"
-    if settings.evaluator not in EVALUATORS:
-        raise LoraSearchError(f"--evaluator: unknown {settings.evaluator!r}; fix: use one of {', '.join(EVALUATORS)} "
-                              f"or {LM_EVAL_PREFIX}TASK")
-    if settings.evaluator != "auto":
-        return settings.evaluator
-    if records is None:
-        raise LoraSearchError("--evaluator auto: needs the task's records to choose; fix: pass them or name the evaluator")
-    if is_multiple_choice(records[0]):
-        return "text"
-    try:
-        float(records[0].answer.replace(",", ""))
-        return "exact"
-    except ValueError:
-        return "loss"
+    return registry.evaluator_kind(settings.evaluator, records)
 
 
 def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence[Record] | None = None) -> Evaluator:
@@ -234,12 +219,14 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
         return build_lm_eval(net, settings)
     records = list(records) if records is not None else load_task(settings)
     kind = evaluator_kind(settings, records)
+    options = {
+        "text": {"mode": "text"},
+        "label": {"mode": "label"},
+        "exact": {"max_new_tokens": settings.max_new_tokens},
+        "loss": {"metric": settings.metric or "neg_loss"},
+    }[kind]
     common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device)}
-    if kind in ("text", "label"):
-        return MultipleChoiceEvaluator(net, records, mode=kind, **common)
-    if kind == "exact":
-        return ExactMatchEvaluator(net, records, max_new_tokens=settings.max_new_tokens, **common)
-    return LossEvaluator(net, records, metric=settings.metric or "neg_loss", **common)
+    return registry.EVALUATORS[kind](net, records, **options, **common)
 
 
 def build_lm_eval(net: SuperNetwork, settings: TaskSettings) -> LMEvalEvaluator:

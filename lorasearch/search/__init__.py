@@ -6,9 +6,10 @@ builds accuracy, MACs, parameters and latency objectives from a super-network an
 """
 
 from ..results.run import SearchResult
+from ..results.table import DIRECTIONS_OF
 from .backends import BackendSettings, EvaluationBackend, LocalBackend, make_backend
 from .engine import SearchEngine, SearchSettings, run_search
-from .objectives import DIRECTIONS_OF, Constraint, Measurement, Objective, parse_constraint
+from .objectives import Constraint, Measurement, Objective, parse_constraint
 from .strategies import STRATEGIES
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 An `Objective` is a named callable ``config -> value`` (or ``Measurement`` with a standard
 error) with a direction; nothing here knows about models. The registered names, built from a
-super-network, an evaluator and a cost model by `lorasearch.runs.objectives`, are (`DIRECTIONS_OF`):
+super-network, an evaluator and a cost model by `lorasearch.runs.network_objectives`, are
+(`lorasearch.results.table.DIRECTIONS_OF`):
 
 * ``accuracy`` (max): the evaluator's score, with its binomial standard error (and, from an
   lm-eval evaluator, each task's score as a column ``accuracy_TASK``);
@@ -26,17 +27,6 @@ from ..errors import LoraSearchError
 from ..space import Config
 
 DIRECTIONS = ("max", "min")
-# The registered objectives and which way is better: the one list that builders, pickers and
-# readers of a bare results table consult.
-DIRECTIONS_OF = {
-    "accuracy": "max",
-    "macs": "min",
-    "macs_merged": "min",
-    "macs_unmerged": "min",
-    "params": "min",
-    "latency": "min",
-    "macs_effective": "min",
-}
 
 
 # Keys of a measured values dict that belong to the evaluation record, not to the objective columns.

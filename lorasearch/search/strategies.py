@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -245,17 +245,20 @@ class OptunaStrategy:
             self.study.tell(trial, [float(v) for v in F[row]])
 
 
-STRATEGIES = ("nsga2", "random", "tpe", "optuna-nsga2", "exhaustive")
+# name -> factory(space, n_obj, n_constr, settings, **optuna_kw): a new strategy is one entry here.
+STRATEGY_FACTORIES: dict[str, Callable[..., Strategy]] = {
+    "nsga2": lambda space, n_obj, n_constr, settings, **_: NSGA2Strategy(space, n_obj, n_constr, settings),
+    "random": lambda space, n_obj, n_constr, settings, **_: RandomStrategy(space, settings),
+    "tpe": lambda space, n_obj, n_constr, settings, **kw: OptunaStrategy(space, n_obj, n_constr, settings, "tpe", **kw),
+    "optuna-nsga2": lambda space, n_obj, n_constr, settings, **kw: OptunaStrategy(space, n_obj, n_constr, settings,
+                                                                                 "nsga2", **kw),
+    "exhaustive": lambda space, n_obj, n_constr, settings, **_: ExhaustiveStrategy(space, settings),
+}
+STRATEGIES = tuple(STRATEGY_FACTORIES)
 
 
 def make_strategy(name: str, space: SearchSpace, n_obj: int, n_constr: int, settings: StrategySettings, **optuna_kw) -> Strategy:
-    """Build a strategy by name (see `STRATEGIES`)."""
-    if name == "nsga2":
-        return NSGA2Strategy(space, n_obj, n_constr, settings)
-    if name == "random":
-        return RandomStrategy(space, settings)
-    if name == "exhaustive":
-        return ExhaustiveStrategy(space, settings)
-    if name in ("tpe", "optuna-nsga2"):
-        return OptunaStrategy(space, n_obj, n_constr, settings, "tpe" if name == "tpe" else "nsga2", **optuna_kw)
-    raise LoraSearchError(f"strategy: unknown {name!r}; fix: use one of {', '.join(STRATEGIES)}")
+    """Build a strategy by name (see `STRATEGY_FACTORIES`)."""
+    if name not in STRATEGY_FACTORIES:
+        raise LoraSearchError(f"strategy: unknown {name!r}; fix: use one of {', '.join(STRATEGIES)}")
+    return STRATEGY_FACTORIES[name](space, n_obj, n_constr, settings, **optuna_kw)

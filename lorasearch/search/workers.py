@@ -2,7 +2,7 @@
 
 A worker gets a *recipe*: any picklable callable that takes no arguments and returns a
 `WorkerSetup` (the objectives to measure and the fingerprint of the super-network they measure).
-`lorasearch.runs.search.NetworkRecipe` rebuilds a search's super-network and evaluator from its
+`lorasearch.runs.searching.NetworkRecipe` rebuilds a search's super-network and evaluator from its
 plain settings; tests pass a top-level function. The worker calls the recipe once, keeps what it
 built, and then evaluates configs one at a time (`lorasearch.search.racing.evaluate_config`).
 

@@ -1,0 +1,58 @@
+"""Keeping a base's compression through a super-network: the adapter mode a network is built in,
+and the checks and files of a merged export of a sparse or quantized base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import CompressError
+from ..io import atomic_write_json
+from ..network.supernet import SuperNetwork
+from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, check_mode
+from .quant import GRID_ATTR, write_quant_files
+from .sparsity import SPARSITY_FILE, sparsity_report
+
+
+def resolve_mode(mode: str | None, adapter: str | Path | None) -> tuple[str, dict[str, Any] | None]:
+    """The adapter mode: the one asked for, else the adapter folder's saved one, else ``dense``."""
+    saved = adapter_folder_mode(adapter)
+    if mode is None and saved is not None:
+        mode = saved["adapter_mode"]
+    mode = check_mode(mode)
+    if saved is not None and mode == "dense":
+        saved = None
+    return mode, saved
+
+
+def check_mergeable(net: SuperNetwork) -> None:
+    """Refuse to merge dense adapters into an INT-quantized base: the result would leave the INT grid."""
+    for name, m in net.elastic.items():
+        grid = getattr(m.base_layer, GRID_ATTR, None)
+        if grid is not None and m.active_rank and not isinstance(m, QALoRALinear):
+            raise CompressError(
+                f"--format merged: {name} has an INT{grid.bits} base and a plain adapter; merging would leave the "
+                "INT grid; fix: keep the adapter unmerged (--format peft: INT4 + FP16), or train with --adapter-mode qa"
+            )
+        if isinstance(m, SparseLoRALinear):
+            m.check_mask(name)
+
+
+def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -> None:
+    """Beside a merged export: the INT codes and grids (QA) and the sparsity report (sparse modes)."""
+    modules = dict(model.named_modules())
+    qa = {n: m for n, m in net.elastic.items() if isinstance(m, QALoRALinear)}
+    for name, m in qa.items():
+        setattr(modules[name], GRID_ATTR, m.grid)
+    if qa:
+        write_quant_files(folder, model, {"adapter_mode": "qa"})
+    if any(isinstance(m, SparseLoRALinear) for m in net.elastic.values()):
+        report = sparsity_report(model)
+        atomic_write_json(folder / SPARSITY_FILE, {
+            "format": "lorasearch-sparse", "version": 1, "adapter_mode": getattr(net, "adapter_mode", None),
+            "sparsity": float(report["sparsity"].iloc[-1]),
+            "layers": report.iloc[:-1][["module", "nonzero", "numel", "sparsity"]].to_dict("records"),
+        })
+

@@ -1,0 +1,7 @@
+"""What a user ships: a subnet's config, a stock-PEFT sub-adapter, a merged or a physically pruned
+model (`exporters`), and reading a pruned model back (`pruned`)."""
+
+from .exporters import EXPORTERS, export_config, export_merged, export_peft, export_pruned
+from .pruned import load_pruned
+
+__all__ = ["EXPORTERS", "export_config", "export_merged", "export_peft", "export_pruned", "load_pruned"]

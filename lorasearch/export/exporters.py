@@ -1,0 +1,269 @@
+"""Export a chosen subnet: its config, a stock-PEFT sub-adapter, a merged model, or a pruned model.
+
+Four formats, each written into a new folder (built in a temporary folder beside it, then renamed,
+so a crash leaves no half-written export; an existing folder is refused):
+
+* ``config``: ``subnet.json``: the choice per group and per gene, the resolved module sizes, the
+  objectives measured in the search, and where it came from (run, space, adapter, model).
+* ``peft``: a LoRA sub-adapter that *unpatched* ``PeftModel.from_pretrained`` loads. Each module
+  keeps ``lora_A[:r']`` and ``lora_B[:, :r']``; ``rank_pattern``/``alpha_pattern`` carry one
+  fully qualified, regex-escaped key per module with ``alpha' = s * r'`` (rsLoRA: ``s * sqrt(r')``),
+  ``s`` being the training scale ``alpha / r_max``, so PEFT's ``alpha' / r'`` equals ``s``.
+  ``target_modules`` lists the kept modules by full name, so modules at rank 0 are absent.
+  Mode B widths cannot be expressed by PEFT: a config that shrinks a width is refused. A reordered
+  network (`lorasearch.train.reorder`) writes its sub-adapter in the base's original channel order
+  (``lora_B`` rows and ``lora_A`` columns inverse-permuted), so it applies to the unpermuted base.
+* ``merged``: the active adapters folded into the base weights, saved with ``save_pretrained``
+  (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only. A
+  reordered network's merged (and pruned) model keeps the reordered channels: the same function,
+  the weights' rows and columns in importance order.
+* ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels and attention heads
+  removed, adapters merged. When every layer keeps the same sizes, ``config.json`` is a stock
+  config (smaller ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, with an
+  explicit ``head_dim``) and ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per
+  layer, no stock config class can express them: ``lorasearch_pruned.json`` lists every linear
+  layer whose shape differs from ``config.json``, and `load_pruned` rebuilds the model (it loads
+  both kinds of folder). Every ``pruned`` folder holds ``lorasearch_pruned.json``.
+
+Picking the subnet of a search is `lorasearch.results.pick.pick_config`; exporting from a run directory
+is `lorasearch.runs.export_run`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..compress.adapter_modes import check_mergeable, write_compression_files
+from ..errors import ExportError
+from ..io import atomic_write_json, refuse_existing, staged
+from ..models.loading import forget_dequantized_gguf, save_model_folder
+from ..network.elastic import ElasticLoRALinear
+from ..network.peft_format import AdapterModule, write_adapter
+from ..network.permutation import unpermute_adapter
+from ..network.supernet import SuperNetwork
+from ..space import SearchSpace
+from ..version import __version__
+from .pruned import PRUNED_FILE, fit_stock_config, load_pruned
+
+FORMATS = ("config", "peft", "merged", "pruned")
+Provenance = Optional[Mapping[str, Any]]  # where the subnet came from: run, pick, eval_id, model, ...
+Objectives = Optional[Mapping[str, float]]  # what the search measured for it
+SUBNET_FILE = "subnet.json"
+
+__all__ = [
+    "EXPORTERS", "FORMATS", "PRUNED_FILE", "SUBNET_FILE", "ExportError", "export_config", "export_merged",
+    "export_peft", "export_pruned", "load_pruned", "merged_copy", "module_sizes", "sub_adapter", "subnet_document",
+]
+
+
+# --------------------------------------------------------------------------------- subnet.json
+def subnet_document(
+    space: SearchSpace,
+    config: Mapping[str, Any],
+    *,
+    net: SuperNetwork | None = None,
+    objectives: Mapping[str, float] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ``subnet.json`` holds: the config, the choice per group, sizes, objectives, provenance."""
+    genes = space.encode(config)
+    groups = {
+        g.name: {"kind": g.kind, "values": [config[x.key] for x in space.genes if x.group == g.name]}
+        for g in space.groups
+    }
+    document: dict[str, Any] = {
+        "format": "lorasearch-subnet",
+        "version": 1,
+        "space_name": space.name,
+        "mode": space.mode,
+        "config": {key: config[key] for key in space.keys},
+        "genes": [int(g) for g in genes],
+        "groups": groups,
+        "objectives": dict(objectives or {}),
+        "provenance": {**_stamp(), **dict(provenance or {})},
+        "space": space.to_dict(),
+    }
+    if net is not None:
+        document["modules"] = module_sizes(net, config)
+    return document
+
+
+def module_sizes(net: SuperNetwork, config: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """``module -> {rank, in, out}`` of every elastic module under ``config``."""
+    with net.activated(config):
+        return {n: {"rank": m.active_rank, "in": m.active_in, "out": m.active_out} for n, m in net.elastic.items()}
+
+
+def _stamp() -> dict[str, Any]:
+    return {"exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "lorasearch": __version__}
+
+
+def _write_export(
+    out: str | Path,
+    net_or_space: SuperNetwork | SearchSpace,
+    config: Mapping[str, Any],
+    provenance: Provenance,
+    objectives: Objectives,
+    write: Callable[[Path], None] | None = None,
+) -> Path:
+    """What every format shares: a staged folder, the format's own files (``write``), subnet.json."""
+    net = None if isinstance(net_or_space, SearchSpace) else net_or_space
+    space = net_or_space if net is None else net.space
+    document = subnet_document(space, config, net=net, objectives=objectives, provenance=provenance)
+    with staged(out, ExportError) as tmp:
+        if write is not None:
+            write(tmp)
+        atomic_write_json(tmp / SUBNET_FILE, document)
+    return Path(out)
+
+
+def export_config(net_or_space: SuperNetwork | SearchSpace, config: Mapping[str, Any], out: str | Path,
+                  provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
+    """Write ``out/subnet.json`` for ``config`` (a `SuperNetwork` adds the resolved module sizes)."""
+    refuse_existing(out, ExportError)
+    return _write_export(out, net_or_space, config, provenance, objectives)
+
+
+# ---------------------------------------------------------------------------------------- peft
+def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
+                provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
+    """Write the sub-adapter of ``config`` as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
+
+    Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``) or
+    leaves no module with a rank above 0. The tensors are in the base's original channel order, also
+    for a reordered network, so the folder applies to the unpermuted base model.
+    """
+    refuse_existing(out, ExportError)
+    with net.activated(config):
+        _refuse_shrunk(net, "peft", "--format pruned (a physically smaller model) or a config at full width")
+        modules = sub_adapter(net)
+    if net.permutation is not None:
+        modules = unpermute_adapter(modules, net.permutation)
+    if not modules:
+        raise ExportError("--format peft: every adapter of this config has rank 0, so there is nothing to save; "
+                          "fix: use --format merged (the base model) or pick another subnet")
+    elastic = list(net.elastic.values())
+
+    def write(folder: Path) -> None:
+        write_adapter(folder, modules, base_model=net.model_spec,
+                      use_rslora=any(m.use_rslora for m in elastic), dropout=_dropout(elastic))
+
+    return _write_export(out, net, config, provenance, objectives, write)
+
+
+def sub_adapter(net: SuperNetwork) -> dict[str, AdapterModule]:
+    """The active sub-adapter: sliced tensors with ``alpha' = s * r'`` (rsLoRA: ``s * sqrt(r')``); rank 0 dropped."""
+    modules = {}
+    for name, m in net.elastic.items():
+        r = m.active_rank
+        if m.lora_A is None or r == 0:
+            continue
+        alpha = m.scaling * (math.sqrt(r) if m.use_rslora else r)
+        modules[name] = AdapterModule(m.lora_A.weight[:r].detach(), m.lora_B.weight[:, :r].detach(), alpha)
+    return modules
+
+
+def _dropout(modules: Sequence[ElasticLoRALinear]) -> float:
+    return next((m.lora_dropout.p for m in modules if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
+
+
+def _refuse_shrunk(net: SuperNetwork, fmt: str, fix: str) -> None:
+    shrunk = [(n, m) for n, m in net.elastic.items() if m.active_in < m.in_features or m.active_out < m.out_features]
+    if shrunk:
+        name, m = shrunk[0]
+        raise ExportError(
+            f"--format {fmt}: the config shrinks the widths of {len(shrunk)} modules (e.g. {name}: "
+            f"{m.active_out}x{m.active_in} of {m.out_features}x{m.in_features}), which {fmt} cannot express; "
+            f"fix: use {fix}"
+        )
+
+
+# ------------------------------------------------------------------------------ merged, pruned
+def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
+                  provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
+    """Fold the active adapters into a copy of the base weights and ``save_pretrained`` it (with the tokenizer).
+
+    Sparse and quantized bases keep their zeros and INT grid (their files are written beside the
+    weights). Raises `ExportError` when ``config`` shrinks a width: use `export_pruned` for that.
+    """
+    refuse_existing(out, ExportError)
+    with net.activated(config):
+        _refuse_shrunk(net, "merged", "--format pruned, which removes the dropped channels and heads")
+        check_mergeable(net)
+        model = merged_copy(net)
+
+    def write(folder: Path) -> None:
+        save_model_folder(folder, model, net.tokenizer)
+        write_compression_files(folder, net, model)
+
+    return _write_export(out, net, config, provenance, objectives, write)
+
+
+def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
+                  provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
+    """Save the physically smaller model of a Mode B ``config`` (adapters merged); load it with `load_pruned`.
+
+    With the same sizes in every layer the folder also loads with ``AutoModelForCausalLM.from_pretrained``.
+    Raises `ExportError` for a space without elastic widths or heads (Mode A).
+    """
+    require_mode_b(net.space)
+    refuse_existing(out, ExportError)
+    with net.activated(config):
+        model = merged_copy(net)
+    linears = fit_stock_config(model)
+    layout = {
+        "format": "lorasearch-pruned",
+        "version": 1,
+        "stock": not linears,
+        "loader": "lorasearch.load_pruned" if linears else "transformers.AutoModelForCausalLM.from_pretrained",
+        "linears": linears,
+    }
+
+    def write(folder: Path) -> None:
+        save_model_folder(folder, model, net.tokenizer)
+        atomic_write_json(folder / PRUNED_FILE, layout)
+
+    return _write_export(out, net, config, provenance, objectives, write)
+
+
+def require_mode_b(space: SearchSpace) -> None:
+    """Refuse a pruned export of a rank-only (Mode A) space: nothing could be removed."""
+    if space.mode != "B":
+        raise ExportError(
+            f"--format pruned: space {space.name!r} is Mode A only (ranks), so nothing can be removed from the "
+            "base model; fix: use --format merged or peft, or a space with width/heads groups"
+        )
+
+
+def merged_copy(net: SuperNetwork) -> nn.Module:
+    """A copy of the model whose elastic layers are plain ``nn.Linear`` of the active sizes, adapters merged."""
+    plain = {id(m): _plain_linear(m) for m in net.elastic.values()}
+    # Seeding deepcopy's memo makes the copy use the new linears in place of the elastic
+    # wrappers, so the wrapped base weights are never copied a second time.
+    model = copy.deepcopy(net.model, memo=plain).eval()
+    forget_dequantized_gguf(model)
+    return model
+
+
+@torch.no_grad()
+def _plain_linear(m: ElasticLoRALinear) -> nn.Linear:
+    o, i = m.active_out, m.active_in
+    base = m.base_layer
+    weight = m.merged_weight()  # SparsePEFT / QA-SparsePEFT modules keep the mask and the INT grid
+    layer = torch.nn.utils.skip_init(
+        nn.Linear, i, o, bias=base.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    layer.weight.copy_(weight)
+    if base.bias is not None:
+        layer.bias.copy_(base.bias[:o])
+    return layer.requires_grad_(False)
+
+
+EXPORTERS = {"config": export_config, "peft": export_peft, "merged": export_merged, "pruned": export_pruned}

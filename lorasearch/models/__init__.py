@@ -1,0 +1,8 @@
+"""Base models: loading any Hugging Face causal LM or GGUF file (`loading`), reaching the hub
+(`hub`), a decoder's blocks and linears (`anatomy`) and block-by-block calibration (`calibration`)."""
+
+from .anatomy import block_linears, decoder_layers, decoder_linears
+from .loading import LoadedModel, load_model, meta_model, resolve_device, resolve_dtype, tiny_model
+
+__all__ = ["LoadedModel", "block_linears", "decoder_layers", "decoder_linears", "load_model", "meta_model",
+           "resolve_device", "resolve_dtype", "tiny_model"]

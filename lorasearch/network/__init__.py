@@ -1,0 +1,10 @@
+"""The super-network: the elastic LoRA layer (`elastic`), binding a space to a model (`binding`),
+the wrapped model with one subnet active (`supernet`), recorded channel permutations
+(`permutation`) and the PEFT adapter folder format (`peft_format`)."""
+
+from .binding import SpaceBinding, bind
+from .elastic import ElasticLoRALinear
+from .permutation import ChannelPermutation
+from .supernet import SuperNetwork
+
+__all__ = ["ChannelPermutation", "ElasticLoRALinear", "SpaceBinding", "SuperNetwork", "bind"]
