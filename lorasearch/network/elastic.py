@@ -9,8 +9,11 @@ The scale is ``alpha / r_max`` (``alpha / sqrt(r_max)`` with rsLoRA) for every s
 reference trains and evaluates its super-adapters.
 
 The adapter may keep another dtype than the base (fp32 adapters over a bf16 base, as PEFT does by
-default): its branch runs in the adapter's dtype on an input cast to it, and its output is cast
-back to the base's before the two are added.
+default): in training (and wherever gradients are on) its branch runs in the adapter's dtype on an
+input cast to it, and the sum is cast back to the base's dtype, PEFT's own order. Evaluation (eval
+mode, no gradient) takes a cheaper path to the same function: the branch in the base's dtype, its
+scale on the rank-r product, accumulated into the base's output by one ``addmm`` (`_add_low_rank`),
+so an elastic subnet costs little more than the same subnet merged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _add_low_rank(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``y + scaling * (x A^T) B^T`` in place, for evaluation (no gradient, eval mode).
+
+    The branch runs in the base's dtype: casting the small ``A`` and ``B`` costs ``r * (in + out)``
+    element copies where casting the input would cost ``tokens * in``; the scale lands on the
+    product's rank-r side, and the second matmul accumulates straight into ``y`` (one ``addmm``,
+    no ``tokens x out`` temporary and no separate add).
+    """
+    low = F.linear(x, a.to(y.dtype))
+    y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), b.to(y.dtype).t(), alpha=scaling)
+    return y
 
 
 class ElasticLoRALinear(nn.Module):
@@ -103,9 +119,12 @@ class ElasticLoRALinear(nn.Module):
                 a = a[:r, :i]
             if r != self.max_rank or o != self.out_features:
                 b = b[:o, :r]
-            h = self.lora_dropout(x)
-            delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
-            y = (y + delta).to(y.dtype)  # PEFT's order: add in the adapter's dtype, cast back
+            if self.training or torch.is_grad_enabled() or torch.jit.is_tracing():
+                h = self.lora_dropout(x)
+                delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
+                y = (y + delta).to(y.dtype)  # PEFT's order: add in the adapter's dtype, cast back
+            else:
+                y = _add_low_rank(y, x, a, b, self.scaling)
         return y
 
     @property
