@@ -29,7 +29,11 @@ class ExportError(LoraSearchError):
 
 
 class CostError(LoraSearchError):
-    """Bad input to the cost model, or an fvcore count that disagrees with the module shapes."""
+    """Bad input to the cost model (a sequence length, a deployment, a reference)."""
+
+
+class CostWarning(LoraSearchWarning):
+    """An fvcore count that disagrees with a module's shapes: the closed form is kept for it."""
 
 
 class DataError(LoraSearchError):

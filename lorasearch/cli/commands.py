@@ -252,6 +252,9 @@ def search_command(
     constraint: Annotated[list[str], typer.Option(help="e.g. macs<=2.5e8 (repeatable).")] = [],  # noqa: B006
     seq_len: SeqLen = 128,
     deployment: Deployment = "unmerged",
+    cost_reference: Annotated[str, typer.Option(help=(
+        "analytic (MACs in closed form from the shapes) or fvcore (one fvcore trace of the full model adds what "
+        "only fvcore counts; a module it counts otherwise is a warning)."))] = "analytic",
     run_file: Annotated[Optional[Path], typer.Option(help="Start a new run from a run.yaml (with --out).")] = None,
     config: Annotated[Optional[Path], typer.Option(hidden=True, help="Deprecated spelling of --run-file.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
@@ -284,7 +287,7 @@ def search_command(
             task=dataclasses.replace(task, seed=settings.seed),  # one --seed: the subset and the strategy
             settings=settings,
             objectives=[o.strip() for o in objectives.split(",") if o.strip()],
-            constraints=list(constraint), seq_len=seq_len, deployment=deployment,
+            constraints=list(constraint), seq_len=seq_len, deployment=deployment, cost_reference=cost_reference,
         )
     if storage is not None:
         plan.storage = storage  # a resume with another storage than run.yaml's is refused

@@ -242,24 +242,43 @@ def require_mode_b(space: SearchSpace) -> None:
         )
 
 
-def merged_copy(net: SuperNetwork) -> nn.Module:
-    """A copy of the model whose elastic layers are plain ``nn.Linear`` of the active sizes, adapters merged."""
-    plain = {id(m): _plain_linear(m) for m in net.elastic.values()}
-    # Seeding deepcopy's memo makes the copy use the new linears in place of the elastic
-    # wrappers, so the wrapped base weights are never copied a second time.
-    model = copy.deepcopy(net.model, memo=plain).eval()
+def merged_copy(net: SuperNetwork, device: torch.device | str = "cpu") -> nn.Module:
+    """A copy of the model on ``device`` (the CPU by default) whose elastic layers are plain ``nn.Linear``
+    of the active sizes, adapters merged.
+
+    The copy is built layer by layer: each merged weight is computed where its layer lives and moved
+    to ``device`` at once, and every other tensor is copied straight to ``device``, so the model's own
+    device (a GPU) holds at most one layer's merged weight beside the model, never a second copy of
+    it. Raises `ExportError` for a model whose weights are not all here (offloaded by accelerate).
+    """
+    device = torch.device(device)
+    absent = [n for n, m in net.elastic.items() if m.base_layer.weight.device.type == "meta"]
+    if absent:
+        raise ExportError(f"{absent[0]}: the base weights are offloaded (--device-map) or absent, so they cannot be "
+                          "merged; fix: export with --device cpu (the run's device map is then dropped)")
+    memo: dict[int, Any] = {id(m): _plain_linear(m, device) for m in net.elastic.values()}
+    inside = {id(t) for m in net.elastic.values() for t in (*m.parameters(), *m.buffers())}
+    for tensor in (*net.model.parameters(), *net.model.buffers()):
+        if id(tensor) not in inside and id(tensor) not in memo:
+            memo[id(tensor)] = _copy_to(tensor, device)
+    # Seeding deepcopy's memo makes the copy take these tensors and the new linears in place of the
+    # originals and the elastic wrappers, so nothing of the model is copied on its own device.
+    model = copy.deepcopy(net.model, memo=memo).eval()
     forget_dequantized_gguf(model)
     return model
 
 
+def _copy_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    copied = tensor.detach().to(device, copy=True)
+    return nn.Parameter(copied, requires_grad=False) if isinstance(tensor, nn.Parameter) else copied
+
+
 @torch.no_grad()
-def _plain_linear(m: ElasticLoRALinear) -> nn.Linear:
+def _plain_linear(m: ElasticLoRALinear, device: torch.device) -> nn.Linear:
     o, i = m.active_out, m.active_in
     base = m.base_layer
     weight = m.merged_weight()  # SparsePEFT / QA-SparsePEFT modules keep the mask and the INT grid
-    layer = torch.nn.utils.skip_init(
-        nn.Linear, i, o, bias=base.bias is not None, device=weight.device, dtype=weight.dtype
-    )
+    layer = torch.nn.utils.skip_init(nn.Linear, i, o, bias=base.bias is not None, device=device, dtype=weight.dtype)
     layer.weight.copy_(weight)
     if base.bias is not None:
         layer.bias.copy_(base.bias[:o])

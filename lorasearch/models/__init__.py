@@ -2,7 +2,7 @@
 (`hub`), a decoder's blocks and linears (`anatomy`) and block-by-block calibration (`calibration`)."""
 
 from .anatomy import block_linears, decoder_layers, decoder_linears
-from .loading import LoadedModel, load_model, meta_model, resolve_device, resolve_dtype, tiny_model
+from .loading import LoadedModel, load_model, load_shapes, meta_model, resolve_device, resolve_dtype, tiny_model
 
-__all__ = ["LoadedModel", "block_linears", "decoder_layers", "decoder_linears", "load_model", "meta_model",
+__all__ = ["LoadedModel", "block_linears", "decoder_layers", "decoder_linears", "load_model", "load_shapes", "meta_model",
            "resolve_device", "resolve_dtype", "tiny_model"]

@@ -172,6 +172,59 @@ def load_model(
     return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
 
 
+def load_shapes(
+    spec: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    device: str | torch.device | None = "auto",
+    trust_remote_code: bool = False,
+    with_tokenizer: bool = True,
+    **_: Any,
+) -> LoadedModel:
+    """The model ``spec`` names on the meta device, built from its config alone (no weight is read),
+    with its tokenizer: what a parallel search's driver needs (shapes, the tokenizer), at the cost
+    of a config file. Takes `load_model`'s options; the dtype is the one `load_model` would give on
+    ``device`` (the checkpoint's own where that is None)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if spec == "default":
+        spec = default_model_spec()
+    path = Path(spec)
+    if path.suffix == ".json":
+        return load_model(spec, dtype=dtype)
+    wanted = resolve_dtype(dtype, resolve_device(device))
+    tokenizer = None
+    if spec.startswith("tiny-"):
+        config = tiny_config(spec.removeprefix("tiny-"))
+        config._attn_implementation = "eager"
+        tokenizer = byte_tokenizer() if with_tokenizer else None
+    else:
+        if path.suffix == ".gguf":
+            spec, gguf_file = str(path.parent), path.name
+        local_only = _check_local_or_hub(spec)
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        kwargs.update({"local_files_only": True} if local_only else {})
+        kwargs.update({"gguf_file": gguf_file} if gguf_file else {})
+        try:
+            with hub_offline(local_only):
+                config = AutoConfig.from_pretrained(spec, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs) if with_tokenizer else None
+        except (OSError, ValueError) as exc:
+            if local_only:
+                raise ModelError(f"{spec}: {offline_problem()}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{spec}: cannot read the model's config ({first}); fix: pass a model name, folder or "
+                             ".gguf file") from None
+    own = getattr(config, "dtype", None)
+    own = DTYPES.get(own) if isinstance(own, str) else own
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=wanted or own or torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    _ensure_pad_token(tokenizer)
+    return LoadedModel(model.eval(), tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
 def meta_model(config_file: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
     """The architecture a Hugging Face ``config.json`` describes, on the meta device: shapes without
     weights, built in well under a second even for a 70B model (what planning a search needs)."""

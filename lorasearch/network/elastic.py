@@ -49,6 +49,9 @@ class ElasticLoRALinear(nn.Module):
         use_rslora: use rank-stabilised scaling.
         adapter_dtype: the adapter's dtype (default: the base's). Fresh adapters are initialised on
             the CPU, so a seed gives the same adapter on every device.
+        adapter_device: where the adapter lives (default: the base weight's device). A base without
+            weights (the meta device: shapes only, or offloaded by accelerate) may still have a
+            real adapter, e.g. on the CPU or on the device its layer runs on.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class ElasticLoRALinear(nn.Module):
         dropout: float = 0.0,
         use_rslora: bool = False,
         adapter_dtype: torch.dtype | None = None,
+        adapter_device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -70,7 +74,7 @@ class ElasticLoRALinear(nn.Module):
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank) if rank else 0.0
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if rank:
-            device = base_layer.weight.device
+            device = torch.device(adapter_device) if adapter_device is not None else base_layer.weight.device
             kw = {"device": device if device.type == "meta" else "cpu", "dtype": adapter_dtype or base_layer.weight.dtype}
             self.lora_A = nn.Linear(self.in_features, rank, bias=False, **kw)
             self.lora_B = nn.Linear(rank, self.out_features, bias=False, **kw)

@@ -25,6 +25,7 @@ from ..models.loading import LOW_PRECISION, LoadedModel, load_model
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
+from .offload import OffloadedBlocks
 from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 
@@ -49,6 +50,13 @@ class SuperNetwork:
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
         adapters_in_base_dtype: over a bf16/fp16 base, keep the adapter weights in the base's dtype;
             by default they are fp32 there (PEFT's default), which trains and merges more precisely.
+        adapter_device: where the adapters of layers without weights (a model on the meta device)
+            live: None keeps them on the meta device too; ``"cpu"`` makes them real, e.g. for a
+            parallel search's driver, which needs the adapter's fingerprint and the shapes only.
+
+    Layers that accelerate offloads (``device_map`` with CPU or disk offload) are wrapped with their
+    adapters on the device the layer runs on, and their weights are brought in under the wrapped
+    names (`lorasearch.network.offload`); such a network cannot be reordered or merged.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class SuperNetwork:
         model_spec: str | None = None,
         seed: int = 0,
         adapters_in_base_dtype: bool = False,
+        adapter_device: torch.device | str | None = None,
     ) -> None:
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
@@ -70,12 +79,16 @@ class SuperNetwork:
         self.binding: SpaceBinding = bind(space, model)
         self.space: SearchSpace = self.binding.space
         self.adapters_in_base_dtype = adapters_in_base_dtype
+        self.adapter_device = adapter_device
         folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
+        self.offloaded: OffloadedBlocks | None = OffloadedBlocks.detach(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
+        if self.offloaded is not None:
+            self.offloaded.attach(model)
         self._active: Config = self.space.max()
         self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
         self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
@@ -125,19 +138,27 @@ class SuperNetwork:
                 return ElasticLoRALinear(base)  # width-only module
             tensors = folder.modules[name]
             module = ElasticLoRALinear(base, tensors.rank, tensors.alpha, folder.dropout, folder.use_rslora,
-                                       adapter_dtype=self._adapter_dtype(base))
+                                       adapter_dtype=self._adapter_dtype(base), adapter_device=self._adapter_home(name, base))
             _copy_tensors(module, tensors, folder, name)
             return module
         has_adapter = name in self.binding.rank_modules or name in self.binding.fixed_modules
         if not has_adapter:
             return ElasticLoRALinear(base)
         return ElasticLoRALinear(base, spec.rank or 0, spec.effective_alpha, spec.dropout, spec.use_rslora,
-                                 adapter_dtype=self._adapter_dtype(base))
+                                 adapter_dtype=self._adapter_dtype(base), adapter_device=self._adapter_home(name, base))
 
     def _adapter_dtype(self, base: nn.Linear) -> torch.dtype:
         """fp32 over a bf16/fp16 base (unless asked to keep the base's dtype), else the base's dtype."""
         dtype = base.weight.dtype
         return torch.float32 if dtype in LOW_PRECISION and not self.adapters_in_base_dtype else dtype
+
+    def _adapter_home(self, name: str, base: nn.Linear) -> torch.device | str | None:
+        """Where the adapter of ``name`` lives: beside its base weight, unless the base has none here
+        (offloaded: the device its block runs on; meta: ``adapter_device``)."""
+        if base.weight.device.type != "meta":
+            return None
+        offloaded = self.offloaded.device_of(name) if self.offloaded is not None else None
+        return offloaded if offloaded is not None else self.adapter_device
 
     @property
     def device(self) -> torch.device:
@@ -187,6 +208,9 @@ class SuperNetwork:
         Only plain and `ElasticLoRALinear` layers can be permuted: adapter modes with their own masks
         or grids (SparsePEFT, QA-SparsePEFT) are refused. Successive permutations compose.
         """
+        if self.offloaded is not None:
+            raise SpaceError(f"{source}: the model's layers are offloaded (--device-map), so their channels cannot be "
+                             "reordered in place; fix: load the model on one device (drop --device-map)")
         linears = linear_modules(self.model)
         permutation.check(linears, source)
         for name in permutation.modules():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..cost import REFERENCES
 from ..errors import LoraSearchError
 from ..evaluate.evaluators import Evaluator
 from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
@@ -16,7 +17,7 @@ from ..network.supernet import SuperNetwork
 from ..results.run import SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
 from ..search.engine import SearchSettings, run_search
-from ..search.objectives import Constraint, Objective
+from ..search.objectives import Constraint, Objective, parse_constraint
 from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
 from .network_objectives import network_objectives
@@ -41,7 +42,7 @@ def search_network(
     settings: SearchSettings | None = None,
     seq_len: int = 128,
     deployment: str = "unmerged",
-    cost_reference: str = "fvcore",
+    cost_reference: str = "analytic",
     extra_objectives: Mapping[str, Objective] | None = None,
     out_dir: str | Path | None = None,
     run_info: Mapping[str, Any] | None = None,
@@ -60,7 +61,9 @@ def search_network(
         constraints: e.g. ``"macs<=2.5e8"``; the metric is measured even if it is no objective.
         settings: strategy, budget, population, seed, operators.
         seq_len, deployment: what the MAC objective models (tokens per sequence; merged or unmerged).
-        cost_reference: ``fvcore`` (one trace checks the closed form) or ``analytic``.
+        cost_reference: ``analytic`` (the closed form from the shapes; the tests hold it equal to fvcore's
+            count on every tiny family) or ``fvcore`` (one trace of the full model adds what only fvcore
+            counts, e.g. the rotary embedding's matmul; a module it counts otherwise is a warning).
         extra_objectives: user objectives by name (any callable ``config -> float``).
         out_dir, run_info, resume, log: see `lorasearch.search.run_search`.
         backend: an `EvaluationBackend` (default: evaluate here); ``ProcessBackend`` and
@@ -71,7 +74,7 @@ def search_network(
         net, evaluator, objectives, constraints, seq_len=seq_len, deployment=deployment,
         cost_reference=cost_reference, extra_objectives=dict(extra_objectives or {}),
     )
-    info = {"seq_len": seq_len, "deployment": deployment, **dict(run_info or {})}
+    info = {"seq_len": seq_len, "deployment": deployment, "cost_reference": cost_reference, **dict(run_info or {})}
     return run_search(
         net.space, chosen, settings or SearchSettings(), constraints=parsed, metrics=metrics,
         out_dir=out_dir, run_info=info, resume=resume, log=log, backend=backend, **engine_kw,
@@ -92,12 +95,14 @@ class NetworkRecipe:
     constraints: list[str]
     seq_len: int = 128
     deployment: str = "unmerged"
+    cost_reference: str = "analytic"
 
     def __call__(self) -> WorkerSetup:
         net = build_network(self.network)
         evaluator = build_evaluator(net, self.task)
         chosen, metrics, _ = network_objectives(net, evaluator, self.objectives, self.constraints,
-                                                seq_len=self.seq_len, deployment=self.deployment)
+                                                seq_len=self.seq_len, deployment=self.deployment,
+                                                cost_reference=self.cost_reference)
         return WorkerSetup(chosen + metrics, net.fingerprint())
 
 
@@ -112,6 +117,9 @@ class SearchRun:
     constraints: list[str] = field(default_factory=list)
     seq_len: int = 128
     deployment: str = "unmerged"
+    cost_reference: str = "analytic"
+    """analytic (MACs in closed form from the shapes) or fvcore (one fvcore trace of the full model adds
+    what only fvcore counts); run files from before this setting resume with fvcore, what they used."""
     storage: str | None = None
     """An optuna storage URL shared with other search processes (tpe and optuna-nsga2 only)."""
 
@@ -121,7 +129,22 @@ class SearchRun:
         network, task = absolute_paths(self.network, self.task)
         network = replace(network, device="cpu" if network.device == "cpu" else "auto")
         return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
-                             self.seq_len, self.deployment)
+                             self.seq_len, self.deployment, self.cost_reference)
+
+    def driver_network(self, backend: BackendSettings) -> SuperNetwork:
+        """The network this process builds: the whole one when it evaluates (the local backend); with
+        parallel workers only its shapes (the base on the meta device, the adapter on the CPU), which is
+        all the driver uses (the costs in closed form, the tokenizer, the fingerprint), unless the
+        search needs weights here (``--cost-reference fvcore`` traces the model; ``macs_effective``
+        counts its zeros)."""
+        if backend.kind == "local" or not self.driver_needs_shapes_only():
+            return build_network(self.network)
+        return build_network(self.network, shapes_only=True)
+
+    def driver_needs_shapes_only(self) -> bool:
+        """Whether a parallel search's driver can do without the model's weights."""
+        metrics = set(self.objectives) | {parse_constraint(c).metric for c in self.constraints}
+        return self.cost_reference == "analytic" and "macs_effective" not in metrics
 
     def run_info(self) -> dict[str, Any]:
         """The ``run`` section of run.yaml: the settings a resume must find unchanged."""
@@ -156,6 +179,8 @@ class SearchRun:
         backend = backend or BackendSettings()
         backend.check()
         self.settings.check()
+        if self.cost_reference not in REFERENCES:
+            raise LoraSearchError(f"--cost-reference {self.cost_reference!r}: unknown; fix: use analytic or fvcore")
         if self.network.device_map and backend.kind != "local":
             raise LoraSearchError(f"--backend {backend.kind}: a model spread with --device-map takes every GPU; "
                                   "fix: search with the local backend")
@@ -166,7 +191,7 @@ class SearchRun:
 
     def _run(self, out: str | Path, resume: bool, log: Callable[[str], None] | None, backend: BackendSettings,
              progress: Callable[[str], None] | None, force: bool) -> tuple[SearchResult, SuperNetwork]:
-        net = build_network(self.network)
+        net = self.driver_network(backend)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
         fingerprint = net.fingerprint()
@@ -177,7 +202,8 @@ class SearchRun:
                 workers = stack.enter_context(parallel)
             result = search_network(
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
-                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(),
+                seq_len=self.seq_len, deployment=self.deployment, cost_reference=self.cost_reference,
+                out_dir=out, run_info=self.run_info(),
                 resume=resume, log=log, backend=workers, optuna_storage=self.storage, progress=progress,
                 fingerprints=self.fingerprints(fingerprint, evaluator, records), force=force,
             )
@@ -201,5 +227,6 @@ def run_from_file(path: str | Path) -> SearchRun:
         constraints=constraints,
         seq_len=int(run.get("seq_len", 128)),
         deployment=str(run.get("deployment", "unmerged")),
+        cost_reference=str(run.get("cost_reference", "fvcore")),  # what runs from before the setting used
         storage=run.get("storage"),
     )

@@ -28,7 +28,7 @@ from ..evaluate import registry
 from ..evaluate.evaluators import Evaluator
 from ..evaluate.harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..io import parse_json, read_text
-from ..models.loading import load_model, resolve_device, resolve_dtype
+from ..models.loading import load_model, load_shapes, resolve_device, resolve_dtype
 from ..network.permutation import PERMUTATION_FILE
 from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
 from ..space import Config, SearchSpace
@@ -163,7 +163,7 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
 
 
 def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *,
-                  with_tokenizer: bool = True) -> SuperNetwork:
+                  with_tokenizer: bool = True, shapes_only: bool = False) -> SuperNetwork:
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
     The model lands on the settings' device in their dtype (adapters in fp32 over a low-precision
@@ -174,11 +174,17 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     the adapter), so masks are taken from the reordered base. ``space`` overrides the settings'
     space (e.g. one stored in a run file); without a space or an adapter, the network is the plain
     base model (no elastic modules). ``with_tokenizer=False`` skips the tokenizer (counting costs
-    needs none).
+    needs none). ``shapes_only=True`` builds the base on the meta device from its config alone (no
+    weight is read; `lorasearch.models.load_shapes`) with the adapter's tensors on the CPU: the
+    space, the costs in closed form, the tokenizer and the fingerprint of the network the settings
+    describe, what a parallel search's driver needs; masks and grids of an adapter mode need
+    weights and are left to the workers.
     """
     settings.check()
     if space is None:
         space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
+    if shapes_only:
+        return _shapes_network(settings, space, with_tokenizer)
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
     quantized = is_quantized_folder(settings.model)
     if quantized and settings.adapter and (Path(settings.adapter) / PERMUTATION_FILE).is_file():
@@ -192,6 +198,15 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
                        seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base")
     return apply_adapter_mode(net, mode, saved)
+
+
+def _shapes_network(settings: NetworkSettings, space: SearchSpace, with_tokenizer: bool) -> SuperNetwork:
+    """The network of ``settings`` with its base on the meta device and real adapters on the CPU."""
+    loaded = load_shapes(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
+    net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", adapter_device="cpu")
+    net.adapter_mode = resolve_mode(settings.adapter_mode, settings.adapter)[0]
+    return net
 
 
 def plain_space() -> SearchSpace:

@@ -1,0 +1,183 @@
+"""The GPU path, checked on the CPU: a parallel search's driver without weights, layers offloaded by
+accelerate, the latency objective's timing, loss scaling in fp16, the evaluation budget, exports
+and the preflight on another device. Cases that need CUDA are parametrised and skip without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from helpers import SHEARS_SPACE, TINY_SPACE, randomize_adapters
+
+from lorasearch import SearchSpace, SuperNetwork
+from lorasearch.data import synthetic_task
+from lorasearch.errors import LoraSearchError
+from lorasearch.models.loading import byte_tokenizer, tiny_config, tiny_model
+from lorasearch.runs import BackendSettings, NetworkSettings, SearchRun, TaskSettings, build_network
+from lorasearch.search import SearchSettings
+from lorasearch.train.reorder import reorder_network
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+MODE_B = {
+    "name": "b", "adapter": {"rank": 8, "alpha": 16},
+    "groups": {"qv": {"modules": ["self_attn.q_proj", "self_attn.v_proj"], "rank": [8, 4]},
+               "mlp": {"width": [1.0, 0.5], "channels": "mlp"}, "heads": {"heads": [4, 2]}},
+}
+
+
+def logits(model, ids) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids).logits
+
+
+# ------------------------------------------------------------------ 1. the driver of a parallel search
+@pytest.fixture(scope="module")
+def reordered_adapter(tmp_path_factory):
+    """A Mode B super-adapter with random weights, reordered (its permutation saved beside it)."""
+    net = randomize_adapters(SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(MODE_B), tokenizer=byte_tokenizer(),
+                                          model_spec="tiny-llama"))
+    reorder_network(net, synthetic_task(40, seed=0), samples=4, seq_len=16, batch_size=4, seed=0)
+    return net.save_adapter(tmp_path_factory.mktemp("adapter") / "adapter")
+
+
+def test_shapes_only_holds_no_weight_yet_the_workers_adapter_and_fingerprint(reordered_adapter):
+    settings = NetworkSettings(model="tiny-llama", adapter=str(reordered_adapter))
+    full = build_network(settings)
+    shapes = build_network(settings, shapes_only=True)
+    assert shapes.permutation is not None and full.permutation is not None
+    assert {p.device.type for n, p in shapes.model.named_parameters() if "lora_" not in n} == {"meta"}
+    assert {p.device.type for p in shapes.adapter_parameters()} == {"cpu"}
+    for a, b in zip(shapes.adapter_parameters(), full.adapter_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # reordered alike, from the same file
+    assert shapes.fingerprint() == full.fingerprint()
+    fresh = NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), seed=3)  # seeded fresh adapters too
+    assert build_network(fresh, shapes_only=True).fingerprint() == build_network(fresh).fingerprint()
+
+
+def test_a_parallel_searchs_driver_builds_shapes_unless_it_needs_weights():
+    plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE)), TaskSettings(limit=8),
+                     SearchSettings(budget=4, population=4))
+    on_meta = lambda net: next(net.model.parameters()).device.type == "meta"  # noqa: E731
+    assert on_meta(plan.driver_network(BackendSettings("processes")))
+    assert not on_meta(plan.driver_network(BackendSettings("local")))
+    plan.cost_reference = "fvcore"  # the trace needs weights
+    assert not on_meta(plan.driver_network(BackendSettings("processes")))
+    plan.cost_reference, plan.objectives = "analytic", ["accuracy", "macs_effective"]  # counts zeros
+    assert not on_meta(plan.driver_network(BackendSettings("processes")))
+
+
+def test_a_drivers_memory_stays_far_below_a_full_copy_of_a_1b_model(tmp_path):
+    """A folder with a 1.1B Llama's config.json and a tokenizer, and no weights at all: the driver
+    builds from it (no weight is read), and its process stays far below one fp32 copy (4.4 GB)."""
+    config = tiny_config("llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                         num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)
+    config.save_pretrained(tmp_path / "model")
+    byte_tokenizer().save_pretrained(tmp_path / "model")
+    script = textwrap.dedent(f"""
+        import json, resource
+        from lorasearch.runs import BackendSettings, NetworkSettings, SearchRun, TaskSettings
+        from lorasearch.search import SearchSettings
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        plan = SearchRun(NetworkSettings(model={str(tmp_path / "model")!r}, space={str(SHEARS_SPACE)!r}),
+                         TaskSettings(limit=8), SearchSettings(budget=4, population=4))
+        net = plan.driver_network(BackendSettings("processes"))
+        params = sum(p.numel() for n, p in net.model.named_parameters() if "lora_" not in n)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({{"params": params, "before": before, "after": after, "fingerprint": net.fingerprint()}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    full_copy = 4 * figures["params"]  # bytes of the base in fp32
+    assert figures["params"] > 1.0e9
+    assert figures["after"] - figures["before"] < 0.1 * full_copy  # the adapters (70 MB) and the meta graph
+    assert figures["after"] < 0.35 * full_copy  # the whole process, torch and transformers included
+
+
+# ---------------------------------------------------------------------- 2. layers offloaded by accelerate
+def saved_tiny(tmp_path):
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def disk_offload_map() -> dict[str, str]:
+    """The embeddings, head and first two blocks on the CPU, the last two blocks offloaded to disk."""
+    where = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    return where | {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+
+
+def test_layers_offloaded_to_disk_compute_what_the_model_on_one_device_computes(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = saved_tiny(tmp_path)
+    offloaded = AutoModelForCausalLM.from_pretrained(folder, device_map=disk_offload_map(),
+                                                     offload_folder=str(tmp_path / "offload"), dtype=torch.float32)
+    assert any(p.device.type == "meta" for p in offloaded.parameters())  # accelerate really offloaded them
+    space = SearchSpace.load(TINY_SPACE)
+    net = randomize_adapters(SuperNetwork(offloaded, space))
+    reference = SuperNetwork(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), space)
+    with torch.no_grad():
+        for a, b in zip(reference.adapter_parameters(), net.adapter_parameters()):
+            a.copy_(b)
+    assert {p.device.type for p in net.adapter_parameters()} == {"cpu"}  # real adapters, on the execution device
+    assert net.fingerprint() == reference.fingerprint()
+    ids = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    for config in (net.space.max(), net.space.min(), net.space.sample(2)):
+        with net.activated(config), reference.activated(config):
+            got, want = logits(net.model, ids), logits(reference.model, ids)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # the offloaded weights went back to the meta device after the forward
+    assert net.elastic["model.layers.3.mlp.up_proj"].base_layer.weight.device.type == "meta"
+
+
+def test_an_offloaded_model_cannot_be_reordered_or_merged_and_says_so(tmp_path, reordered_adapter):
+    from transformers import AutoModelForCausalLM
+
+    from lorasearch.export.exporters import merged_copy
+
+    folder = saved_tiny(tmp_path)
+
+    def offloaded():
+        return AutoModelForCausalLM.from_pretrained(folder, device_map=disk_offload_map(),
+                                                    offload_folder=str(tmp_path / "offload"), dtype=torch.float32)
+
+    with pytest.raises(LoraSearchError, match=r"offloaded \(--device-map\).*fix: load the model on one device") as info:
+        SuperNetwork(offloaded(), SearchSpace.from_dict(MODE_B), reordered_adapter)
+    assert "\n" not in str(info.value)
+    net = SuperNetwork(offloaded(), TINY_SPACE)
+    with pytest.raises(LoraSearchError, match=r"offloaded .*fix: export with --device cpu"):
+        merged_copy(net)
+
+
+# --------------------------------------------------------------------------- 3. the latency objective
+def test_a_timed_run_on_a_gpu_synchronises_before_and_after(monkeypatch):
+    from lorasearch import cost
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
+    seconds = cost.timed_run(lambda: events.append(("run", None)), torch.device("cuda:1"))
+    assert events == [("sync", "cuda:1"), ("run", None), ("sync", "cuda:1")] and seconds >= 0
+    events.clear()
+    cost.timed_run(lambda: events.append(("run", None)), torch.device("cpu"))
+    assert events == [("run", None)]  # nothing to wait for on the CPU
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_latency_warms_up_each_config_and_times_every_run_on_its_device(device, monkeypatch):
+    from lorasearch import cost
+
+    net = SuperNetwork(tiny_model("llama").to(device), SearchSpace.from_dict(MODE_B))
+    timed, real = [], cost.timed_run
+    monkeypatch.setattr(cost, "timed_run", lambda run, where: timed.append(where) or real(run, where))
+    for config in (net.space.min(), net.space.max()):  # each config's shapes get their own warm-up
+        assert cost.measure_latency(net, config, seq_len=8, n=3, warmup=2) > 0
+    assert timed == [next(net.model.parameters()).device] * 10
+    assert net.active_config == net.space.max()
