@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from helpers import SHEARS_SPACE, TINY_SPACE, randomize_adapters
@@ -181,3 +182,99 @@ def test_latency_warms_up_each_config_and_times_every_run_on_its_device(device, 
         assert cost.measure_latency(net, config, seq_len=8, n=3, warmup=2) > 0
     assert timed == [next(net.model.parameters()).device] * 10
     assert net.active_config == net.space.max()
+
+
+# ------------------------------------------------------------------------------ 4. dtypes of training
+def test_auto_trains_in_bf16_where_the_gpu_supports_it(monkeypatch):
+    from lorasearch.models.loading import training_dtype
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training_dtype("auto", cuda) == "bf16" and training_dtype(None, cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert training_dtype("auto", cuda) == "fp16"  # an older GPU: fp16 with loss scaling
+    assert training_dtype("auto", torch.device("cpu")) == "fp32"
+    assert training_dtype("fp16", cuda) == "fp16" and training_dtype("fp32", cuda) == "fp32"
+
+
+def train_examples(n: int = 16) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        prompt = torch.randint(3, 250, (10,), generator=gen).tolist()
+        out.append({"input_ids": prompt + prompt[:4], "labels": [-100] * 10 + prompt[:4]})
+    return out
+
+
+def nls_trainer(tmp_path, name: str, dtype=torch.float32, device="cpu", **kw):
+    from lorasearch.train.trainer import NLSTrainer, TrainArgs
+
+    net = SuperNetwork(tiny_model("llama").to(device=device, dtype=dtype), TINY_SPACE, tokenizer=byte_tokenizer())
+    args = TrainArgs(steps=3, batch_size=4, checkpoint_every=3, warmup_steps=1, lr=1e-2)
+    trainer = NLSTrainer(net, train_examples(), args, tmp_path / name, **kw)
+    trainer.prepare()
+    return trainer
+
+
+def adapters(trainer) -> list[torch.Tensor]:
+    return [p.detach().float().cpu().clone() for p in trainer.net.adapter_parameters()]
+
+
+def test_loss_scaling_is_on_exactly_for_an_fp16_base_and_refuses_fp16_adapters():
+    from lorasearch.train.trainer import loss_scaler
+
+    def net(dtype, **kw):
+        return SuperNetwork(tiny_model("llama").to(dtype=dtype), TINY_SPACE, **kw)
+
+    assert isinstance(loss_scaler(net(torch.float16)), torch.amp.GradScaler)
+    assert loss_scaler(net(torch.bfloat16)) is None and loss_scaler(net(torch.float32)) is None
+    with pytest.raises(LoraSearchError, match=r"^--dtype fp16 with --adapter-dtype base: .*fix: use --adapter-dtype fp32"):
+        loss_scaler(net(torch.float16, adapters_in_base_dtype=True))
+
+
+def test_the_scalers_steps_equal_plain_steps_when_nothing_overflows(tmp_path):
+    """In fp32 a power-of-two scale and its inverse are exact: the scaled run's adapters are the plain
+    run's, bit for bit (the scaler's code path, checked on the CPU)."""
+    plain = nls_trainer(tmp_path, "plain")
+    scaled = nls_trainer(tmp_path, "scaled", loss_scaling=True)
+    assert scaled.scaler is not None and plain.scaler is None
+    plain.train(progress=False)
+    scaled.train(progress=False)
+    for a, b in zip(adapters(plain), adapters(scaled)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    saved = torch.load(tmp_path / "scaled" / "checkpoint" / "optimizer.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == scaled.scaler.get_scale()  # a resume continues with the same scale
+
+
+def test_a_step_whose_scaled_gradients_overflow_is_skipped_and_the_scale_halves(tmp_path):
+    trainer = nls_trainer(tmp_path, "overflow", loss_scaling=True)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # every gradient overflows in fp32
+    before = adapters(trainer)
+    trainer.args = trainer.args.__class__(**{**trainer.args.__dict__, "steps": 1})
+    trainer.train(progress=False)
+    for a, b in zip(before, adapters(trainer)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert trainer.scaler.get_scale() == 2.0**126
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_fp16_base_trains_with_loss_scaling(tmp_path, device):
+    trainer = nls_trainer(tmp_path, "fp16", dtype=torch.float16, device=device)
+    assert trainer.scaler is not None
+    before = adapters(trainer)
+    result = trainer.train(progress=False)
+    assert np.isfinite(result.final_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, adapters(trainer)))
+
+
+@CUDA
+def test_a_training_run_on_a_gpu_loads_its_base_in_bf16_by_default(tmp_path):
+    from lorasearch.runs import prepare_training
+    from lorasearch.train.trainer import TrainArgs
+
+    trainer = prepare_training(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), device="cuda"), [],
+                               TrainArgs(steps=1, batch_size=4), tmp_path / "run", synthetic_records=40, log=lambda _: None)
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert trainer.net.elastic["model.layers.0.self_attn.q_proj"].base_layer.weight.dtype == expected
+    assert (trainer.scaler is not None) == (expected == torch.float16)
+    trainer.train(progress=False)

@@ -15,7 +15,7 @@ and model configs alone (on the meta device, for planning).
 
 Devices and dtypes (`resolve_device`, `resolve_dtype`): ``device="auto"`` is CUDA when present,
 else the CPU; ``dtype="auto"`` is the checkpoint's own dtype on a GPU and fp32 on the CPU (where
-bf16 matmuls are slow). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
+bf16 matmuls are slow); a training run's ``auto`` is bf16 on a GPU that supports it (`training_dtype`). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
 (and the CPU) with accelerate. ``trust_remote_code`` stays off unless the caller asks for it. A
 name that is no local path is read from the local Hugging Face cache only when ``HF_HUB_OFFLINE`` is
 set or the hub is unreachable (`lorasearch.models.hub`), so no network means one line at once, not a
@@ -86,6 +86,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None or dtype == "auto":
         return None if device.type == "cuda" else torch.float32
     return torch_dtype(dtype)
+
+
+def training_dtype(dtype: str | torch.dtype | None, device: torch.device) -> str | torch.dtype | None:
+    """The ``--dtype`` a training run loads its base in: ``auto`` (or None) is bf16 on a GPU that
+    supports it, else fp16 (trained with loss scaling), and fp32 on the CPU; anything else as given.
+    (The checkpoint's own dtype, what ``auto`` means elsewhere on a GPU, is fp16 for Llama-2-7B, whose
+    gradients underflow without scaling; bf16 has fp32's exponent range.)"""
+    if dtype not in (None, "auto"):
+        return dtype
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ..data import Record, load_records, subset, synthetic_task, train_val_split
 from ..errors import LoraSearchError, SpaceError
 from ..fingerprints import model_fingerprint, records_fingerprint
 from ..io import FolderLock, atomic_write_json, atomic_write_text
+from ..models.loading import resolve_device, training_dtype
 from ..network.permutation import ChannelPermutation
 from ..network.supernet import SuperNetwork
 from ..space import space_fingerprint
@@ -61,7 +62,9 @@ def prepare_training(
     heads are sorted by importance on the training records first (`lorasearch.train.reorder`); a resumed
     run reapplies the permutation it saved instead of scoring again. ``out`` is locked from before the
     model loads until the training ends; a resume whose model, records or starting adapter changed is
-    refused unless ``force``.
+    refused unless ``force``. ``--dtype auto`` trains in bf16 on a GPU that supports it
+    (`lorasearch.models.loading.training_dtype`); over an fp16 base the loss is scaled
+    (`lorasearch.train.trainer.loss_scaler`).
     """
     args.check()  # before the folder is made
     with FolderLock(out):  # the trainer takes the lock over in prepare()
@@ -74,7 +77,7 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
              overwrite: bool, force: bool, log: Callable[[str], None]) -> NLSTrainer:
     records = load_training_records(tasks, max_records, args.seed, synthetic_records)
     train, val = train_val_split(records, val_size if val_size < 1 else int(val_size), args.seed) if val_size else (records, [])
-    net = build_network(network)
+    net = build_network(dataclasses.replace(network, dtype=training_dtype(network.dtype, resolve_device(network.device))))
     args = dataclasses.replace(args, reorder=reorder_wanted(args.reorder, net))
     saved = Path(out) / REORDER_FILE
     reordered: ReorderResult | ChannelPermutation | None = None
