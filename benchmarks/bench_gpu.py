@@ -159,7 +159,7 @@ def evaluation(device: torch.device, tiny: bool, rounds: int, items: int) -> dic
     del plain
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    limits = batching(TaskSettings(), device)
+    limits = batching(TaskSettings(), device, net.model)
     evaluator = MultipleChoiceEvaluator(net, synthetic_task(items, seed=0), mode="text", limit=items, progress=False,
                                         **limits)
     seconds = timed(lambda: evaluator(heuristic), device)

@@ -278,3 +278,64 @@ def test_a_training_run_on_a_gpu_loads_its_base_in_bf16_by_default(tmp_path):
     assert trainer.net.elastic["model.layers.0.self_attn.q_proj"].base_layer.weight.dtype == expected
     assert (trainer.scaler is not None) == (expected == torch.float16)
     trainer.train(progress=False)
+
+
+# ------------------------------------------------------------------------------ 5. the evaluation budget
+LLAMA_7B = SHEARS_SPACE.parent / "models" / "llama-2-7b.json"
+
+
+def test_a_tokens_bytes_follow_the_stated_formula_for_llama_2_7b():
+    from lorasearch.models.anatomy import bytes_per_token
+    from lorasearch.models.loading import load_model
+
+    model = load_model(str(LLAMA_7B), dtype="fp16").model
+    kv = 2 * 32 * 32 * 128  # keys and values: layers x key/value heads x head size
+    activations = 6 * 4096 + 3 * 11008  # one layer's: residual, attention and MLP inputs and outputs
+    assert bytes_per_token(model) == 2 * (kv + activations) + 8 * 32000 == 895_488
+    assert bytes_per_token(load_model(str(LLAMA_7B), dtype="fp32").model) == 4 * (kv + activations) + 8 * 32000
+
+
+def test_the_gpu_budget_is_sized_from_free_memory_and_capped():
+    from lorasearch.models.loading import load_model
+    from lorasearch.runs.settings import GPU_BATCH_TOKENS, batching
+
+    model = load_model(str(LLAMA_7B), dtype="fp16").model
+    cuda = torch.device("cuda")
+    ten_gib = 10 * 2**30  # a 24 GB card with Llama-2-7B loaded in fp16
+    expected = int(0.8 * ten_gib) // 895_488  # min(32768, floor(0.8 * free / bytes per token))
+    assert expected == 9592  # against 32,768 before: about 16 GiB of keys and values alone
+    assert batching(TaskSettings(), cuda, model, free_bytes=ten_gib) == {"batch_size": None, "max_batch_tokens": expected}
+    assert batching(TaskSettings(), cuda, model, free_bytes=70 * 2**30)["max_batch_tokens"] == GPU_BATCH_TOKENS
+    assert batching(TaskSettings(max_batch_tokens=4096), cuda, model, free_bytes=ten_gib) == {
+        "batch_size": None, "max_batch_tokens": 4096}  # the documented override
+    assert batching(TaskSettings(), torch.device("cpu"), model) == {"batch_size": 8, "max_batch_tokens": None}
+
+
+@CUDA
+def test_an_evaluator_on_a_gpu_gets_a_budget_that_fits_its_free_memory():
+    from lorasearch.runs import build_evaluator
+
+    net = build_network(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), device="cuda"))
+    evaluator = build_evaluator(net, TaskSettings(limit=8))
+    assert 1 <= evaluator.max_batch_tokens <= 32768 and evaluator.batch_size is None
+
+
+@pytest.mark.parametrize("mode", ["label", "text"])
+def test_option_scores_are_copied_from_the_device_once_per_batch(mode, monkeypatch):
+    from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+
+    net = SuperNetwork(tiny_model("llama"), TINY_SPACE, tokenizer=byte_tokenizer())
+    evaluator = MultipleChoiceEvaluator(net, synthetic_task(12, seed=0), mode=mode, batch_size=4, progress=False)
+    copies = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("evaluators.py"):
+                copies.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    with net.activated(net.space.max()):
+        scores = evaluator.option_scores()
+    assert len(scores) == 12 and copies == ["tolist"] * 3  # 12 items in batches of 4: three copies

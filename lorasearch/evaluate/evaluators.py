@@ -464,8 +464,12 @@ class MultipleChoiceEvaluator(CachedEvaluator):
         with self._bar(len(indices), f"mc-label ({len(indices)} questions)") as bar:
             for batch in self._batches(indices, self._item_cost):
                 logprobs = self._forward([self.items[i].context for i in batch], keep=1)[:, -1]
-                for row, i in enumerate(batch):
-                    scores[i] = logprobs[row, self.items[i].candidates].tolist()
+                rows = [row for row, i in enumerate(batch) for _ in self.items[i].candidates]
+                labels = [c for i in batch for c in self.items[i].candidates]
+                picked = logprobs[torch.tensor(rows, device=logprobs.device), torch.tensor(labels, device=logprobs.device)]
+                values = iter(picked.tolist())  # gathered on the device, copied once per batch
+                for i in batch:
+                    scores[i] = [next(values) for _ in self.items[i].candidates]
                 bar.update(len(batch))
         return scores
 
@@ -509,13 +513,15 @@ class MultipleChoiceEvaluator(CachedEvaluator):
             position_ids=positions,
             **_cache_argument(self.net.model, cache),
         ).logits
-        rest = torch.log_softmax(logits[:, :-1].float(), dim=-1) if width > 1 else None
+        # Each row's summed log-probability, gathered on the device in float64 and copied once per
+        # batch (a copy per option would wait for the GPU once per option).
+        total = first[owner, cont_ids[:, 0]].double()
+        if width > 1:
+            rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, cont_ids[:, 1:, None])[..., 0]
+            total = total + torch.where(cont_mask[:, 1:].bool(), rest, 0.0).double().sum(-1)
         totals: list[list[float]] = [[] for _ in items]
-        for r, (k, cont) in enumerate(rows):
-            total = first[k, cont[0]].item()
-            if len(cont) > 1:
-                total += rest[r, : len(cont) - 1].gather(-1, cont_ids[r, 1 : len(cont), None]).sum().item()
-            totals[k].append(total)
+        for (k, _), value in zip(rows, total.tolist()):
+            totals[k].append(value)
         return totals
 
 

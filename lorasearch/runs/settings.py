@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
+from torch import nn
 
 from ..compress.adapter_modes import resolve_mode
 from ..compress.masked import apply_adapter_mode
@@ -28,13 +29,15 @@ from ..evaluate import registry
 from ..evaluate.evaluators import Evaluator
 from ..evaluate.harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..io import parse_json, read_text
+from ..models.anatomy import bytes_per_token
 from ..models.loading import load_model, load_shapes, resolve_device, resolve_dtype
 from ..network.permutation import PERMUTATION_FILE
 from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
 from ..space import Config, SearchSpace
 
 ADAPTER_DTYPES = ("fp32", "base")
-GPU_BATCH_TOKENS = 32768
+GPU_BATCH_TOKENS = 32768  # the most tokens per evaluation batch on a GPU
+MEMORY_SHARE = 0.8  # of the free device memory an evaluation batch may fill
 Settings = TypeVar("Settings")
 
 
@@ -98,8 +101,9 @@ class TaskSettings:
     batch_size: int | None = None
     """Most sequences per forward pass (default: 8 on the CPU, no limit on a GPU: the token budget decides)."""
     max_batch_tokens: int | None = None
-    """Most tokens per forward pass, padding and per-option context copies included (default: 32768 on
-    a GPU, no limit on the CPU)."""
+    """Most tokens per forward pass, padding and per-option context copies included (default on a GPU:
+    min(32768, 0.8 * free memory / bytes per token), the key/value cache, one layer's activations and
+    the fp32 logits of a token; no limit on the CPU)."""
     max_new_tokens: int = 256
     """Exact match only: generation limit."""
     metric: str | None = None
@@ -240,7 +244,7 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
         "exact": {"max_new_tokens": settings.max_new_tokens},
         "loss": {"metric": settings.metric or "neg_loss"},
     }[kind]
-    common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device)}
+    common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device, net.model)}
     return registry.EVALUATORS[kind](net, records, **options, **common)
 
 
@@ -265,13 +269,33 @@ def _check_options(settings: TaskSettings) -> None:
         raise LoraSearchError(f"--metric {settings.metric}: only for --evaluator lm-eval:TASK or loss; fix: drop it")
 
 
-def batching(settings: TaskSettings, device: torch.device) -> dict[str, int | None]:
+def batching(settings: TaskSettings, device: torch.device, model: nn.Module | None = None, *,
+             free_bytes: int | None = None) -> dict[str, int | None]:
     """The evaluator's batch limits: as given, else 8 sequences on the CPU (where bigger batches gain
-    nothing) and a budget of 32768 tokens on a GPU (enough to keep a large one busy)."""
-    on_gpu = device.type == "cuda"
-    if settings.batch_size is None and settings.max_batch_tokens is None:
-        return {"batch_size": None, "max_batch_tokens": GPU_BATCH_TOKENS} if on_gpu else {"batch_size": 8, "max_batch_tokens": None}
-    return {"batch_size": settings.batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    nothing) and a token budget on a GPU (`gpu_batch_tokens`)."""
+    if settings.batch_size is not None or settings.max_batch_tokens is not None:
+        return {"batch_size": settings.batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    if device.type != "cuda":
+        return {"batch_size": 8, "max_batch_tokens": None}
+    return {"batch_size": None, "max_batch_tokens": gpu_batch_tokens(device, model, free_bytes)}
+
+
+def gpu_batch_tokens(device: torch.device, model: nn.Module | None, free_bytes: int | None = None) -> int:
+    """Tokens per evaluation batch on a GPU, padding and per-option context copies included:
+
+    ``min(32768, floor(0.8 * free_bytes / bytes_per_token))``
+
+    ``free_bytes`` is the device's free memory once the model is loaded (``torch.cuda.mem_get_info``),
+    ``bytes_per_token`` the key/value cache, one layer's activations and the fp32 logits of a token
+    (`lorasearch.models.anatomy.bytes_per_token`); a fifth of the free memory is left to the
+    allocator's fragmentation. 32,768 tokens keep a large GPU busy. ``--max-batch-tokens`` (or
+    ``--batch-size``) overrides it.
+    """
+    if model is None:
+        return GPU_BATCH_TOKENS
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(GPU_BATCH_TOKENS, int(MEMORY_SHARE * free_bytes) // bytes_per_token(model)))
 
 
 def resolve_config(space: SearchSpace, choice: str | None) -> Config:
