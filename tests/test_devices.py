@@ -339,3 +339,66 @@ def test_option_scores_are_copied_from_the_device_once_per_batch(mode, monkeypat
     with net.activated(net.space.max()):
         scores = evaluator.option_scores()
     assert len(scores) == 12 and copies == ["tolist"] * 3  # 12 items in batches of 4: three copies
+
+
+# ------------------------------------------------------------------- 6. exports and the quickstart elsewhere
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A finished tiny search whose run.yaml says it ran on cuda:3 (a GPU this machine does not have)."""
+    import yaml
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE)), TaskSettings(limit=8),
+              SearchSettings(budget=4, population=4, seed=0)).run(out, log=None)
+    document = yaml.safe_load((out / "run.yaml").read_text())
+    document["run"]["network"]["device"] = "cuda:3"
+    (out / "run.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return out
+
+
+def test_a_run_recorded_on_another_gpu_exports_here_with_device_and_dtype_overrides(small_run, tmp_path, capsys):
+    from helpers import cli_error, run_cli
+    from safetensors import safe_open
+
+    if torch.cuda.device_count() < 4:
+        message = cli_error(capsys, "export", small_run, "--pick", "max", "--format", "merged", "--out", tmp_path / "x")
+        assert "--device cuda:3" in message and "fix" in message
+    run_cli("export", small_run, "--pick", "max", "--format", "merged", "--out", tmp_path / "m", "--device", "cpu",
+            "--dtype", "bf16")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_merged_copy_lands_on_its_own_device_layer_by_layer_with_the_same_logits(device):
+    from lorasearch.export.exporters import merged_copy
+
+    net = randomize_adapters(SuperNetwork(tiny_model("llama").to(device), SearchSpace.from_dict(MODE_B)))
+    ids = torch.randint(3, 250, (2, 10), generator=torch.Generator().manual_seed(0))
+    with net.activated(net.space.heuristic()):
+        expected = logits(net.model, ids.to(device)).cpu()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        copy = merged_copy(net)  # the CPU by default
+    tensors = [*copy.parameters(), *copy.buffers()]
+    assert {t.device.type for t in tensors} == {"cpu"}
+    originals = {t.data_ptr() for t in (*net.model.parameters(), *net.model.buffers())}
+    assert not any(t.data_ptr() in originals for t in tensors)  # a copy, sharing nothing with the model
+    torch.testing.assert_close(logits(copy, ids), expected, atol=1e-5, rtol=0)
+    if device == "cuda":  # at most one layer's merged weight (and its temporaries) beside the model
+        largest = max(m.base_layer.weight.numel() * m.base_layer.weight.element_size() for m in net.elastic.values())
+        assert torch.cuda.max_memory_allocated() - before <= 4 * largest
+
+
+def test_the_quickstart_takes_a_device_and_refuses_a_missing_gpu_before_touching_its_folder(tmp_path, capsys):
+    from helpers import cli_error
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    message = cli_error(capsys, "quickstart", "--model", "tiny-llama", "--device", "cuda", "--out", tmp_path / "qs")
+    assert message == "error: --device cuda: no GPU is visible; fix: use --device cpu or auto"
+    assert not (tmp_path / "qs").exists()
+    message = cli_error(capsys, "quickstart", "--model", "tiny-llama", "--dtype", "int3", "--out", tmp_path / "qs")
+    assert "--dtype 'int3': unknown" in message and not (tmp_path / "qs").exists()

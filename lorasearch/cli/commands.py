@@ -96,11 +96,13 @@ def space_import(
 def quickstart(
     model: Annotated[str, typer.Option("--model", "-m", help="The model (default: SmolLM2-135M if installed).")] = "default",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/quickstart"),
+    device: Annotated[str, typer.Option(help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (the base's dtype).")] = "auto",
 ) -> None:
     """Run the main job on the embedded default model: space -> super-network -> subnet configs."""
     from ..runs.quickstart import run_quickstart
 
-    run_quickstart(model=model, out=out, console=console)
+    run_quickstart(model=model, out=out, console=console, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- one subnet
@@ -338,10 +340,13 @@ def export_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the run's model.")] = None,
     adapter: Annotated[Optional[Path], typer.Option(help="Override the run's adapter.")] = None,
     space: Annotated[Optional[Path], typer.Option(help="Override the run's space file.")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="Override the run's device (cpu, cuda, cuda:N); drops its device map.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Override the run's dtype (fp32, bf16, fp16, auto).")] = None,
 ) -> None:
     """Export a subnet of a search: its config, a stock-PEFT sub-adapter, a merged or a pruned model."""
     from ..runs import export_run
 
     path = export_run(run_dir, pick, format, out, model=model, adapter=str(adapter) if adapter else None,
-                      space=str(space) if space else None)
+                      space=str(space) if space else None, device=device, dtype=dtype)
     console.print(f"wrote {path}")

@@ -46,11 +46,16 @@ def export_run(
     model: str | None = None,
     adapter: str | Path | None = None,
     space: SearchSpace | str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """Pick a subnet from a search's run directory and export it; the whole of ``lorasearch export``.
 
-    ``model``, ``adapter`` and ``space`` override the run's ``run.yaml`` entries; ``net`` skips
-    loading altogether. ``out`` defaults to ``RUN_DIR/exports/FORMAT-evalN``.
+    ``model``, ``adapter``, ``space``, ``device`` and ``dtype`` override the run's ``run.yaml`` entries
+    (a run recorded on ``cuda:3`` exports on another machine with ``device="cpu"``; a device given
+    here also drops the run's ``device_map``); ``net`` skips loading altogether. ``out`` defaults to
+    ``RUN_DIR/exports/FORMAT-evalN``. Merged and pruned models are built layer by layer in CPU memory
+    (`lorasearch.export.exporters.merged_copy`), never as a second copy on the device.
     """
     if fmt not in FORMATS:
         close = difflib.get_close_matches(fmt, FORMATS, n=1)
@@ -60,7 +65,7 @@ def export_run(
         refuse_existing(out, ExportError)  # before loading a model
     run_dir = Path(run_dir)
     result = load_results(run_dir)
-    settings = recorded_network(result, run_dir, model=model, adapter=adapter, space=space)
+    settings = recorded_network(result, run_dir, model=model, adapter=adapter, space=space, device=device, dtype=dtype)
     space = net.space if net is not None else _space_of(settings, space, result, run_dir)
     if space is None:
         raise ExportError(f"{run_dir / RUN_FILE}: run.space is not recorded; fix: pass --space")
@@ -95,6 +100,8 @@ def recorded_network(
     model: str | None = None,
     adapter: str | Path | None = None,
     space: SearchSpace | str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> NetworkSettings:
     """The network settings a run recorded (``run.network``; flat ``run.model`` etc. in hand-written
     files), with relative paths resolved against the run directory and the given overrides applied."""
@@ -102,8 +109,11 @@ def recorded_network(
     recorded = dict(info.pop("network", None) or {})
     fields = {f.name for f in dataclasses.fields(NetworkSettings)}
     recorded.update({k: v for k, v in info.items() if k in fields and k not in recorded})
-    overrides = {"model": model, "adapter": adapter, "space": space if not isinstance(space, SearchSpace) else None}
+    overrides = {"model": model, "adapter": adapter, "space": space if not isinstance(space, SearchSpace) else None,
+                 "device": device, "dtype": dtype}
     recorded.update({k: str(v) for k, v in overrides.items() if v is not None})
+    if device is not None:
+        recorded["device_map"] = None  # the model goes where it is told
     if isinstance(recorded.get("space"), Mapping):
         recorded.pop("space")  # a space stored inside run.yaml: read by _space_of
     for key in ("model", "adapter", "space"):

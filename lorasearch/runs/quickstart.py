@@ -70,15 +70,18 @@ def _claim(out: Path) -> None:
     (out / MARKER).write_text("made by lorasearch quickstart; rerunning replaces this folder\n")
 
 
-def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), console: Console | None = None) -> Path:
-    """Run the main job into ``out`` and return it."""
+def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), console: Console | None = None, *,
+                   device: str = "auto", dtype: str = "auto") -> Path:
+    """Run the main job into ``out`` and return it; ``device`` and ``dtype`` place the model (as
+    ``--device`` and ``--dtype`` of every command)."""
     console = console or Console()
     spec = default_model_spec() if model == "default" else model
     plan = SMALL if smollm2_gguf() is not None and spec == str(smollm2_gguf()) else TINY
     out = Path(out)
+    network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)), device=device, dtype=dtype)
+    network.check()  # a bad device or dtype: one line before the folder is touched
     _claim(out)
     console.rule("1. super-network")
-    network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)))
     args = TrainArgs(steps=plan.steps, batch_size=8, lr=plan.lr, warmup_steps=5, sampler="random", checkpoint_every=plan.steps)
     console.rule("2. NLS training on the synthetic task")
     trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=plan.validation,
@@ -88,7 +91,7 @@ def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), 
 
     console.rule("3. NSGA-II search")
     search = SearchRun(
-        network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir)),
+        network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir), device=device, dtype=dtype),
         task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.validation),
         settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
         deployment="merged",  # what the pruned model of a Mode B subnet costs
