@@ -52,6 +52,10 @@ class CalibrationError(LoraSearchError):
     """Calibration texts that cannot give the windows asked for (Wanda, quantization, reordering)."""
 
 
+class PreflightError(LoraSearchError):
+    """The one batch a long command runs on its device before it starts failed (memory, a kernel, a dtype)."""
+
+
 def where(source: str | None, field: str | None = None) -> str:
     """Format the `file: field:` prefix of an error message."""
     parts = [p for p in (source, field) if p]

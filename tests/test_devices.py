@@ -5,6 +5,7 @@ and the preflight on another device. Cases that need CUDA are parametrised and s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -402,3 +403,88 @@ def test_the_quickstart_takes_a_device_and_refuses_a_missing_gpu_before_touching
     assert not (tmp_path / "qs").exists()
     message = cli_error(capsys, "quickstart", "--model", "tiny-llama", "--dtype", "int3", "--out", tmp_path / "qs")
     assert "--dtype 'int3': unknown" in message and not (tmp_path / "qs").exists()
+
+
+# --------------------------------------------------------------------------------------- 8. preflight
+def test_a_training_preflight_changes_nothing_the_run_would_see(tmp_path):
+    trainer = nls_trainer(tmp_path, "preflight")
+    before, rng = adapters(trainer), torch.get_rng_state()
+    report = trainer.preflight()
+    assert report.what == "one training step of 4 x 14 tokens (max subnet)" and report.device.type == "cpu"
+    assert report.line().startswith("preflight: one training step of 4 x 14 tokens (max subnet) on cpu in ")
+    assert report.resident_bytes > 0 and report.peak_bytes is None
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in trainer.net.adapter_parameters())
+    for a, b in zip(before, adapters(trainer)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_long_commands_report_their_preflight_before_they_start(tmp_path, capsys):
+    from helpers import run_cli
+
+    run_cli("train", "--model", "tiny-llama", "--space", TINY_SPACE, "--steps", "1", "--batch-size", "4",
+            "--out", tmp_path / "train")
+    run_cli("search", "--model", "tiny-llama", "--space", TINY_SPACE, "--limit", "8", "--budget", "2",
+            "--population", "2", "--out", tmp_path / "search")
+    run_cli("sparsify", "--model", "tiny-llama", "--method", "magnitude", "--out", tmp_path / "sparse")
+    run_cli("quantize", "--model", "tiny-llama", "--group-size", "32", "--out", tmp_path / "int4")
+    text = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    found = re.findall(r"preflight: (.*?) on cpu in \d+\.\d\d s; process \d+\.\d\d GiB resident", text)
+    patterns = [
+        r"one training step of 4 x \d+ tokens \(max subnet\)",
+        r"the largest evaluation batch \(8 items, \d+ tokens, max subnet\)",  # 8 sequences per batch on the CPU
+        r"one block on a batch of 1 x 128 tokens",
+        r"one block on a batch of 1 x 128 tokens",
+    ]
+    assert len(found) == len(patterns), found
+    for what, pattern in zip(found, patterns):
+        assert re.fullmatch(pattern, what), what
+
+
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 23.6 GiB total)")
+
+
+def test_a_batch_that_does_not_fit_stops_a_training_run_in_one_line_before_it_starts(tmp_path, capsys, monkeypatch):
+    from helpers import cli_error
+
+    from lorasearch.train import trainer
+
+    monkeypatch.setattr(trainer, "response_logits", out_of_memory)
+    message = cli_error(capsys, "train", "--model", "tiny-llama", "--space", TINY_SPACE, "--steps", "1",
+                        "--out", tmp_path / "train", last_line=True)
+    assert message.startswith("error: preflight: one training step of 8 x ")
+    assert "on cpu failed (OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB" in message
+    assert message.endswith("fix: lower --batch-size or --max-length, add --gradient-checkpointing, or use another "
+                            "--device or --dtype")
+    assert not (tmp_path / "train" / "train_run.yaml").exists()  # the folder is not claimed
+
+
+def test_a_batch_that_does_not_fit_stops_a_search_in_one_line_before_the_first_evaluation(tmp_path, capsys,
+                                                                                            monkeypatch):
+    from helpers import cli_error
+
+    from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+
+    monkeypatch.setattr(MultipleChoiceEvaluator, "run_batch", out_of_memory)
+    message = cli_error(capsys, "search", "--model", "tiny-llama", "--space", TINY_SPACE, "--limit", "8",
+                        "--budget", "2", "--population", "2", "--out", tmp_path / "search", last_line=True)
+    assert message.startswith("error: preflight: the largest evaluation batch (8 items, ")
+    assert "fix: lower --max-batch-tokens or --batch-size" in message
+    assert not (tmp_path / "search" / "evaluations.jsonl").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("command", [
+    ["search", "--model", "tiny-llama", "--space", TINY_SPACE, "--limit", "8", "--budget", "2", "--population", "2",
+     "--out", "{tmp}/s"],
+    ["sparsify", "--model", "tiny-llama", "--method", "magnitude", "--out", "{tmp}/sp"],
+    ["quantize", "--model", "tiny-llama", "--out", "{tmp}/q"],
+    ["quickstart", "--model", "tiny-llama", "--out", "{tmp}/qs"],
+    ["eval", "--model", "tiny-llama", "--limit", "4"],
+])
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(command, tmp_path, capsys):
+    from helpers import cli_error
+
+    args = [str(a).replace("{tmp}", str(tmp_path)) for a in command]
+    assert cli_error(capsys, *args, "--device", "cuda") == "error: --device cuda: no GPU is visible; fix: use --device cpu or auto"

@@ -214,7 +214,7 @@ def sparsify_command(
     if batch_size is not None:
         deprecated("sparsify --batch-size", "--calibration-batch")
         settings = dataclasses.replace(settings, calibration_batch=batch_size)
-    report = sparsify_base(network, settings, out)
+    report = sparsify_base(network, settings, out, log=console.print)
     print(report.to_string(index=False, max_rows=40))
     console.print(f"wrote {out} ({report['sparsity'].iloc[-1]:.1%} of the decoder linears' weights are zero)")
 
@@ -234,7 +234,7 @@ def quantize_command(
     """
     from ..runs import quantize_base
 
-    sparsity = quantize_base(network, out, bits, group_size)
+    sparsity = quantize_base(network, out, bits, group_size, log=console.print)
     console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -17,7 +18,10 @@ from ..data import load_records
 from ..errors import LoraSearchError
 from ..io import refuse_existing
 from ..models.loading import LoadedModel, load_model, resolve_device
+from ..models.preflight import PreflightReport, layerwise_batch, run_preflight
 from .settings import NetworkSettings
+
+PREFLIGHT_SEQ_LEN = 128  # tokens of the preflight batch where no calibration length is set
 
 
 @dataclass
@@ -50,15 +54,20 @@ def load_for_rewriting(network: NetworkSettings) -> tuple[LoadedModel, torch.dev
     return load_model(network.model, **options), device
 
 
-def sparsify_base(network: NetworkSettings, settings: SparsifySettings, out: str | Path) -> pd.DataFrame:
+def sparsify_base(network: NetworkSettings, settings: SparsifySettings, out: str | Path,
+                  log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Prune the base of ``network`` as ``settings`` say, save it to ``out`` with its per-layer report
-    and return the report (its last row: the decoder linears as a whole)."""
+    and return the report (its last row: the decoder linears as a whole). A calibration batch runs
+    through the first block on the device first (`preflight_layers`; ``log`` gets its line)."""
     out = Path(out)
     refuse_existing(out)
     if settings.method == "wanda" and settings.calibration is None:
         raise LoraSearchError("--calibration: missing; Wanda needs calibration texts; fix: pass a task file, or --method magnitude")
     records = load_records(settings.calibration) if settings.calibration is not None else None
     loaded, device = load_for_rewriting(network)
+    calibrated = settings.method == "wanda"
+    preflight_layers(loaded, device, settings.calibration_batch if calibrated else 1,
+                     settings.calibration_seq_len if calibrated else PREFLIGHT_SEQ_LEN, log)
     report = sparsify(loaded.model, loaded.tokenizer, method=settings.method, ratio=settings.ratio,
                       pattern=settings.pattern, records=records, n_samples=settings.samples,
                       seq_len=settings.calibration_seq_len, batch_size=settings.calibration_batch, device=device)
@@ -67,12 +76,15 @@ def sparsify_base(network: NetworkSettings, settings: SparsifySettings, out: str
     return report
 
 
-def quantize_base(network: NetworkSettings, out: str | Path, bits: int = 4, group_size: int = 128) -> float:
+def quantize_base(network: NetworkSettings, out: str | Path, bits: int = 4, group_size: int = 128,
+                  log: Callable[[str], None] | None = None) -> float:
     """Quantize the base's decoder linears group-wise to INT (round-to-nearest), save codes, scales
-    and zeros to ``out`` and return the share of zeros in the decoder linears (a sparse base stays sparse)."""
+    and zeros to ``out`` and return the share of zeros in the decoder linears (a sparse base stays sparse).
+    A batch runs through the first block on the device first (`preflight_layers`)."""
     out = Path(out)
     refuse_existing(out)
     loaded, device = load_for_rewriting(network)
+    preflight_layers(loaded, device, 1, PREFLIGHT_SEQ_LEN, log)
     quantize_model(loaded.model, bits, group_size, device=device)
     save_quantized(loaded.model, loaded.tokenizer, out, {"model": loaded.spec})
     if (Path(network.model) / SPARSITY_FILE).is_file():
@@ -80,4 +92,16 @@ def quantize_base(network: NetworkSettings, out: str | Path, bits: int = 4, grou
     return float(sparsity_report(loaded.model)["sparsity"].iloc[-1])
 
 
-__all__ = ["SparsifySettings", "load_for_rewriting", "quantize_base", "sparsify_base"]
+def preflight_layers(loaded: LoadedModel, device: torch.device, batch: int, seq_len: int,
+                     log: Callable[[str], None] | None) -> PreflightReport:
+    """One batch through the embeddings and the first block on ``device``, as the layer-by-layer work
+    will run it; a one-line `PreflightError` when it fails, else its line to ``log``."""
+    report = run_preflight(f"one block on a batch of {batch} x {seq_len} tokens", device,
+                           layerwise_batch(loaded.model, device, batch, seq_len),
+                           "lower --calibration-batch or --calibration-seq-len, or use another --device")
+    if log is not None:
+        log(report.line())
+    return report
+
+
+__all__ = ["SparsifySettings", "load_for_rewriting", "preflight_layers", "quantize_base", "sparsify_base"]

@@ -13,6 +13,7 @@ from ..errors import LoraSearchError
 from ..evaluate.evaluators import Evaluator
 from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
 from ..io import FolderLock
+from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
 from ..results.run import SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
@@ -81,6 +82,17 @@ def search_network(
     )
 
 
+def preflight_evaluation(net: SuperNetwork, evaluator: Evaluator) -> PreflightReport | None:
+    """The evaluator's largest batch under the max subnet, once, on the network's device (a search's
+    preflight); None for a network without weights (a driver's) or an evaluator that batches itself."""
+    if net.device.type == "meta" or not hasattr(evaluator, "largest_batch"):
+        return None
+    batch = evaluator.largest_batch()
+    what = f"the largest evaluation batch ({len(batch)} items, {evaluator.batch_tokens(batch)} tokens, max subnet)"
+    return run_preflight(what, net.device, lambda: evaluator.run_batch(batch, net.space.max()),
+                         "lower --max-batch-tokens or --batch-size, use a smaller --dtype, or another --device")
+
+
 @dataclass
 class NetworkRecipe:
     """What a parallel worker needs to rebuild a search's objectives: picklable plain settings.
@@ -100,6 +112,7 @@ class NetworkRecipe:
     def __call__(self) -> WorkerSetup:
         net = build_network(self.network)
         evaluator = build_evaluator(net, self.task)
+        preflight_evaluation(net, evaluator)  # a worker that cannot run the largest batch stops at once
         chosen, metrics, _ = network_objectives(net, evaluator, self.objectives, self.constraints,
                                                 seq_len=self.seq_len, deployment=self.deployment,
                                                 cost_reference=self.cost_reference)
@@ -174,7 +187,8 @@ class SearchRun:
         ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
         gets them too). ``out`` is locked from before the model loads to the end (a second process
         is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
-        the run began.
+        the run began. Before the search, the evaluator's largest batch runs once on the device
+        (`preflight_evaluation`; each worker does the same), and ``log`` gets its time and memory.
         """
         backend = backend or BackendSettings()
         backend.check()
@@ -194,6 +208,9 @@ class SearchRun:
         net = self.driver_network(backend)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
+        report = preflight_evaluation(net, evaluator)
+        if report is not None and log is not None:
+            log(report.line())
         fingerprint = net.fingerprint()
         with contextlib.ExitStack() as stack:
             workers = None

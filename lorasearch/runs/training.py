@@ -79,14 +79,6 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
     train, val = train_val_split(records, val_size if val_size < 1 else int(val_size), args.seed) if val_size else (records, [])
     net = build_network(dataclasses.replace(network, dtype=training_dtype(network.dtype, resolve_device(network.device))))
     args = dataclasses.replace(args, reorder=reorder_wanted(args.reorder, net))
-    saved = Path(out) / REORDER_FILE
-    reordered: ReorderResult | ChannelPermutation | None = None
-    if args.reorder and resume and not overwrite and saved.is_file():
-        reordered = ChannelPermutation.load(saved)
-        net.permute(reordered, source=str(saved))
-    elif args.reorder:
-        reordered = reorder_network(net, train, samples=args.reorder_samples, seq_len=args.reorder_seq_len,
-                                    batch_size=args.batch_size, seed=args.seed)
     examples = encode_records(net.tokenizer, train, target, max_length)
     run_info = {
         "network": settings_dict(network),
@@ -97,12 +89,21 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         "target": target,
         "max_length": max_length,
     }
+    trainer = NLSTrainer(net, examples, args, out, run_info=run_info)
+    log(trainer.preflight().line())  # before anything long: one step of the largest batch on the device
+    saved = Path(out) / REORDER_FILE
+    reordered: ReorderResult | ChannelPermutation | None = None
+    if args.reorder and resume and not overwrite and saved.is_file():
+        reordered = ChannelPermutation.load(saved)
+        net.permute(reordered, source=str(saved))
+    elif args.reorder:
+        reordered = reorder_network(net, train, samples=args.reorder_samples, seq_len=args.reorder_seq_len,
+                                    batch_size=args.batch_size, seed=args.seed)
     fingerprints = {
         "model": model_fingerprint(network.model, network.gguf_file),
         "task": records_fingerprint(records),
         "adapter": net.fingerprint() if network.adapter else None,  # the adapter training starts from
     }
-    trainer = NLSTrainer(net, examples, args, out, run_info=run_info)
     trainer.prepare(resume=resume, overwrite=overwrite, force=force, fingerprints=fingerprints)
     if val:
         atomic_write_text(Path(out) / VALIDATION_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in val))

@@ -65,6 +65,7 @@ from ..io import (
     read_document,
     read_jsonl,
 )
+from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
 from ..space import Config, SearchSpace
 from .sampling import make_sampler, resolve_sampler
@@ -401,15 +402,46 @@ class NLSTrainer:
         if lock is not None:
             lock.release()
 
+    # -- before the loop
+    def preflight(self) -> PreflightReport:
+        """One training micro-batch (the ``batch_size`` longest examples, the max subnet: the most memory
+        a step will take) forward and backward on the training device, with the run's gradient
+        checkpointing and loss scaling; the gradients are dropped and no random number is drawn from
+        the run's streams, so training goes on exactly as without it. Raises `PreflightError`."""
+        net, args = self.net, self.args
+        longest = sorted(range(len(self.examples)), key=lambda i: -len(self.examples[i]["input_ids"]))[:args.batch_size]
+        batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in longest], self.pad_id).items()}
+        width = batch["input_ids"].shape[1]
+
+        def step() -> None:
+            self._enter_training()
+            try:
+                with net.activated(net.space.max()):
+                    logits, targets = response_logits(net.model, batch)
+                    loss = F.cross_entropy(logits.float(), targets)
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            finally:
+                for p in net.adapter_parameters():
+                    p.grad = None
+                net.model.eval()
+
+        return run_preflight(f"one training step of {len(longest)} x {width} tokens (max subnet)", self.device, step,
+                             "lower --batch-size or --max-length, add --gradient-checkpointing, or use another --device "
+                             "or --dtype")
+
+    def _enter_training(self) -> None:
+        """Adapters trainable, train mode, gradient checkpointing as asked."""
+        self.net.train_adapters()
+        self.net.model.train()
+        if self.args.gradient_checkpointing:
+            self.net.model.gradient_checkpointing_enable()
+            self.net.model.enable_input_require_grads()
+
     # -- the loop
     def train(self, progress: bool = True) -> TrainResult:
         """Run (or finish) the training; return where the super-adapter was written."""
         net, args = self.net, self.args
-        net.train_adapters()
-        net.model.train()
-        if args.gradient_checkpointing:
-            net.model.gradient_checkpointing_enable()
-            net.model.enable_input_require_grads()
+        self._enter_training()
         params = net.adapter_parameters()
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
