@@ -138,6 +138,12 @@ def test_layers_offloaded_to_disk_compute_what_the_model_on_one_device_computes(
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # the offloaded weights went back to the meta device after the forward
     assert net.elastic["model.layers.3.mlp.up_proj"].base_layer.weight.device.type == "meta"
+    for n in (net, reference):  # training through the offloaded blocks: the same gradients
+        n.train_adapters()
+        n.model.train()
+        n.model(ids, labels=ids).loss.backward()
+    for a, b in zip(net.adapter_parameters(), reference.adapter_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0)
 
 
 def test_an_offloaded_model_cannot_be_reordered_or_merged_and_says_so(tmp_path, reordered_adapter):
@@ -157,6 +163,10 @@ def test_an_offloaded_model_cannot_be_reordered_or_merged_and_says_so(tmp_path, 
     net = SuperNetwork(offloaded(), TINY_SPACE)
     with pytest.raises(LoraSearchError, match=r"offloaded .*fix: export with --device cpu"):
         merged_copy(net)
+    from lorasearch.compress.masked import apply_adapter_mode
+
+    with pytest.raises(LoraSearchError, match=r"^--adapter-mode sparse: .* offloaded .*fix: load the model on one device"):
+        apply_adapter_mode(net, "sparse")
 
 
 # --------------------------------------------------------------------------- 3. the latency objective

@@ -181,6 +181,10 @@ def apply_adapter_mode(net: SuperNetwork, mode: str | None, saved: Mapping[str, 
     mode = check_mode(mode)
     if mode == "dense":
         return net
+    absent = [n for n, m in net.elastic.items() if m.lora_A is not None and m.base_layer.weight.device.type == "meta"]
+    if absent:
+        raise CompressError(f"--adapter-mode {mode}: {absent[0]}: the base weights are offloaded (--device-map) or absent, "
+                            "and the mode's masks and grids need them; fix: load the model on one device (drop --device-map)")
     cls = MODE_CLASSES[mode]
     modules = {}
     for name, module in net.elastic.items():
