@@ -23,6 +23,8 @@ SPACES_DIR = ROOT / "search_spaces"
 TINY_SPACE = SPACES_DIR / "tiny-llama.yaml"
 SHEARS_SPACE = SPACES_DIR / "llama-shears.yaml"
 DATA = ROOT.parent / "shared" / "data" / "llm-adapters"
+# Parametrise a test over these to run it on a GPU too; the CUDA case skips without one.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 # A Mode B space for the tiny models: ranks, MLP width and heads together.
 MODE_B = {

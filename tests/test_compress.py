@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from helpers import DEVICES
 from transformers import AutoModelForCausalLM
 
 from lorasearch import SearchSpace, SuperNetwork
@@ -174,6 +176,44 @@ def test_quantized_folder_round_trips(tmp_path):
         assert torch.equal(plain.get_submodule(name).weight, layer.weight)
         assert loaded.model.get_submodule(name).quant_grid.group_size == 32
         assert torch.equal(layer.weight == 0, loaded.model.get_submodule(name).weight == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_by_layer_work_on_a_device_keeps_the_model_in_cpu_memory_and_gives_the_cpus_result(device):
+    """Wanda and the INT4 grid computed block by block on ``device`` (a GPU), the model staying in CPU memory."""
+    model, cpu_model = tiny_model("llama"), None
+    sparsify(model, byte_tokenizer(), method="wanda", ratio=0.5, records=synthetic_task(60), n_samples=8, seq_len=32,
+             device=torch.device(device))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    cpu_model, _ = sparse_model(0.5)
+    for name, layer in decoder_linears(model).items():
+        assert torch.all((layer.weight == 0).sum(1) == layer.in_features // 2), name
+        same = (layer.weight == 0) == (decoder_linears(cpu_model)[name].weight == 0)
+        assert same.float().mean() > 0.99, name  # a near-tie of two scores may fall the other way on a GPU
+    reference = copy.deepcopy(model)
+    quantize_model(model, 4, 32, device=torch.device(device))
+    quantize_model(reference, 4, 32)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    for name, layer in decoder_linears(model).items():
+        assert torch.equal(layer.weight, decoder_linears(reference)[name].weight), name  # round-to-nearest is exact
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qa_sparsepeft_trains_and_merges_on_a_device(device, tmp_path):
+    net = sparse_net("qa", quant=True)
+    net.model.to(device)
+    config, x = net.space.heuristic(), inputs().to(device)
+    net.train_adapters()
+    with net.activated(config):
+        net.model(input_ids=x).logits.square().mean().backward()
+        with torch.no_grad():
+            unmerged = net.model(input_ids=x).logits.cpu()
+    grads = [p.grad for p in net.adapter_parameters()]
+    assert all(g is not None and g.device.type == device for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    export_merged(net, config, tmp_path / "m")
+    loaded = load_quantized(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=x.cpu()).logits, unmerged, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------- SparsePEFT

@@ -279,7 +279,7 @@ def test_an_fp16_base_trains_with_loss_scaling(tmp_path, device):
 
 
 @CUDA
-def test_a_training_run_on_a_gpu_loads_its_base_in_bf16_by_default(tmp_path):
+def test_cuda_training_run_loads_its_base_in_bf16_by_default(tmp_path):
     from lorasearch.runs import prepare_training
     from lorasearch.train.trainer import TrainArgs
 
@@ -323,7 +323,7 @@ def test_the_gpu_budget_is_sized_from_free_memory_and_capped():
 
 
 @CUDA
-def test_an_evaluator_on_a_gpu_gets_a_budget_that_fits_its_free_memory():
+def test_cuda_evaluator_gets_a_budget_that_fits_its_free_memory():
     from lorasearch.runs import build_evaluator
 
     net = build_network(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), device="cuda"))
