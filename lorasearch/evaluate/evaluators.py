@@ -260,8 +260,9 @@ class CachedEvaluator:
             yield batch
 
     # ------------------------------------------------------------------ preflight
-    def largest_batch(self) -> list[int]:
-        """The subset's most costly batch under the batch limits (the first one a full evaluation runs)."""
+    def largest_batch(self) -> list[int] | None:
+        """The subset's most costly batch under the batch limits (the first one a full evaluation runs);
+        None for an evaluator that batches its requests itself."""
         return next(self._batches(range(self.n_items), self._cost))
 
     def batch_tokens(self, batch: Sequence[int]) -> int:

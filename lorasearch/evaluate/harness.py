@@ -160,6 +160,10 @@ class LMEvalEvaluator(CachedEvaluator):
             return part if known else replace(part, seconds=whole.seconds, scored=whole.scored)
         return super().score_items(config, stop)
 
+    def largest_batch(self) -> None:
+        """None: lm-eval batches its own requests, so there is no batch of ours to try first."""
+        return None
+
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         run = indices if self.chunked else range(self.n_items)
         samples: dict[str, list[int]] = {}

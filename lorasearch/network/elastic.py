@@ -11,9 +11,9 @@ reference trains and evaluates its super-adapters.
 The adapter may keep another dtype than the base (fp32 adapters over a bf16 base, as PEFT does by
 default): in training (and wherever gradients are on) its branch runs in the adapter's dtype on an
 input cast to it, and the sum is cast back to the base's dtype, PEFT's own order. Evaluation (eval
-mode, no gradient) takes a cheaper path to the same function: the branch in the base's dtype, its
-scale on the rank-r product, accumulated into the base's output by one ``addmm`` (`_add_low_rank`),
-so an elastic subnet costs little more than the same subnet merged.
+mode, no gradient) takes a cheaper path to the same function (`_add_low_rank`): the branch
+accumulated into the base's output in place, by one ``addmm`` in the base's dtype where the dtypes
+agree and on a GPU, so an elastic subnet costs little more than the same subnet merged.
 """
 
 from __future__ import annotations
@@ -26,15 +26,20 @@ from torch import nn
 
 
 def _add_low_rank(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """``y + scaling * (x A^T) B^T`` in place, for evaluation (no gradient, eval mode).
+    """``y + scaling * (x A^T) B^T``, added into ``y`` in place, for evaluation (no gradient, eval mode).
 
-    The branch runs in the base's dtype: casting the small ``A`` and ``B`` costs ``r * (in + out)``
-    element copies where casting the input would cost ``tokens * in``; the scale lands on the
-    product's rank-r side, and the second matmul accumulates straight into ``y`` (one ``addmm``,
-    no ``tokens x out`` temporary and no separate add).
+    Where the adapter and the base share a dtype, and on a GPU, the branch runs in the base's dtype:
+    casting the small ``A`` and ``B`` costs ``r * (in + out)`` element copies where casting the input
+    would cost ``tokens * in``; the scale goes into the second matmul, which accumulates straight into
+    ``y`` (one ``addmm``: no ``tokens x out`` temporary, no separate scale or add). On the CPU an fp32
+    adapter over a bf16/fp16 base keeps its branch in fp32, PEFT's way (a CPU's low-precision matmuls
+    are slow, its input cast is not), and only the sum lands in ``y`` in place.
     """
-    low = F.linear(x, a.to(y.dtype))
-    y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), b.to(y.dtype).t(), alpha=scaling)
+    if a.dtype == y.dtype or y.device.type != "cpu":
+        low = F.linear(x, a.to(y.dtype))
+        y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), b.to(y.dtype).t(), alpha=scaling)
+    else:
+        y.add_(F.linear(F.linear(x.to(a.dtype), a), b), alpha=scaling)
     return y
 
 

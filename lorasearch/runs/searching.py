@@ -85,9 +85,9 @@ def search_network(
 def preflight_evaluation(net: SuperNetwork, evaluator: Evaluator) -> PreflightReport | None:
     """The evaluator's largest batch under the max subnet, once, on the network's device (a search's
     preflight); None for a network without weights (a driver's) or an evaluator that batches itself."""
-    if net.device.type == "meta" or not hasattr(evaluator, "largest_batch"):
+    batch = evaluator.largest_batch() if hasattr(evaluator, "largest_batch") else None
+    if net.device.type == "meta" or batch is None:
         return None
-    batch = evaluator.largest_batch()
     what = f"the largest evaluation batch ({len(batch)} items, {evaluator.batch_tokens(batch)} tokens, max subnet)"
     return run_preflight(what, net.device, lambda: evaluator.run_batch(batch, net.space.max()),
                          "lower --max-batch-tokens or --batch-size, use a smaller --dtype, or another --device")
@@ -157,7 +157,9 @@ class SearchRun:
     def driver_needs_shapes_only(self) -> bool:
         """Whether a parallel search's driver can do without the model's weights."""
         metrics = set(self.objectives) | {parse_constraint(c).metric for c in self.constraints}
-        return self.cost_reference == "analytic" and "macs_effective" not in metrics
+        # a shared study fixes its bounds before the first batch, measuring the costs here
+        weighed = {"macs_effective", "latency"} if self.storage else {"macs_effective"}
+        return self.cost_reference == "analytic" and not metrics & weighed
 
     def run_info(self) -> dict[str, Any]:
         """The ``run`` section of run.yaml: the settings a resume must find unchanged."""
