@@ -161,7 +161,7 @@ def evaluation(device: torch.device, tiny: bool, rounds: int, items: int) -> dic
             p.normal_(0.0, 0.02)
     heuristic = net.space.heuristic()
     with net.activated(heuristic):
-        plain = merged_copy(net)
+        plain = merged_copy(net, device)  # beside the super-network, on the GPU
     batch_size, seq = (4, 32) if tiny else (16, 512)
     ids = torch.randint(3, 250, (batch_size, seq), device=device, generator=torch.Generator(device=device).manual_seed(3))
     tokens: dict[str, list[float]] = {"elastic": [], "merged": []}

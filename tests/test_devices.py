@@ -498,3 +498,27 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(command, tmp_path, caps
 
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in command]
     assert cli_error(capsys, *args, "--device", "cuda") == "error: --device cuda: no GPU is visible; fix: use --device cpu or auto"
+
+
+# ---------------------------------------------------------------------------------- 7. the cost reference
+def test_the_cost_reference_is_an_option_recorded_in_run_yaml_and_old_runs_resume_with_fvcore(tmp_path, capsys):
+    import yaml
+    from helpers import cli_error, run_cli
+
+    from lorasearch.runs import run_from_file
+
+    common = ["search", "--model", "tiny-llama", "--space", TINY_SPACE, "--limit", "8", "--budget", "2",
+              "--population", "2"]
+    run_cli(*common, "--out", tmp_path / "analytic")
+    run_cli(*common, "--cost-reference", "fvcore", "--out", tmp_path / "fvcore")
+    for name in ("analytic", "fvcore"):
+        document = yaml.safe_load((tmp_path / name / "run.yaml").read_text())
+        assert document["run"]["cost_reference"] == name
+        assert run_from_file(tmp_path / name / "run.yaml").cost_reference == name
+    document = yaml.safe_load((tmp_path / "analytic" / "run.yaml").read_text())
+    del document["run"]["cost_reference"]  # a run from before the option
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(document))
+    assert run_from_file(tmp_path / "old.yaml").cost_reference == "fvcore"
+    capsys.readouterr()  # the searches' progress lines
+    message = cli_error(capsys, *common, "--cost-reference", "exact", "--out", tmp_path / "bad")
+    assert message == "error: --cost-reference 'exact': unknown; fix: use analytic or fvcore"
