@@ -64,7 +64,8 @@ def search_network(
         seq_len, deployment: what the MAC objective models (tokens per sequence; merged or unmerged).
         cost_reference: ``analytic`` (the closed form from the shapes; the tests hold it equal to fvcore's
             count on every tiny family) or ``fvcore`` (one trace of the full model adds what only fvcore
-            counts, e.g. the rotary embedding's matmul; a module it counts otherwise is a warning).
+            counts, such as ops of modules the closed form does not model; a module it counts otherwise
+            is a warning).
         extra_objectives: user objectives by name (any callable ``config -> float``).
         out_dir, run_info, resume, log: see `lorasearch.search.run_search`.
         backend: an `EvaluationBackend` (default: evaluate here); ``ProcessBackend`` and
@@ -183,7 +184,8 @@ class SearchRun:
     def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
             backend: BackendSettings | None = None, progress: Callable[[str], None] | None = None,
             force: bool = False) -> tuple[SearchResult, SuperNetwork]:
-        """Build the network and evaluator, then search into ``out``; returns (result, network).
+        """Build the network and evaluator, then search into ``out``; returns (result, network), the
+        network being shapes only (`driver_network`) when a parallel backend did the evaluating.
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
         ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
