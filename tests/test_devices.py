@@ -61,6 +61,16 @@ def test_shapes_only_holds_no_weight_yet_the_workers_adapter_and_fingerprint(reo
     assert build_network(fresh, shapes_only=True).fingerprint() == build_network(fresh).fingerprint()
 
 
+def test_a_driver_builds_shapes_for_gpu_workers_on_a_machine_without_a_gpu():
+    settings = NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), device="cuda", dtype="bf16",
+                               adapter_dtype="base")
+    net = build_network(settings, shapes_only=True)  # a CPU-only Ray head, say: no GPU needed to build shapes
+    assert {p.dtype for p in net.adapter_parameters()} == {torch.bfloat16}  # what the workers' bf16 base gets
+    here = build_network(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), device="cpu", dtype="bf16",
+                                         adapter_dtype="base"))
+    assert net.fingerprint() == here.fingerprint()
+
+
 def test_a_parallel_searchs_driver_builds_shapes_unless_it_needs_weights():
     plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE)), TaskSettings(limit=8),
                      SearchSettings(budget=4, population=4))

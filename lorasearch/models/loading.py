@@ -197,7 +197,7 @@ def load_shapes(
     """The model ``spec`` names on the meta device, built from its config alone (no weight is read),
     with its tokenizer: what a parallel search's driver needs (shapes, the tokenizer), at the cost
     of a config file. Takes `load_model`'s options; the dtype is the one `load_model` would give on
-    ``device`` (the checkpoint's own where that is None)."""
+    ``device`` (the checkpoint's own where that is None), whether or not that device is here."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if spec == "default":
@@ -205,7 +205,9 @@ def load_shapes(
     path = Path(spec)
     if path.suffix == ".json":
         return load_model(spec, dtype=dtype)
-    wanted = resolve_dtype(dtype, resolve_device(device))
+    # The dtype the workers get on their device; no GPU need be here (a CPU-only Ray head, say).
+    cuda = str(device or "auto").startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+    wanted = resolve_dtype(dtype, torch.device("cuda" if cuda else "cpu"))
     tokenizer = None
     if spec.startswith("tiny-"):
         config = tiny_config(spec.removeprefix("tiny-"))

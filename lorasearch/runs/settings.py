@@ -76,13 +76,14 @@ class NetworkSettings:
         return {"gguf_file": self.gguf_file, "dtype": self.dtype or "auto", "device": self.device,
                 "device_map": self.device_map, "trust_remote_code": self.trust_remote_code}
 
-    def check(self) -> None:
-        """One-line errors for values that cannot work, before anything loads."""
+    def check(self, *, device: bool = True) -> None:
+        """One-line errors for values that cannot work, before anything loads; ``device=False`` leaves
+        out whether the device is present (a driver that builds shapes only runs nothing on it)."""
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise LoraSearchError(f"--adapter-dtype {self.adapter_dtype!r}: unknown; fix: use fp32 or base")
         if self.device_map not in (None, "auto"):
             raise LoraSearchError(f"--device-map {self.device_map!r}: unknown; fix: use auto, or leave it out")
-        resolve_dtype(self.dtype, resolve_device(self.device))
+        resolve_dtype(self.dtype, resolve_device(self.device) if device else torch.device("cpu"))
 
 
 @dataclass
@@ -184,7 +185,7 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     describe, what a parallel search's driver needs; masks and grids of an adapter mode need
     weights and are left to the workers.
     """
-    settings.check()
+    settings.check(device=not shapes_only)
     if space is None:
         space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
     if shapes_only:
