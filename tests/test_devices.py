@@ -341,12 +341,17 @@ def test_cuda_evaluator_gets_a_budget_that_fits_its_free_memory():
     assert 1 <= evaluator.max_batch_tokens <= 32768 and evaluator.batch_size is None
 
 
-@pytest.mark.parametrize("mode", ["label", "text"])
-def test_option_scores_are_copied_from_the_device_once_per_batch(mode, monkeypatch):
-    from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+@pytest.mark.parametrize("mode", ["label", "text", "loss"])
+def test_scores_are_copied_from_the_device_once_per_batch(mode, monkeypatch):
+    from lorasearch.evaluate.evaluators import LossEvaluator, MultipleChoiceEvaluator
 
     net = SuperNetwork(tiny_model("llama"), TINY_SPACE, tokenizer=byte_tokenizer())
-    evaluator = MultipleChoiceEvaluator(net, synthetic_task(12, seed=0), mode=mode, batch_size=4, progress=False)
+    records = synthetic_task(12, seed=0)
+    if mode == "loss":
+        evaluator = LossEvaluator(net, records, batch_size=4, progress=False)
+        evaluator.option_scores = lambda: evaluator._score(range(12))[0]
+    else:
+        evaluator = MultipleChoiceEvaluator(net, records, mode=mode, batch_size=4, progress=False)
     copies = []
     for name in ("item", "tolist"):
         real = getattr(torch.Tensor, name)

@@ -619,8 +619,9 @@ class ExactMatchEvaluator(CachedEvaluator):
             for batch in self._batches(indices, self._cost):
                 ids, mask = _left_pad([self.prompts[i] for i in batch], _pad_id(tok), self._device)
                 out = self.net.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                new_tokens = out[:, ids.shape[1]:].tolist()  # copied from the device once per batch
                 for row, i in enumerate(batch):
-                    texts[i] = tok.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
+                    texts[i] = tok.decode(new_tokens[row], skip_special_tokens=True)
                 bar.update(len(batch))
         return [texts[i] for i in indices]
 
@@ -714,7 +715,8 @@ class LossEvaluator(CachedEvaluator):
         rows = keep.nonzero()[:, 0]
         sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
         counts = keep.sum(-1)
-        return [(float(sums[r]), int(counts[r])) for r in range(len(batch))]
+        totals, tokens = torch.stack([sums, counts.to(sums.dtype)]).tolist()  # copied from the device once per batch
+        return [(total, int(n)) for total, n in zip(totals, tokens)]
 
     def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
         total, tokens = sum(v[0] for v in values), sum(v[1] for v in values)
