@@ -284,6 +284,9 @@ class SuperNetwork:
         if self.permutation is not None:
             for (name, dim), index in sorted(self.permutation.indices.items()):
                 digest.update(f"{name}|{dim}".encode() + index.to(torch.int64).numpy().tobytes())
+        qa_base = (self.adapter_metadata or {}).get("qa_base")
+        if qa_base is not None:  # QA-SparsePEFT on W^p or on the de-quantised base scores differently
+            digest.update(f"qa_base:{qa_base}".encode())
         return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
