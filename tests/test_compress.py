@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -24,8 +25,8 @@ from lorasearch.compress.quant import (
 from lorasearch.compress.sparsity import SPARSITY_FILE, prune_mask, save_sparse, sparsity_report
 from lorasearch.cost import CostModel
 from lorasearch.data import synthetic_task
-from lorasearch.errors import LoraSearchWarning
-from lorasearch.export.exporters import export_merged
+from lorasearch.errors import ExportError, LoraSearchWarning
+from lorasearch.export.exporters import export_merged, export_peft
 from lorasearch.models.anatomy import decoder_linears
 from lorasearch.models.calibration import calibration_tokens
 from lorasearch.models.loading import byte_tokenizer, tiny_model
@@ -466,3 +467,25 @@ def test_float_weights_that_do_not_round_to_the_codes_are_refused(tmp_path):
     with pytest.raises(CompressError) as exc:
         load_quantized(tmp_path / "q", float_base=True)
     assert "model.layers.1.mlp.up_proj" in str(exc.value) and "fix" in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ------------------------------------------------------------------ exports that keep what was searched
+@pytest.mark.parametrize("mode", ["sparse", "qa"])
+def test_peft_export_of_masked_adapters_is_refused_naming_merged(mode, tmp_path):
+    net = sparse_net(mode, quant=mode == "qa")
+    with pytest.raises(ExportError) as exc:
+        export_peft(net, net.space.heuristic(), tmp_path / "peft")
+    message = str(exc.value)
+    assert "\n" not in message and "--format peft" in message and "fix: use --format merged" in message
+    assert not (tmp_path / "peft").exists()
+
+
+def test_peft_export_of_a_dense_adapter_on_a_sparse_base_is_what_stock_peft_computes(tmp_path):
+    net = sparse_net("dense")
+    config = net.space.heuristic()
+    export_peft(net, config, tmp_path / "peft")
+    base, _ = sparse_model(0.5)  # the same seeded model and calibration: the same sparse base
+    stock = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    x = inputs()
+    with net.activated(config), torch.no_grad():
+        torch.testing.assert_close(stock(input_ids=x).logits, net.model(input_ids=x).logits, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CompressError
+from ..errors import CompressError, ExportError
 from ..io import atomic_write_json
 from ..network.supernet import SuperNetwork
 from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, check_mode
@@ -38,6 +38,19 @@ def check_mergeable(net: SuperNetwork) -> None:
             )
         if isinstance(m, SparseLoRALinear):
             m.check_mask(name)
+
+
+def check_peft_exportable(net: SuperNetwork) -> None:
+    """Refuse a PEFT export of SparsePEFT / QA-SparsePEFT adapters: stock PEFT would apply their delta
+    dense (without the mask) and off the INT grid, so it would compute another model than the one searched."""
+    masked = [n for n, m in net.elastic.items() if isinstance(m, SparseLoRALinear) and m.active_rank]
+    if masked:
+        what = "quantized on the base's INT grid and masked" if net.adapter_mode == "qa" else "masked"
+        raise ExportError(
+            f"--format peft: the {net.adapter_mode} adapters (e.g. {masked[0]}) are {what} by the base's zeros, which "
+            "a stock PEFT LoRA cannot express (PEFT would apply them dense and compute another model); "
+            "fix: use --format merged, which keeps the zeros and the grid"
+        )
 
 
 def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -> None:

@@ -13,6 +13,8 @@ so a crash leaves no half-written export; an existing folder is refused):
   Mode B widths cannot be expressed by PEFT: a config that shrinks a width is refused. A reordered
   network (`lorasearch.train.reorder`) writes its sub-adapter in the base's original channel order
   (``lora_B`` rows and ``lora_A`` columns inverse-permuted), so it applies to the unpermuted base.
+  SparsePEFT and QA-SparsePEFT adapters are refused (stock PEFT would apply their delta without the
+  mask and off the INT grid): their subnet exports as ``merged``.
 * ``merged``: the active adapters folded into the base weights, saved with ``save_pretrained``
   (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only. A
   reordered network's merged (and pruned) model keeps the reordered channels: the same function,
@@ -40,7 +42,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..compress.adapter_modes import check_mergeable, write_compression_files
+from ..compress.adapter_modes import check_mergeable, check_peft_exportable, write_compression_files
 from ..errors import ExportError
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf, save_model_folder
@@ -137,12 +139,14 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     """Write the sub-adapter of ``config`` as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
 
     Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``) or
-    leaves no module with a rank above 0. The tensors are in the base's original channel order, also
+    leaves no module with a rank above 0, and for SparsePEFT / QA-SparsePEFT adapters
+    (their masked, quantized delta is no plain LoRA: use ``merged``). The tensors are in the base's original channel order, also
     for a reordered network, so the folder applies to the unpermuted base model.
     """
     refuse_existing(out, ExportError)
     with net.activated(config):
         _refuse_shrunk(net, "peft", "--format pruned (a physically smaller model) or a config at full width")
+        check_peft_exportable(net)
         modules = sub_adapter(net)
     if net.permutation is not None:
         modules = unpermute_adapter(modules, net.permutation)
