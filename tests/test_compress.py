@@ -25,7 +25,7 @@ from lorasearch.compress.quant import (
 from lorasearch.compress.sparsity import SPARSITY_FILE, prune_mask, save_sparse, sparsity_report
 from lorasearch.cost import CostModel
 from lorasearch.data import synthetic_task
-from lorasearch.errors import ExportError, LoraSearchWarning
+from lorasearch.errors import ExportError, LoraSearchError, LoraSearchWarning
 from lorasearch.export.exporters import export_merged, export_peft
 from lorasearch.models.anatomy import decoder_linears
 from lorasearch.models.calibration import calibration_tokens
@@ -489,3 +489,36 @@ def test_peft_export_of_a_dense_adapter_on_a_sparse_base_is_what_stock_peft_comp
     x = inputs()
     with net.activated(config), torch.no_grad():
         torch.testing.assert_close(stock(input_ids=x).logits, net.model(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- one builder
+def test_from_pretrained_gives_build_networks_network_or_refuses_in_one_line(tmp_path):
+    model, report = sparse_model(0.5)
+    save_sparse(model, byte_tokenizer(), tmp_path / "sparse", report)
+    quantize_base(NetworkSettings(model=str(tmp_path / "sparse")), tmp_path / "q", group_size=32)
+    space().save(tmp_path / "space.yaml")
+    x = inputs()
+    for mode, base in (("dense", "sparse"), ("sparse", "sparse"), ("qa", "q")):
+        built = build_network(NetworkSettings(model=str(tmp_path / base), space=str(tmp_path / "space.yaml"),
+                                              adapter_mode=mode))
+        train_adapters(built)
+        adapter = built.save_adapter(tmp_path / f"adapter-{mode}")
+        if mode == "dense":  # a plain adapter on a sparse base: the same network through both doors
+            other = SuperNetwork.from_pretrained(str(tmp_path / base), tmp_path / "space.yaml", adapter)
+            again = build_network(NetworkSettings(model=str(tmp_path / base), adapter=str(adapter)))
+            assert other.fingerprint() == again.fingerprint()
+            with torch.no_grad():
+                torch.testing.assert_close(other.model(input_ids=x).logits, again.model(input_ids=x).logits, atol=0, rtol=0)
+            continue
+        with pytest.raises(LoraSearchError) as exc:
+            SuperNetwork.from_pretrained(str(tmp_path / base), tmp_path / "space.yaml", adapter)
+        message = str(exc.value)
+        assert "\n" not in message and "lorasearch_adapter_mode.json" in message and f"a {mode} adapter" in message
+        assert "fix: use lorasearch.build_network(lorasearch.NetworkSettings(" in message
+        again = build_network(NetworkSettings(model=str(tmp_path / base), adapter=str(adapter)))
+        assert again.adapter_mode == mode and again.fingerprint() == built.fingerprint()
+        with torch.no_grad():
+            torch.testing.assert_close(again.model(input_ids=x).logits, built.model(input_ids=x).logits, atol=0, rtol=0)
+    with pytest.raises(LoraSearchError) as exc:  # an INT4 base with fresh adapters would lose its grid
+        SuperNetwork.from_pretrained(str(tmp_path / "q"), tmp_path / "space.yaml")
+    assert "lorasearch_quant.json: an INT-quantized base" in str(exc.value) and "build_network" in str(exc.value)

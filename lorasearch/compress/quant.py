@@ -36,8 +36,8 @@ from ..errors import CompressError
 from ..io import atomic_write_json, staged
 from ..models.anatomy import decoder_linears
 from ..models.loading import load_model, save_model_folder
+from ..network.supernet import QUANT_FILE
 
-QUANT_FILE = "lorasearch_quant.json"
 CODES_FILE = "lorasearch_quant.safetensors"
 PREQUANT_FILE = "lorasearch_prequant.safetensors"
 GRID_ATTR = "quant_grid"

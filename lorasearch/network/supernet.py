@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import AdapterError, SpaceError
+from ..errors import AdapterError, ModelError, SpaceError
 from ..io import atomic_write_json
 from ..models.loading import LOW_PRECISION, LoadedModel, load_model
 from ..space import Config, SearchSpace, space_fingerprint
@@ -32,6 +33,10 @@ SPACE_FILE_NAME = "lorasearch_space.yaml"
 # Written beside an adapter whose modules a variant (lorasearch.compress: SparsePEFT, QA-SparsePEFT)
 # replaced: its `adapter_metadata`, so that loading the folder again builds the same variant.
 ADAPTER_MODE_FILE = "lorasearch_adapter_mode.json"
+# Written beside a base quantized by lorasearch.compress.quant: the INT grid, which QA-SparsePEFT and
+# merging need and `build_network` attaches.
+QUANT_FILE = "lorasearch_quant.json"
+BUILDER_HINT = "lorasearch.build_network(lorasearch.NetworkSettings(model=..., space=..., adapter=...))"
 
 
 class SuperNetwork:
@@ -96,8 +101,13 @@ class SuperNetwork:
     ) -> "SuperNetwork":
         """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it.
 
-        ``load_kwargs`` go to `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...).
+        ``load_kwargs`` go to `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...). A plain or
+        sparse base with dense adapters (reordered ones included) gives the network that
+        `lorasearch.build_network` gives. SparsePEFT / QA-SparsePEFT adapter folders and INT-quantized
+        bases are refused (`AdapterError`, `ModelError`): their masks and grids are built by
+        ``build_network(NetworkSettings(...))``, the one builder of every command.
         """
+        refuse_compressed(model, adapter)
         loaded: LoadedModel = load_model(model, **load_kwargs)
         return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed)
 
@@ -295,6 +305,26 @@ class SuperNetwork:
             f"SuperNetwork(space={self.space.name!r}, mode={self.space.mode}, genes={len(self.space.genes)}, "
             f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
             f"{', reordered' if self.permutation is not None else ''})"
+        )
+
+
+def refuse_compressed(model: str | Path, adapter: str | Path | None) -> None:
+    """Refuse what `SuperNetwork.from_pretrained` would silently build wrong: an adapter saved in a
+    SparsePEFT / QA-SparsePEFT mode (it would run dense) or a quantized base (its INT grid would be lost)."""
+    mode_file = Path(adapter) / ADAPTER_MODE_FILE if adapter is not None else None
+    if mode_file is not None and mode_file.is_file():
+        try:
+            mode = json.loads(mode_file.read_text()).get("adapter_mode", "sparse")
+        except (OSError, ValueError, AttributeError):
+            mode = "sparse or qa"
+        raise AdapterError(
+            f"{mode_file}: a {mode} adapter (SparsePEFT / QA-SparsePEFT), whose masks and grids "
+            f"SuperNetwork.from_pretrained does not build (it would run dense); fix: use {BUILDER_HINT}"
+        )
+    if (Path(model) / QUANT_FILE).is_file():
+        raise ModelError(
+            f"{Path(model) / QUANT_FILE}: an INT-quantized base, whose grid SuperNetwork.from_pretrained does not "
+            f"attach (QA-SparsePEFT and merging need it); fix: use {BUILDER_HINT}"
         )
 
 
