@@ -156,8 +156,8 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     elastic = list(net.elastic.values())
 
     def write(folder: Path) -> None:
-        write_adapter(folder, modules, base_model=net.model_spec,
-                      use_rslora=any(m.use_rslora for m in elastic), dropout=_dropout(elastic))
+        write_adapter(folder, modules, base_model=net.model_spec, use_rslora=any(m.use_rslora for m in elastic),
+                      dropout=_dropout(elastic), saved=net.saved_tensors())
 
     return _write_export(out, net, config, provenance, objectives, write)
 

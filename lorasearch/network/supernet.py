@@ -26,7 +26,7 @@ from ..models.loading import LOW_PRECISION, LoadedModel, load_model
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
-from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .peft_format import PREFIX, AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
@@ -78,6 +78,8 @@ class SuperNetwork:
         folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
+        # modules_to_save weights that replaced the base's: full parameter name -> (module, attribute)
+        self.saved_parameters: dict[str, tuple[nn.Module, str]] = self._load_saved(folder) if folder else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
@@ -112,6 +114,34 @@ class SuperNetwork:
         return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed)
 
     # ------------------------------------------------------------------------ building
+    @torch.no_grad()
+    def _load_saved(self, folder: AdapterFolder) -> dict[str, tuple[nn.Module, str]]:
+        """Put the folder's ``modules_to_save`` weights into the base, as PEFT's wrapper replaces the
+        module; a weight tied to another (``lm_head`` and ``embed_tokens``) is untied first, as PEFT's copy is."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        loaded = {}
+        for name, tensor in folder.saved.items():
+            target = params.get(name)
+            if target is None or target.shape != tensor.shape:
+                found = "is not a parameter of the model" if target is None else f"has shape {tuple(target.shape)}"
+                raise AdapterError(
+                    f"{folder.weights_file}: {PREFIX}{name} (modules_to_save, shape {tuple(tensor.shape)}): {name} "
+                    f"{found}; fix: load the base model the adapter was trained on"
+                )
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            if sum(p is target for p in params.values()) > 1:  # tied: give this module its own weight
+                setattr(module, attr, nn.Parameter(tensor.to(target.dtype, copy=True).to(target.device), requires_grad=False))
+                _untie_config(self.model)
+            else:
+                target.copy_(tensor.to(target.dtype))
+            loaded[name] = (module, attr)
+        return loaded
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        """The ``modules_to_save`` weights the network runs with, by full parameter name (written by every export)."""
+        return {name: getattr(module, attr) for name, (module, attr) in self.saved_parameters.items()}
+
     def _wrap(self, folder: AdapterFolder | None) -> dict[str, ElasticLoRALinear]:
         linears = linear_modules(self.model)
         names = list(self.binding.modules)
@@ -199,7 +229,11 @@ class SuperNetwork:
         """
         linears = linear_modules(self.model)
         permutation.check(linears, source)
+        saved = {name.rpartition(".")[0] for name in self.saved_parameters}
         for name in permutation.modules():
+            if name in saved:
+                raise SpaceError(f"{source}: {name} holds modules_to_save weights of the adapter, which would be saved "
+                                 "reordered; fix: train with --no-reorder")
             if type(linears[name]) not in (nn.Linear, ElasticLoRALinear):
                 raise SpaceError(
                     f"{source}: {name} is a {type(linears[name]).__name__}, whose masks or grids cannot be reordered; "
@@ -268,7 +302,8 @@ class SuperNetwork:
             modules = unpermute_adapter(modules, self.permutation)
         use_rslora = any(m.use_rslora for m in self.elastic.values())
         dropout = next((m.lora_dropout.p for m in self.elastic.values() if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
-        path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
+        path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout,
+                             saved=self.saved_tensors())
         self.space.save(path / SPACE_FILE_NAME)
         if self.permutation is not None:
             self.permutation.save(path / PERMUTATION_FILE)
@@ -288,9 +323,10 @@ class SuperNetwork:
         for name, module in sorted(self.adapter_modules().items()):
             digest.update(f"{name}:{module.alpha}".encode())
             for tensor in (module.A, module.B):
-                data = tensor.detach().to("cpu").contiguous()
-                digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
-                digest.update(data.view(torch.uint8).numpy().tobytes())
+                _digest_tensor(digest, tensor)
+        for name, tensor in sorted(self.saved_tensors().items()):  # modules_to_save weights change scores too
+            digest.update(f"saved:{name}".encode())
+            _digest_tensor(digest, tensor)
         if self.permutation is not None:
             for (name, dim), index in sorted(self.permutation.indices.items()):
                 digest.update(f"{name}|{dim}".encode() + index.to(torch.int64).numpy().tobytes())
@@ -306,6 +342,20 @@ class SuperNetwork:
             f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
             f"{', reordered' if self.permutation is not None else ''})"
         )
+
+
+def _digest_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    data = tensor.detach().to("cpu").contiguous()
+    digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Record that input and output embeddings are separate now, so a saved copy loads them untied."""
+    config = getattr(model, "config", None)
+    for part in (config, getattr(config, "text_config", None) if config is not None else None):
+        if part is not None and getattr(part, "tie_word_embeddings", False):
+            part.tie_word_embeddings = False
 
 
 def refuse_compressed(model: str | Path, adapter: str | Path | None) -> None:
