@@ -431,3 +431,37 @@ def test_an_adapter_of_a_base_rewritten_at_initialisation_is_refused(adapter):
     with pytest.raises(AdapterError) as exc:
         load(adapter)
     one_line_error(exc, "init_lora_weights", "pissa", "fix")
+
+
+# ------------------------------------------------------------------------- rank_pattern modules
+def test_a_rank_pattern_module_is_elastic_in_a_group_that_starts_at_its_own_rank(tmp_path):
+    from peft import PeftModel
+
+    from lorasearch.export.exporters import export_peft
+
+    folder = stock_peft_folder(tmp_path / "stock", rank_pattern={"layers.0.self_attn.q_proj": 2})
+    q0 = "model.layers.0.self_attn.q_proj"
+    with pytest.raises(SpaceError) as exc:  # one group for every q_proj and v_proj: its 4 is above q0's 2
+        SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(QV_SPACE), adapter=folder)
+    one_line_error(exc, "groups.qv.rank", q0, "start at 4", "trained rank is 2", "fix: make 2 the first rank choice",
+                   "separate groups")
+    space = SearchSpace.from_dict({  # the fix the message names: q0 in a group of its own that starts at 2
+        "name": "qv", "adapter": {"rank": 4, "alpha": 8},
+        "groups": {"q0": {"modules": ["self_attn.q_proj"], "layers": [0], "rank": [2, 1]},
+                   "q": {"modules": ["self_attn.q_proj"], "layers": [1, 2, 3], "rank": [4, 2]},
+                   "v": {"modules": ["self_attn.v_proj"], "rank": [4, 2]}},
+    })
+    net = SuperNetwork(tiny_model("llama"), space, adapter=folder)
+    with torch.no_grad():
+        torch.testing.assert_close(net.model(input_ids=ids()).logits, stock_logits(folder, ids()), atol=1e-5, rtol=1e-5)
+    config = {**net.space.max(), "q0.0": 1, "q.2": 2}
+    net.activate(config)
+    assert net.elastic[q0].active_rank == 1 and net.elastic[q0].max_rank == 2
+    export_peft(net, config, tmp_path / "sub")
+    stock = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "sub").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stock(input_ids=ids()).logits, net.model(input_ids=ids()).logits, atol=1e-5, rtol=1e-5)
+    fresh = {**space.to_dict(), "groups": {"q0": {"modules": ["self_attn.q_proj"], "layers": [0], "rank": [2, 1]}}}
+    with pytest.raises(SpaceError) as exc:  # fresh adapters are trained at adapter.rank
+        SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(fresh))
+    one_line_error(exc, "groups.q0.rank", "start at 2", "trained rank is 4", "fix")

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..errors import AdapterError, ModelError, SpaceError
+from ..errors import AdapterError, ModelError, SpaceError, where
 from ..io import atomic_write_json
 from ..models.loading import LOW_PRECISION, LoadedModel, load_model
 from ..space import Config, SearchSpace, space_fingerprint
@@ -80,6 +80,8 @@ class SuperNetwork:
         model.requires_grad_(False)
         # modules_to_save weights that replaced the base's: full parameter name -> (module, attribute)
         self.saved_parameters: dict[str, tuple[nn.Module, str]] = self._load_saved(folder) if folder else {}
+        if folder is None and self.space.adapter.rank:  # fresh adapters are trained at adapter.rank
+            self._check_first_rank_choices({name: self.space.adapter.rank for name in self.binding.rank_modules})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
@@ -198,28 +200,41 @@ class SuperNetwork:
                     f"{folder.weights_file}: no lora_A/lora_B for {name}, which adapter.targets lists; "
                     "fix: use the adapter the space was written for, or drop it from adapter.targets"
                 )
-        first_choice = self._first_rank_choice()
         for name in self.binding.rank_modules:
             if name not in folder.modules:
                 raise AdapterError(
                     f"{folder.weights_file}: no lora_A/lora_B for {name}, which the space makes elastic; "
                     "fix: use the adapter the space was written for, or drop the module from the space"
                 )
-            trained, wanted = folder.modules[name].rank, first_choice[name]
-            if wanted != trained:
+        self._check_first_rank_choices({name: m.rank for name, m in folder.modules.items()})
+
+    def _check_first_rank_choices(self, trained: Mapping[str, int]) -> None:
+        """Each rank group starts at the trained rank of every module it drives (its own rank, e.g. from
+        PEFT's ``rank_pattern``), so no choice exceeds it and the largest subnet is the trained adapter."""
+        for group_name, members in self._rank_groups().items():
+            group = self.space.group(group_name)
+            first = group.choices[0]
+            for name in members:
+                if trained[name] == first:
+                    continue
+                ranks = sorted({trained[m] for m in members})
+                split = (f" and put its modules of trained ranks {ranks} in separate groups"
+                         if len(ranks) > 1 else "")
                 raise SpaceError(
-                    f"{self.space.source}: rank choices for {name} start at {wanted} but the adapter's trained rank "
-                    f"is {trained}; fix: make {trained} the first rank choice (and no choice above it)"
+                    f"{where(self.space.source, f'groups.{group.name}.rank')}rank choices for {name} start at {first} "
+                    f"but the adapter's trained rank is {trained[name]}; fix: make {trained[name]} the first rank choice "
+                    f"of a group holding {name} (and no choice above it){split}"
                 )
 
-    def _first_rank_choice(self) -> dict[str, int]:
-        first = {}
+    def _rank_groups(self) -> dict[str, list[str]]:
+        """Rank group name -> the modules it drives."""
+        groups: dict[str, list[str]] = {}
+        genes = {g.key: g for g in self.space.genes}
         for key, slots in self.binding.slots.items():
-            gene = next(g for g in self.space.genes if g.key == key)
             for slot in slots:
                 if slot.dim == "rank":
-                    first[slot.module] = gene.choices[0]
-        return first
+                    groups.setdefault(genes[key].group, []).append(slot.module)
+        return groups
 
     def permute(self, permutation: ChannelPermutation, *, source: str = "permutation") -> None:
         """Reorder channels of the base and the adapters together (function unchanged); record it.
