@@ -85,7 +85,7 @@ def train(settings: NetworkSettings, records, args, sampler: str, out: Path):
     net = build_network(settings)
     examples = encode_records(net.tokenizer, records, "text", 160)
     targs = TrainArgs(steps=args.steps, batch_size=4, lr=1e-3, warmup_steps=2, sampler=sampler,
-                      checkpoint_every=10**6, device="cpu")
+                      checkpoint_every=10**6)  # the device is the network's (build_network: auto)
     trainer = NLSTrainer(net, examples, targs, out)
     trainer.prepare(overwrite=True)
     trainer.train(progress=False)
