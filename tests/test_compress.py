@@ -522,3 +522,26 @@ def test_from_pretrained_gives_build_networks_network_or_refuses_in_one_line(tmp
     with pytest.raises(LoraSearchError) as exc:  # an INT4 base with fresh adapters would lose its grid
         SuperNetwork.from_pretrained(str(tmp_path / "q"), tmp_path / "space.yaml")
     assert "lorasearch_quant.json: an INT-quantized base" in str(exc.value) and "build_network" in str(exc.value)
+
+
+def zero_share(model) -> float:
+    weights = [m.weight for m in decoder_linears(model).values()]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_merging_a_dense_adapter_into_a_sparse_base_warns_and_records_the_sparsity(tmp_path):
+    import warnings
+
+    dense = sparse_net("dense")
+    with pytest.warns(LoraSearchWarning, match="fill the sparse base's zeros"):
+        export_merged(dense, dense.space.max(), tmp_path / "dense")
+    recorded = json.loads((tmp_path / "dense" / "subnet.json").read_text())["sparsity"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")
+    assert recorded["base"] == pytest.approx(zero_share(sparse_model(0.5)[0]))
+    assert recorded["merged"] == pytest.approx(zero_share(merged)) and recorded["merged"] < recorded["base"] - 0.2
+    sparse = sparse_net("sparse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SparsePEFT keeps the zeros: nothing to warn about
+        export_merged(sparse, sparse.space.max(), tmp_path / "sparse")
+    recorded = json.loads((tmp_path / "sparse" / "subnet.json").read_text())["sparsity"]
+    assert recorded["merged"] == recorded["base"] == pytest.approx(zero_share(AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")))
