@@ -47,7 +47,6 @@ from ..network.supernet import ADAPTER_MODE_FILE, SuperNetwork
 from .quant import GRID_ATTR, PREQUANT_ATTR, PREQUANT_FILE, QuantGrid
 
 ADAPTER_MODES = ("dense", "sparse", "qa")
-QA_BASES = ("float", "dequantized")  # what QA-SparsePEFT quantizes W + L^p with: W^p, or s (q - z)
 
 
 def mask_fingerprint(mask: torch.Tensor) -> str:

@@ -143,10 +143,11 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
                 provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
     """Write the sub-adapter of ``config`` as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
 
-    Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``) or
-    leaves no module with a rank above 0, and for SparsePEFT / QA-SparsePEFT adapters
-    (their masked, quantized delta is no plain LoRA: use ``merged``). The tensors are in the base's original channel order, also
-    for a reordered network, so the folder applies to the unpermuted base model.
+    Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``),
+    leaves no module with a rank above 0, or has SparsePEFT / QA-SparsePEFT adapters (their masked,
+    quantized delta is no plain LoRA: use ``merged``). The tensors are in the base's original channel
+    order, also for a reordered network, so the folder applies to the unpermuted base model; the
+    ``modules_to_save`` weights of a loaded adapter are written beside them.
     """
     refuse_existing(out, ExportError)
     with net.activated(config):

@@ -99,7 +99,7 @@ def read_adapter(path: str | Path) -> AdapterFolder:
         raise AdapterError(f"{config_file}: a JSON {type(config).__name__}, not an object; fix: re-save the adapter")
     _check_config(config, config_file)
     weights_file, tensors = _read_tensors(path)
-    saved = _saved_tensors(tensors, config, weights_file)
+    saved = _saved_tensors(tensors, config)
     modules = _group_tensors({k: v for k, v in tensors.items() if k not in saved}, config, weights_file)
     _check_ranks(modules, config, config_file)
     return AdapterFolder(path, config, modules, weights_file, {saved[k]: tensors[k] for k in saved})
@@ -139,7 +139,7 @@ def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     raise AdapterError(f"{path}: no {WEIGHTS_NAME} (or {PICKLE_NAME}); fix: point --adapter at a PEFT LoRA folder")
 
 
-def _saved_tensors(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], file: Path) -> dict[str, str]:
+def _saved_tensors(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, str]:
     """File key -> full parameter name of every tensor of a module that ``modules_to_save`` names."""
     names = config.get("modules_to_save") or []
     if isinstance(names, str):
