@@ -16,6 +16,7 @@ import typer
 from ..errors import LoraSearchError
 from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
 from .app import app, console, space_app
+from .interrupts import INVOCATION, resumable, with_flag
 from .options import settings_options, with_threads
 from .printing import print_configs, print_search_summary, print_space
 
@@ -183,10 +184,12 @@ def train_command(
     from ..runs import prepare_training
 
     network = dataclasses.replace(network, seed=args.seed)  # one --seed seeds the adapters and the run
-    trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
-                               val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
-                               force=force, log=console.print)
-    result = trainer.train(progress=True)
+    again = with_flag([a for a in INVOCATION if a != "--overwrite"], "--resume")
+    with resumable(out / "train_run.yaml", again):
+        trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
+                                   val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
+                                   force=force, log=console.print)
+        result = trainer.train(progress=True)
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
     console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
 
@@ -294,8 +297,9 @@ def search_command(
         raise LoraSearchError("--force: only means something with --resume; fix: drop it, or pass --resume RUN_DIR")
     # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
     progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
-    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
-                         force=force)
+    with resumable(out / "run.yaml", ["search", "--resume", str(out)]):
+        result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
+                             force=force)
     print_search_summary(result)
 
 

@@ -19,6 +19,7 @@ settings dataclasses the CLI derives options from (`TrainArgs`, `SearchSettings`
 from ..search.backends import BackendSettings
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
+from ..version import __version__
 from .compressing import SparsifySettings, quantize_base, sparsify_base
 from .exporting import export_run, load_results
 from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
@@ -37,6 +38,7 @@ from .settings import (
 from .training import prepare_training
 
 __all__ = [
+    "__version__",
     "BackendSettings",
     "NetworkRecipe",
     "NetworkSettings",

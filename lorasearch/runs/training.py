@@ -108,7 +108,18 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         atomic_write_json(Path(out) / REORDER_REPORT, reordered.summary())
         log(reorder_line(reordered))
     log(f"{len(examples)} training examples, {len(val)} held out; {net!r}")
+    if resume:
+        log(resumed_line(trainer.step, args.steps))
     return trainer
+
+
+def resumed_line(step: int, steps: int) -> str:
+    """What a resumed training starts from: the newest whole checkpoint's step, or the start."""
+    if step == 0:
+        return f"resumed: no checkpoint was saved yet, so training starts at step 0 of {steps}"
+    if step >= steps:
+        return f"resumed: the checkpoint holds the last step ({step} of {steps}); the super-adapter is written again"
+    return f"resumed from the checkpoint at step {step} of {steps}; steps {step + 1}-{steps} are left"
 
 
 def reorder_wanted(asked: bool | None, net: SuperNetwork) -> bool:
