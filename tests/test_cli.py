@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers import cli_error, run_cli
@@ -127,8 +128,10 @@ def test_without_a_terminal_search_prints_and_logs_a_line_per_evaluation(tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("evaluation ")]
-    assert [line.split(":")[0] for line in lines] == [f"evaluation {k} of 8" for k in range(1, 9)]
-    assert "accuracy" in lines[0] and " Gmacs" in lines[0] and "(8 items)" in lines[0]
+    # numbered by eval_id, as results.csv numbers them; [k/N] counts the budget
+    ids = pd.read_csv(out / "results.csv")["eval_id"].tolist()
+    assert [line.split(":")[0] for line in lines] == [f"evaluation {i} [{i + 1}/8]" for i in sorted(ids)]
+    assert "accuracy" in lines[0] and "GMACs" in lines[0] and "Gmacs" not in lines[0] and "(8 items)" in lines[0]
     logged = (out / "progress.log").read_text().splitlines()
     assert logged == lines
 

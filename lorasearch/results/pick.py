@@ -99,6 +99,30 @@ def knee_index(points: np.ndarray) -> int:
     return int(candidates[order[0]])
 
 
+def objective_text(name: str, value: float) -> str:
+    """One measured objective in words: ``14.56 GMACs`` (``macs_merged``: ``GMACs (merged)``), else ``name value``."""
+    if name.startswith("macs"):
+        kind = name.removeprefix("macs").lstrip("_")
+        return f"{value / 1e9:.4g} GMACs" + (f" ({kind})" if kind else "")
+    if name == "params":
+        return f"{value / 1e6:.2f} M parameters"
+    return f"{name} {value:.3f}" if abs(value) < 10 else f"{name} {value:.4g}"
+
+
+def pick_summary(row: pd.Series | None, pick: str, specs: Sequence[ObjectiveSpec] = ()) -> str:
+    """One line on what a pick chose: the evaluation, its objectives, and in words when it is the max,
+    min or heuristic config (for a knee at an end: that the front has no point between its ends)."""
+    pick = " ".join(str(pick).split())
+    if row is None:
+        return f"--pick {pick}: the {pick} config of the space (not evaluated by the search)"
+    label = reference_label(row)
+    what = f"evaluation {int(row['eval_id'])}" + (f", the {label} config" if label else "")
+    if pick == "knee" and label in ("max", "min"):
+        what += " (the front has no point between its ends, so the knee is one of them)"
+    measured = [objective_text(s.name, float(row[s.name])) for s in specs if s.name in row.index and pd.notna(row[s.name])]
+    return f"--pick {pick}: {what}" + (f": {', '.join(measured)}" if measured else "")
+
+
 def reference_label(row: pd.Series | None) -> str | None:
     """``max``, ``min`` or ``heuristic`` when the row is that reference config (first label found), else None."""
     if row is None or "source" not in row.index:
