@@ -100,7 +100,7 @@ def run_quickstart(model: str = DEFAULT_MODEL, out: Path = Path("runs/quickstart
         settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
         deployment="merged",  # what the pruned model of a Mode B subnet costs
     )
-    result, net = search.run(out / "search", log=console.print)
+    result, net = search.run(out / "search", log=console.print, built=trainer.net)  # the trained network, not loaded again
 
     console.rule("4. plots and report")
     for path in plot_run(out / "search"):

@@ -160,14 +160,16 @@ class SearchRun:
 
     def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
             backend: BackendSettings | None = None, progress: Callable[[str], None] | None = None,
-            force: bool = False) -> tuple[SearchResult, SuperNetwork]:
+            force: bool = False, built: SuperNetwork | None = None) -> tuple[SearchResult, SuperNetwork]:
         """Build the network and evaluator, then search into ``out``; returns (result, network).
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
         ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
         gets them too). ``out`` is locked from before the model loads to the end (a second process
         is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
-        the run began, and accepts an adapter trained on another base model than the run's.
+        the run began, and accepts an adapter trained on another base model than the run's. ``built`` is
+        the network these settings build, built already (the quickstart's freshly trained one, whose
+        fingerprint equals that of its saved adapter loaded again), so the model is not loaded twice.
         """
         backend = backend or BackendSettings()
         backend.check()
@@ -178,11 +180,12 @@ class SearchRun:
         if self.storage:
             check_shareable(self.settings.strategy)
         with FolderLock(out):
-            return self._run(out, resume, log, backend, progress, force)
+            return self._run(out, resume, log, backend, progress, force, built)
 
     def _run(self, out: str | Path, resume: bool, log: Callable[[str], None] | None, backend: BackendSettings,
-             progress: Callable[[str], None] | None, force: bool) -> tuple[SearchResult, SuperNetwork]:
-        net = build_network(self.network, any_base=force)
+             progress: Callable[[str], None] | None, force: bool,
+             built: SuperNetwork | None) -> tuple[SearchResult, SuperNetwork]:
+        net = built if built is not None else build_network(self.network, any_base=force)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
         fingerprint = net.fingerprint()
