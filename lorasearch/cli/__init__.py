@@ -8,7 +8,7 @@ Every error a user can cause ends in one line and a non-zero exit, never a trace
 * what lorasearch handled but the user should know (`LoraSearchWarning`: a torn log line cut off,
   a pickle file read) as one ``warning: ...`` line each;
 * Ctrl-C (SIGINT) exits 130 and SIGTERM 143; ``search`` and ``train`` then say in one line how to
-  resume the run (`lorasearch.cli.interrupts`), other commands say ``interrupted``.
+  resume the run (`lorasearch.cli.invocation`), other commands say ``interrupted``.
 
 Set ``LORASEARCH_DEBUG=1`` to see tracebacks of unexpected failures.
 """
@@ -24,7 +24,7 @@ import typer
 from ..errors import Interrupted, LoraSearchError, LoraSearchWarning, Terminated
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
-from .interrupts import INVOCATION, SIGINT_EXIT, SIGTERM_EXIT, sigterm_raises
+from .invocation import INVOCATION, SIGINT_EXIT, SIGTERM_EXIT, sigterm_raises
 
 __all__ = ["app", "main"]
 

@@ -16,7 +16,7 @@ import typer
 from ..errors import LoraSearchError
 from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
 from .app import app, console, space_app
-from .interrupts import INVOCATION, resumable, with_flag
+from .invocation import INVOCATION, options_given, resumable, with_flag
 from .options import settings_options, with_threads
 from .printing import print_configs, print_search_summary, print_space
 
@@ -278,7 +278,7 @@ def search_command(
     ))] = False,
 ) -> None:
     """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
-    from ..runs import SearchRun, run_from_file
+    from ..runs import RESUME_OPTIONS, SearchRun, resumed_run, run_from_file
 
     where = BackendSettings(backend, workers, ray_address)
     where.check()
@@ -286,7 +286,12 @@ def search_command(
         deprecated("search --config", "--run-file")
         run_file = run_file or config
     if resume is not None:
-        plan, out = run_from_file(resume / "run.yaml"), resume
+        values = {**dataclasses.asdict(network), **dataclasses.asdict(task), **dataclasses.asdict(settings),
+                  "objectives": [o.strip() for o in objectives.split(",") if o.strip()], "constraint": list(constraint),
+                  "seq_len": seq_len, "deployment": deployment, "run_file": run_file,
+                  "out": str(out) if out is not None else None}
+        given = {name: values.get(name) for name in options_given(INVOCATION) if name not in RESUME_OPTIONS}
+        plan, out = resumed_run(resume, given), resume
     elif run_file is not None:
         plan = run_from_file(run_file)
     else:

@@ -25,7 +25,7 @@ from .exporting import export_run, load_results
 from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
-from .searching import NetworkRecipe, SearchRun, run_from_file, search_network
+from .searching import RESUME_OPTIONS, NetworkRecipe, SearchRun, resumed_run, run_from_file, search_network
 from .settings import (
     NetworkSettings,
     TaskSettings,
@@ -38,6 +38,7 @@ from .settings import (
 from .training import prepare_training
 
 __all__ = [
+    "RESUME_OPTIONS",
     "__version__",
     "BackendSettings",
     "NetworkRecipe",
@@ -65,6 +66,7 @@ __all__ = [
     "reference_configs",
     "report_run",
     "resolve_config",
+    "resumed_run",
     "run_from_file",
     "score_subnet",
     "search_network",

@@ -4,6 +4,7 @@ plain settings ``run.yaml`` stores (build, search, resume)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -11,10 +12,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import LoraSearchError
 from ..evaluate.evaluators import Evaluator
 from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
-from ..models.loading import resolved_model_spec
+from ..models.loading import model_identity, resolved_model_spec
 from ..io import FolderLock
 from ..network.supernet import SuperNetwork
-from ..results.run import SearchResult, read_run_document
+from ..results.run import RUN_FILE, SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
 from ..search.engine import SearchSettings, run_search
 from ..search.objectives import Constraint, Objective
@@ -22,6 +23,7 @@ from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
 from .network_objectives import network_objectives
 from .settings import (
+    PATH_FIELDS,
     RECORDED_IN,
     NetworkSettings,
     TaskSettings,
@@ -122,6 +124,16 @@ class SearchRun:
     recorded: dict[str, Any] | None = field(default=None, repr=False)
     """The ``run`` section of the run.yaml this run was read from, with ``folder``: its run directory (a
     resume there records the section as it is); None for a run built from settings."""
+
+    def option_values(self, out: str | Path | None = None) -> dict[str, Any]:
+        """The run's settings by the names of the ``search`` command's options (``objectives``,
+        ``constraint``, ``limit``, ``model``, ...; ``out`` when given)."""
+        values = {**settings_dict(self.network), **settings_dict(self.task), **dataclasses.asdict(self.settings),
+                  "objectives": list(self.objectives), "constraint": list(self.constraints),
+                  "seq_len": self.seq_len, "deployment": self.deployment}
+        if out is not None:
+            values["out"] = str(out)
+        return values
 
     def recipe(self, any_base: bool = False) -> NetworkRecipe:
         """The workers' recipe, with file paths made absolute (workers may start elsewhere) and the
@@ -226,6 +238,53 @@ def run_from_file(path: str | Path) -> SearchRun:
         storage=run.get("storage"),
         recorded={**dict(run), "folder": str(folder)},
     )
+
+
+RESUME_OPTIONS = ("resume", "threads", "force", "backend", "workers", "ray_address", "storage")
+"""Options that mean something with ``search --resume`` besides ``--budget``: how to run, not what."""
+
+
+def resumed_run(run_dir: str | Path, given: Mapping[str, Any]) -> SearchRun:
+    """The run in ``run_dir`` for ``search --resume``, with the options given beside ``--resume``
+    (by field name: ``budget``, ``limit``, ``model``, ``objectives``, ``out``, ...).
+
+    A larger ``budget`` extends the run (the engine refuses a smaller one); any other option that
+    differs from what the run recorded is refused in one line naming it, since a resumed run keeps its
+    settings. An option repeated with the recorded value is accepted.
+    """
+    run_dir = Path(run_dir)
+    plan = run_from_file(run_dir / RUN_FILE)
+    recorded = plan.option_values(run_dir)
+    for name, value in given.items():
+        if name == "budget":
+            plan.settings.budget = int(value)
+            continue
+        if name not in recorded:
+            raise LoraSearchError(f"--{name.replace('_', '-')}: cannot change on --resume; fix: drop it, or start a "
+                                  "new run with --out")
+        if not _same_value(name, recorded[name], value):
+            raise LoraSearchError(
+                f"--{name.replace('_', '-')} {_shown(value)}: the run in {run_dir} has {_shown(recorded[name])}, and a "
+                f"resumed run keeps its settings (only --budget may grow); fix: drop --{name.replace('_', '-')}, or "
+                "start a new run with another --out"
+            )
+    return plan
+
+
+def _same_value(name: str, recorded: Any, given: Any) -> bool:
+    if recorded == given:
+        return True
+    if name == "model":
+        return model_identity(str(recorded)) == model_identity(str(given))
+    if name in PATH_FIELDS + ("out",) and isinstance(recorded, str) and isinstance(given, str):
+        return Path(recorded).exists() and Path(given).exists() and Path(recorded).resolve() == Path(given).resolve()
+    return False
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 def _same_folder(a: str | Path, b: str | Path) -> bool:

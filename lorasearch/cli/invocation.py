@@ -1,9 +1,10 @@
-"""Ctrl-C (SIGINT) and SIGTERM on a long command: a non-zero exit and one line saying how to go on.
+"""The command line as given, and what Ctrl-C (SIGINT) and SIGTERM on a long command print.
 
-`main` installs `sigterm_raises` for the whole command, so SIGTERM unwinds a run as Ctrl-C does
-(locks released, nothing half-written left unnoticed) instead of killing it on the spot; `resumable`
-wraps the long part of ``search`` and ``train`` and turns either signal into `Interrupted`, whose
-message names the command that continues the run.
+`main` records the arguments (`INVOCATION`) and installs `sigterm_raises` for the whole command, so
+SIGTERM unwinds a run as Ctrl-C does (locks released, nothing half-written left unnoticed) instead of
+killing it on the spot; `resumable` wraps the long part of ``search`` and ``train`` and turns either
+signal into `Interrupted`, whose message names the command that continues the run; `options_given`
+tells which options the user named (what ``search --resume`` compares with the run).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ def resumable(saved: Path, resume: Sequence[str]) -> Iterator[None]:
         else:
             message = f"{what} before the run was saved; start it again with: {command_line(INVOCATION)}"
         raise Interrupted(message, code) from None
+
+
+SHORT_OPTIONS = {"-m": "model", "-o": "out", "-f": "format"}
+
+
+def options_given(args: Sequence[str]) -> list[str]:
+    """The options named on a command line, as field names (``--no-racing`` -> ``racing``, ``-m`` -> ``model``)."""
+    names = []
+    for arg in args:
+        if arg in SHORT_OPTIONS:
+            names.append(SHORT_OPTIONS[arg])
+        elif arg.startswith("--") and len(arg) > 2:
+            name = arg[2:].split("=", 1)[0]
+            names.append(name.removeprefix("no-").replace("-", "_"))
+    return list(dict.fromkeys(names))
 
 
 def with_flag(args: Sequence[str], flag: str) -> list[str]:
