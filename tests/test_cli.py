@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_threads_apply_to_the_command_and_are_restored_after_it():
     finally:
         cost.CostModel = cost_model
     assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_without_a_terminal_no_line_is_wrapped(tmp_path):
+    """A path longer than any terminal comes out on one line, so it can be copied from a log."""
+    out = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns-" * 3) / "space.yaml"
+    out.parent.mkdir()
+    source = Path(__file__).parent / "fixtures" / "reference" / "sqft_elastic_adapter_config.json"
+    done = subprocess.run([sys.executable, "-m", "lorasearch.cli", "space", "import", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {out} (" in done.stdout and len(done.stdout.strip().splitlines()) == 1
+
+
+def test_version():
+    done = subprocess.run([sys.executable, "-m", "lorasearch.cli", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    from lorasearch import __version__
+
+    assert done.returncode == 0 and done.stdout.strip() == f"lorasearch {__version__}"
