@@ -306,6 +306,9 @@ def search_command(
         plan.storage = storage  # a resume with another storage than run.yaml's is refused
     if out is None:
         raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
+    if force and resume is None and plan.network.adapter is None:
+        raise LoraSearchError("--force: only means something with --resume or an --adapter; fix: drop it, or pass "
+                              "--resume RUN_DIR")
     # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
     progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
     with resumable(out / "run.yaml", ["search", "--resume", str(out)]):
