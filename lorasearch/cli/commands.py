@@ -127,11 +127,11 @@ def eval_command(
     se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
     console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
     for deployment, gmacs in scored.gmacs.items():
-        console.print(f"MACs ({deployment}, {seq_len} tokens): {gmacs:.4f} G")
+        console.print(f"MACs ({deployment}, {seq_len} tokens): {gmacs:.4f} GMACs")
     console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
     if scored.effective_gmacs is not None:
         console.print(f"sparse base: {params.nonzero:,} non-zero base parameters "
-                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {scored.effective_gmacs:.4f} G")
+                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {scored.effective_gmacs:.4f} GMACs")
 
 
 @app.command("cost")
