@@ -311,7 +311,7 @@ class SuperNetwork:
 
 
 def adapter_space_file(adapter: str | Path | None) -> Path:
-    """The space file saved beside a super-adapter; an `AdapterError` with the fix when there is none."""
+    """The space file saved beside a super-adapter; a one-line error with the fix when there is none."""
     if adapter is None:
         raise SpaceError("space: missing; fix: pass a space file (see search_spaces/), or an adapter saved by lorasearch")
     path = Path(adapter) / SPACE_FILE_NAME

@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import LoraSearchError
 from ..evaluate.evaluators import Evaluator
 from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
-from ..models.loading import model_identity, resolved_model_spec
 from ..io import FolderLock
+from ..models.loading import model_identity, resolved_model_spec
 from ..network.supernet import SuperNetwork
 from ..results.run import RUN_FILE, SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend

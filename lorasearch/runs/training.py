@@ -12,8 +12,8 @@ from ..compress.quant import GRID_ATTR
 from ..data import Record, load_records, subset, synthetic_task, train_val_split
 from ..errors import LoraSearchError, SpaceError
 from ..fingerprints import model_fingerprint, records_fingerprint
-from ..models.loading import resolved_model_spec
 from ..io import FolderLock, atomic_write_json, atomic_write_text, read_document
+from ..models.loading import resolved_model_spec
 from ..network.permutation import ChannelPermutation
 from ..network.supernet import SuperNetwork
 from ..space import space_fingerprint
