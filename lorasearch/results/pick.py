@@ -103,10 +103,16 @@ def objective_text(name: str, value: float) -> str:
     """One measured objective in words: ``14.56 GMACs`` (``macs_merged``: ``GMACs (merged)``), else ``name value``."""
     if name.startswith("macs"):
         kind = name.removeprefix("macs").lstrip("_")
-        return f"{value / 1e9:.4g} GMACs" + (f" ({kind})" if kind else "")
+        return f"{gmacs_text(value)} GMACs" + (f" ({kind})" if kind else "")
     if name == "params":
         return f"{value / 1e6:.2f} M parameters"
     return f"{name} {value:.3f}" if abs(value) < 10 else f"{name} {value:.4g}"
+
+
+def gmacs_text(macs: float) -> str:
+    """MACs in GMACs with two decimals (``11.00``), or three significant digits below 1 G (``0.0176``)."""
+    g = macs / 1e9
+    return f"{g:.2f}" if abs(g) >= 1 else f"{g:.3g}"
 
 
 def pick_summary(row: pd.Series | None, pick: str, specs: Sequence[ObjectiveSpec] = ()) -> str:

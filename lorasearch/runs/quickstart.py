@@ -28,7 +28,7 @@ from ..export.exporters import export_config, export_peft, export_pruned
 from ..models.loading import DEFAULT_MODEL, resolved_model_spec, smollm2_gguf
 from ..report.document import write_report
 from ..report.figures import plot_run
-from ..results.pick import pick_config, pick_summary, row_objectives
+from ..results.pick import gmacs_text, pick_config, pick_summary, row_objectives
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from .searching import SearchRun
@@ -128,7 +128,7 @@ def _say_what_was_found(console: Console, result, row, exported: Path, fmt: str,
     n_items = int(front["accuracy_items"].max()) if "accuracy_items" in front else 0
     console.rule("found")
     console.print(
-        f"{len(front)} Pareto subnets from {front['macs'].min() / 1e9:.4g} to {front['macs'].max() / 1e9:.4g} GMACs "
+        f"{len(front)} Pareto subnets from {gmacs_text(front['macs'].min())} to {gmacs_text(front['macs'].max())} GMACs "
         f"(merged, 128 tokens), accuracy {front['accuracy'].min():.3f} to {front['accuracy'].max():.3f} "
         f"on {n_items} held-out items", highlight=False)
     warning = result.noise_warning()
