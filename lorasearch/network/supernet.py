@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import AdapterError, SpaceError
+from ..errors import AdapterError, LoraSearchWarning, SpaceError
 from ..io import atomic_write_json
-from ..models.loading import LOW_PRECISION, LoadedModel, load_model
+from ..models.loading import LOW_PRECISION, LoadedModel, load_model, model_identity
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
-from .peft_format import AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .peft_format import CONFIG_NAME, AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
@@ -49,6 +50,9 @@ class SuperNetwork:
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
         adapters_in_base_dtype: over a bf16/fp16 base, keep the adapter weights in the base's dtype;
             by default they are fp32 there (PEFT's default), which trains and merges more precisely.
+        any_base: use an adapter whose ``base_model_name_or_path`` names another model than
+            ``model_spec`` (a warning when its tensors fit); by default that is an `AdapterError`
+            naming both models, raised before the space is checked against the model.
     """
 
     def __init__(
@@ -61,21 +65,26 @@ class SuperNetwork:
         model_spec: str | None = None,
         seed: int = 0,
         adapters_in_base_dtype: bool = False,
+        any_base: bool = False,
     ) -> None:
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
         self.model = model
         self.tokenizer = tokenizer
         self.model_spec = model_spec or getattr(getattr(model, "config", None), "_name_or_path", None)
+        folder = read_adapter(adapter) if adapter is not None else None
+        other_base = _other_base(folder, self.model_spec, any_base)  # before the space meets the model
         self.binding: SpaceBinding = bind(space, model)
         self.space: SearchSpace = self.binding.space
         self.adapters_in_base_dtype = adapters_in_base_dtype
-        folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
+        if other_base is not None:  # every tensor fitted this model's shapes
+            warnings.warn(LoraSearchWarning(f"{folder.path / CONFIG_NAME}: trained on {other_base!r}, used on "
+                                            f"{self.model_spec!r} as --force asks (the shapes match)"), stacklevel=2)
         self._active: Config = self.space.max()
         self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
         self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
@@ -88,18 +97,24 @@ class SuperNetwork:
     def from_pretrained(
         cls,
         model: str,
-        space: SearchSpace | str | Path,
+        space: SearchSpace | str | Path | None = None,
         adapter: str | Path | None = None,
         *,
         seed: int = 0,
+        any_base: bool = False,
         **load_kwargs: Any,
     ) -> "SuperNetwork":
         """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it.
 
-        ``load_kwargs`` go to `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...).
+        ``space`` None takes the adapter folder's own space file (``lorasearch_space.yaml``, saved
+        beside every super-adapter lorasearch trains). ``load_kwargs`` go to
+        `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...).
         """
+        if space is None:
+            space = adapter_space_file(adapter)
         loaded: LoadedModel = load_model(model, **load_kwargs)
-        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed)
+        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed,
+                   any_base=any_base)
 
     # ------------------------------------------------------------------------ building
     def _wrap(self, folder: AdapterFolder | None) -> dict[str, ElasticLoRALinear]:
@@ -293,6 +308,31 @@ class SuperNetwork:
             f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
             f"{', reordered' if self.permutation is not None else ''})"
         )
+
+
+def adapter_space_file(adapter: str | Path | None) -> Path:
+    """The space file saved beside a super-adapter; a one-line error with the fix when there is none."""
+    if adapter is None:
+        raise SpaceError("space: missing; fix: pass a space file (see search_spaces/), or an adapter saved by lorasearch")
+    path = Path(adapter) / SPACE_FILE_NAME
+    if not path.is_file():
+        raise AdapterError(f"{adapter}: holds no {SPACE_FILE_NAME} (only adapters lorasearch trained carry one); "
+                           "fix: pass the space file the adapter was trained with")
+    return path
+
+
+def _other_base(folder: AdapterFolder | None, model_spec: str | None, any_base: bool) -> str | None:
+    """The base an adapter records when it is another model than ``model_spec`` (refused unless ``any_base``)."""
+    recorded = folder.config.get("base_model_name_or_path") if folder is not None else None
+    if not recorded or not model_spec or model_identity(recorded) == model_identity(model_spec):
+        return None
+    if not any_base:
+        raise AdapterError(
+            f"{folder.path / CONFIG_NAME}: base_model_name_or_path: the adapter was trained on {recorded!r}, but the "
+            f"model is {model_spec!r}; fix: load the model it was trained on (--model {recorded}), or pass --force "
+            "to use it on this one (its tensors must fit)"
+        )
+    return str(recorded)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
