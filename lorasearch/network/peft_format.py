@@ -226,7 +226,7 @@ def write_adapter(
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": base_model_name(base_model),
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": dropout,
@@ -251,6 +251,15 @@ def write_adapter(
     tmp.replace(path / WEIGHTS_NAME)
     atomic_write_json(path / CONFIG_NAME, config)
     return path
+
+
+def base_model_name(spec: str | None) -> str | None:
+    """``base_model_name_or_path`` for a model spec: a local folder or file as an absolute path (PEFT's
+    ``AutoPeftModelForCausalLM`` then finds it from any working directory), a name (a hub name,
+    ``default``, ``tiny-llama``) as it is."""
+    if spec and Path(spec).exists():
+        return str(Path(spec).resolve())
+    return spec
 
 
 def _exact(module: str) -> str:

@@ -14,19 +14,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import AdapterError, ModelError, SpaceError, where
+from ..errors import AdapterError, LoraSearchWarning, ModelError, SpaceError, where
 from ..io import atomic_write_json
-from ..models.loading import LOW_PRECISION, LoadedModel, load_model
+from ..models.loading import LOW_PRECISION, LoadedModel, load_model, model_identity
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
-from .peft_format import PREFIX, AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .peft_format import CONFIG_NAME, PREFIX, AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
@@ -54,6 +55,9 @@ class SuperNetwork:
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
         adapters_in_base_dtype: over a bf16/fp16 base, keep the adapter weights in the base's dtype;
             by default they are fp32 there (PEFT's default), which trains and merges more precisely.
+        any_base: use an adapter whose ``base_model_name_or_path`` names another model than
+            ``model_spec`` (a warning when its tensors fit); by default that is an `AdapterError`
+            naming both models, raised before the space is checked against the model.
     """
 
     def __init__(
@@ -66,16 +70,18 @@ class SuperNetwork:
         model_spec: str | None = None,
         seed: int = 0,
         adapters_in_base_dtype: bool = False,
+        any_base: bool = False,
     ) -> None:
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
         self.model = model
         self.tokenizer = tokenizer
         self.model_spec = model_spec or getattr(getattr(model, "config", None), "_name_or_path", None)
+        folder = read_adapter(adapter) if adapter is not None else None
+        other_base = _other_base(folder, self.model_spec, any_base)  # before the space meets the model
         self.binding: SpaceBinding = bind(space, model)
         self.space: SearchSpace = self.binding.space
         self.adapters_in_base_dtype = adapters_in_base_dtype
-        folder = read_adapter(adapter) if adapter is not None else None
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
         # modules_to_save weights that replaced the base's: full parameter name -> (module, attribute)
@@ -85,6 +91,9 @@ class SuperNetwork:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
+        if other_base is not None:  # every tensor fitted this model's shapes
+            warnings.warn(LoraSearchWarning(f"{folder.path / CONFIG_NAME}: trained on {other_base!r}, used on "
+                                            f"{self.model_spec!r} as --force asks (the shapes match)"), stacklevel=2)
         self._active: Config = self.space.max()
         self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
         self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
@@ -97,23 +106,29 @@ class SuperNetwork:
     def from_pretrained(
         cls,
         model: str,
-        space: SearchSpace | str | Path,
+        space: SearchSpace | str | Path | None = None,
         adapter: str | Path | None = None,
         *,
         seed: int = 0,
+        any_base: bool = False,
         **load_kwargs: Any,
     ) -> "SuperNetwork":
         """Load ``model`` (name, path, ``.gguf`` file, ``default`` or ``tiny-*``) and wrap it.
 
-        ``load_kwargs`` go to `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...). A plain or
-        sparse base with dense adapters (reordered ones included) gives the network that
-        `lorasearch.build_network` gives. SparsePEFT / QA-SparsePEFT adapter folders and INT-quantized
-        bases are refused (`AdapterError`, `ModelError`): their masks and grids are built by
+        ``space`` None takes the adapter folder's own space file (``lorasearch_space.yaml``, saved
+        beside every super-adapter lorasearch trains). ``load_kwargs`` go to
+        `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...). A plain or sparse base with
+        dense adapters (reordered ones included) gives the network that `lorasearch.build_network`
+        gives. SparsePEFT / QA-SparsePEFT adapter folders and INT-quantized bases are refused
+        (`AdapterError`, `ModelError`): their masks and grids are built by
         ``build_network(NetworkSettings(...))``, the one builder of every command.
         """
         refuse_compressed(model, adapter)
+        if space is None:
+            space = adapter_space_file(adapter)
         loaded: LoadedModel = load_model(model, **load_kwargs)
-        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed)
+        return cls(loaded.model, space, adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec, seed=seed,
+                   any_base=any_base)
 
     # ------------------------------------------------------------------------ building
     @torch.no_grad()
@@ -391,6 +406,31 @@ def refuse_compressed(model: str | Path, adapter: str | Path | None) -> None:
             f"{Path(model) / QUANT_FILE}: an INT-quantized base, whose grid SuperNetwork.from_pretrained does not "
             f"attach (QA-SparsePEFT and merging need it); fix: use {BUILDER_HINT}"
         )
+
+
+def adapter_space_file(adapter: str | Path | None) -> Path:
+    """The space file saved beside a super-adapter; a one-line error with the fix when there is none."""
+    if adapter is None:
+        raise SpaceError("space: missing; fix: pass a space file (see search_spaces/), or an adapter saved by lorasearch")
+    path = Path(adapter) / SPACE_FILE_NAME
+    if not path.is_file():
+        raise AdapterError(f"{adapter}: holds no {SPACE_FILE_NAME} (only adapters lorasearch trained carry one); "
+                           "fix: pass the space file the adapter was trained with")
+    return path
+
+
+def _other_base(folder: AdapterFolder | None, model_spec: str | None, any_base: bool) -> str | None:
+    """The base an adapter records when it is another model than ``model_spec`` (refused unless ``any_base``)."""
+    recorded = folder.config.get("base_model_name_or_path") if folder is not None else None
+    if not recorded or not model_spec or model_identity(recorded) == model_identity(model_spec):
+        return None
+    if not any_base:
+        raise AdapterError(
+            f"{folder.path / CONFIG_NAME}: base_model_name_or_path: the adapter was trained on {recorded!r}, but the "
+            f"model is {model_spec!r}; fix: load the model it was trained on (--model {recorded}), or pass --force "
+            "to use it on this one (its tensors must fit)"
+        )
+    return str(recorded)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
