@@ -238,7 +238,8 @@ def quantize_command(
 ) -> None:
     """Quantize a base's decoder linears group-wise to INT (round-to-nearest) and save codes, scales, zeros.
 
-    A sparse base (from lorasearch sparsify) stays sparse.
+    A sparse base (from lorasearch sparsify) stays sparse. The weights from before quantization are kept
+    beside the codes: QA-SparsePEFT (--adapter-mode qa) trains against them (the paper's equation 3).
     """
     from ..runs import quantize_base
 

@@ -12,6 +12,14 @@ A quantized folder is a ``save_pretrained`` folder holding the de-quantised weig
 codes packed two per byte, scales, zero points) and ``lorasearch_quant.json``. `load_quantized`
 rebuilds the weights from the codes and attaches each layer's `QuantGrid` as ``layer.quant_grid``,
 which QA-SparsePEFT needs.
+
+`quantize_model` also keeps each layer's weights from before quantization, ``W^p``, and the folder
+stores them in ``lorasearch_prequant.safetensors`` (the decoder linears once more, in the model's
+dtype: about the size of the float checkpoint's decoder layers). QA-SparsePEFT's equation 3
+quantizes ``W^p + L^p``, not ``s (q - z) + L^p``: on the de-quantised base an adapter entry below
+half a step rounds back to the same code and has no effect. ``load_quantized(..., float_base=True)``
+attaches them as ``layer.prequant_weight`` after checking that they reproduce the codes. A folder
+without them (a merged QA export, or one written before they were kept) loads de-quantised only.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from ..errors import CompressError
 from ..io import atomic_write_json, staged
 from ..models.anatomy import decoder_linears
 from ..models.loading import load_model, save_model_folder
+from ..network.supernet import QUANT_FILE
 
-QUANT_FILE = "lorasearch_quant.json"
 CODES_FILE = "lorasearch_quant.safetensors"
+PREQUANT_FILE = "lorasearch_prequant.safetensors"
 GRID_ATTR = "quant_grid"
+PREQUANT_ATTR = "prequant_weight"
 
 
 @dataclass
@@ -66,9 +76,10 @@ class QuantGrid:
         return ((codes.float().view(*s.shape[:2], -1) - z) * s).view(codes.shape).to(dtype)
 
     def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
-        """``dequantize(quantize(w))`` forward, identity backward (straight-through estimator)."""
-        q = self.dequantize(self.quantize(w), w.dtype)
-        return w + (q - w).detach()
+        """``dequantize(quantize(w))`` forward (exactly), identity backward (straight-through estimator,
+        also where the codes are clamped)."""
+        q = self.dequantize(self.quantize(w.detach()), w.dtype)
+        return q + (w - w.detach())  # w - w is exactly 0: the value is q, the gradient flows to w unchanged
 
     def _grouped(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, z = self.sliced(*w.shape)
@@ -119,12 +130,14 @@ def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128,
-                   device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                   device: torch.device | None = None, keep_float: bool = True) -> dict[str, torch.Tensor]:
     """Quantize every decoder linear in place (weights become their de-quantised values, grids attached).
 
     ``device`` (default: each layer's own) is where the rounding runs, one linear at a time, so a
     model in CPU memory quantizes on a GPU. Returns the uint8 codes per layer name, where the
-    weights are. Embeddings and ``lm_head`` stay in their precision.
+    weights are. Embeddings and ``lm_head`` stay in their precision. With ``keep_float`` (default)
+    each layer keeps its weights from before, ``W^p``, as ``layer.prequant_weight`` (one more copy of
+    the decoder linears in memory), which `save_quantized` writes for QA-SparsePEFT.
     """
     check_group_size(model, group_size)
     codes = {}
@@ -133,6 +146,8 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128,
         grid, q = quantize_weight(layer.weight.to(device or home), bits, group_size)
         grid = QuantGrid(grid.scales.to(home), grid.zeros.to(home), grid.bits, grid.group_size)
         q = q.to(home)
+        if keep_float:
+            setattr(layer, PREQUANT_ATTR, layer.weight.detach().clone())
         layer.weight.copy_(grid.dequantize(q, layer.weight.dtype))
         setattr(layer, GRID_ATTR, grid)
         codes[name] = q
@@ -161,8 +176,9 @@ def write_quant_files(folder: Path, model: nn.Module, provenance: Mapping[str, A
     from safetensors.torch import save_file
 
     tensors, layers, meta = {}, [], None
+    linears = decoder_linears(model)
     for name, q in layer_codes(model).items():
-        grid: QuantGrid = getattr(decoder_linears(model)[name], GRID_ATTR)
+        grid: QuantGrid = getattr(linears[name], GRID_ATTR)
         meta = meta or {"bits": grid.bits, "group_size": grid.group_size}
         tensors[f"{name}.codes"] = pack_int4(q) if grid.bits == 4 else q
         tensors[f"{name}.scales"] = grid.scales.contiguous()
@@ -171,8 +187,16 @@ def write_quant_files(folder: Path, model: nn.Module, provenance: Mapping[str, A
     if meta is None:
         raise CompressError("the model has no quantized layers; fix: quantize it first (lorasearch quantize)")
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(folder / CODES_FILE))
+    prequant = {name: getattr(linears[name], PREQUANT_ATTR) for name in layers if hasattr(linears[name], PREQUANT_ATTR)}
+    if prequant and len(prequant) != len(layers):
+        missing = next(n for n in layers if n not in prequant)
+        raise CompressError(f"{missing}: no weights from before quantization, unlike the other layers; fix: quantize "
+                            "the whole model in one call of quantize_model")
+    if prequant:
+        save_file({k: v.detach().contiguous().cpu() for k, v in prequant.items()}, str(folder / PREQUANT_FILE))
     atomic_write_json(folder / QUANT_FILE, {"format": "lorasearch-quant", "version": 1, "method": "rtn", "asymmetric": True,
-                                           **meta, **dict(provenance or {}), "layers": layers})
+                                           **meta, **dict(provenance or {}), "layers": layers,
+                                           "float_base": PREQUANT_FILE if prequant else None})
 
 
 def save_quantized(model: nn.Module, tokenizer: Any, out: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:
@@ -188,14 +212,21 @@ def is_quantized_folder(path: str | Path) -> bool:
     return (Path(path) / QUANT_FILE).is_file()
 
 
+def has_float_base(path: str | Path) -> bool:
+    """Whether the quantized folder ``path`` keeps the weights from before quantization (``W^p``)."""
+    return (Path(path) / PREQUANT_FILE).is_file()
+
+
 @torch.no_grad()
-def attach_grids(model: nn.Module, path: str | Path) -> None:
-    """Rebuild the decoder linears' weights from ``path``'s codes and attach their grids."""
+def attach_grids(model: nn.Module, path: str | Path, float_base: bool = False) -> None:
+    """Rebuild the decoder linears' weights from ``path``'s codes and attach their grids; with
+    ``float_base`` (and a folder that has them) also attach the weights from before quantization."""
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = json.loads((path / QUANT_FILE).read_text())
     tensors = load_file(str(path / CODES_FILE))
+    prequant = load_file(str(path / PREQUANT_FILE)) if float_base and has_float_base(path) else {}
     linears = decoder_linears(model)
     for name in meta["layers"]:
         if name not in linears:
@@ -207,12 +238,29 @@ def attach_grids(model: nn.Module, path: str | Path) -> None:
                          int(meta["bits"]), int(meta["group_size"]))
         layer.weight.copy_(grid.dequantize(codes.to(layer.weight.device), layer.weight.dtype))
         setattr(layer, GRID_ATTR, grid)
+        if prequant:
+            setattr(layer, PREQUANT_ATTR, _checked_float_weight(prequant, name, grid, codes, path))
 
 
-def load_quantized(path: str | Path, **load_kwargs: Any):
-    """Load a quantized folder: a `LoadedModel` whose linears hold the de-quantised codes and carry their grids."""
+def _checked_float_weight(prequant: Mapping[str, torch.Tensor], name: str, grid: QuantGrid, codes: torch.Tensor,
+                          path: Path) -> torch.Tensor:
+    """``W^p`` of one layer, refused unless it rounds to the stored codes (else it is another model's)."""
+    weight = prequant.get(name)
+    cpu = QuantGrid(grid.scales.cpu(), grid.zeros.cpu(), grid.bits, grid.group_size)
+    if weight is None or weight.shape != codes.shape or not torch.equal(cpu.quantize(weight).to(torch.uint8), codes.cpu()):
+        raise CompressError(
+            f"{path / PREQUANT_FILE}: {name}: the weights from before quantization do not round to the stored codes; "
+            f"fix: quantize the model again (lorasearch quantize), or delete {PREQUANT_FILE} to train against the "
+            "de-quantised base"
+        )
+    return weight.to(device=grid.scales.device)
+
+
+def load_quantized(path: str | Path, float_base: bool = False, **load_kwargs: Any):
+    """Load a quantized folder: a `LoadedModel` whose linears hold the de-quantised codes and carry their
+    grids (and, with ``float_base``, their weights from before quantization where the folder has them)."""
     if not is_quantized_folder(path):
         raise CompressError(f"{path}: no {QUANT_FILE}; fix: quantize the model first (lorasearch quantize --out ...)")
     loaded = load_model(str(path), **load_kwargs)
-    attach_grids(loaded.model, path)
+    attach_grids(loaded.model, path, float_base)
     return loaded

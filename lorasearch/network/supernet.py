@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -20,19 +21,23 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..errors import AdapterError, LoraSearchWarning, SpaceError
+from ..errors import AdapterError, LoraSearchWarning, ModelError, SpaceError, where
 from ..io import atomic_write_json
 from ..models.loading import LOW_PRECISION, LoadedModel, load_model, model_identity
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
 from .elastic import ElasticLoRALinear
-from .peft_format import CONFIG_NAME, AdapterFolder, AdapterModule, read_adapter, write_adapter
+from .peft_format import CONFIG_NAME, PREFIX, AdapterFolder, AdapterModule, read_adapter, write_adapter
 from .permutation import PERMUTATION_FILE, ChannelPermutation, permute_modules, read_permutation, unpermute_adapter
 
 SPACE_FILE_NAME = "lorasearch_space.yaml"
 # Written beside an adapter whose modules a variant (lorasearch.compress: SparsePEFT, QA-SparsePEFT)
 # replaced: its `adapter_metadata`, so that loading the folder again builds the same variant.
 ADAPTER_MODE_FILE = "lorasearch_adapter_mode.json"
+# Written beside a base quantized by lorasearch.compress.quant: the INT grid, which QA-SparsePEFT and
+# merging need and `build_network` attaches.
+QUANT_FILE = "lorasearch_quant.json"
+BUILDER_HINT = "lorasearch.build_network(lorasearch.NetworkSettings(model=..., space=..., adapter=...))"
 
 
 class SuperNetwork:
@@ -79,6 +84,10 @@ class SuperNetwork:
         self.adapters_in_base_dtype = adapters_in_base_dtype
         self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
+        # modules_to_save weights that replaced the base's: full parameter name -> (module, attribute)
+        self.saved_parameters: dict[str, tuple[nn.Module, str]] = self._load_saved(folder) if folder else {}
+        if folder is None and self.space.adapter.rank:  # fresh adapters are trained at adapter.rank
+            self._check_first_rank_choices({name: self.space.adapter.rank for name in self.binding.rank_modules})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.elastic: dict[str, ElasticLoRALinear] = self._wrap(folder)
@@ -108,8 +117,13 @@ class SuperNetwork:
 
         ``space`` None takes the adapter folder's own space file (``lorasearch_space.yaml``, saved
         beside every super-adapter lorasearch trains). ``load_kwargs`` go to
-        `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...).
+        `lorasearch.models.load_model` (``gguf_file``, ``dtype``, ...). A plain or sparse base with
+        dense adapters (reordered ones included) gives the network that `lorasearch.build_network`
+        gives. SparsePEFT / QA-SparsePEFT adapter folders and INT-quantized bases are refused
+        (`AdapterError`, `ModelError`): their masks and grids are built by
+        ``build_network(NetworkSettings(...))``, the one builder of every command.
         """
+        refuse_compressed(model, adapter)
         if space is None:
             space = adapter_space_file(adapter)
         loaded: LoadedModel = load_model(model, **load_kwargs)
@@ -117,6 +131,34 @@ class SuperNetwork:
                    any_base=any_base)
 
     # ------------------------------------------------------------------------ building
+    @torch.no_grad()
+    def _load_saved(self, folder: AdapterFolder) -> dict[str, tuple[nn.Module, str]]:
+        """Put the folder's ``modules_to_save`` weights into the base, as PEFT's wrapper replaces the
+        module; a weight tied to another (``lm_head`` and ``embed_tokens``) is untied first, as PEFT's copy is."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        loaded = {}
+        for name, tensor in folder.saved.items():
+            target = params.get(name)
+            if target is None or target.shape != tensor.shape:
+                found = "is not a parameter of the model" if target is None else f"has shape {tuple(target.shape)}"
+                raise AdapterError(
+                    f"{folder.weights_file}: {PREFIX}{name} (modules_to_save, shape {tuple(tensor.shape)}): {name} "
+                    f"{found}; fix: load the base model the adapter was trained on"
+                )
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            if sum(p is target for p in params.values()) > 1:  # tied: give this module its own weight
+                setattr(module, attr, nn.Parameter(tensor.to(target.dtype, copy=True).to(target.device), requires_grad=False))
+                _untie_config(self.model)
+            else:
+                target.copy_(tensor.to(target.dtype))
+            loaded[name] = (module, attr)
+        return loaded
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        """The ``modules_to_save`` weights the network runs with, by full parameter name (written by every export)."""
+        return {name: getattr(module, attr) for name, (module, attr) in self.saved_parameters.items()}
+
     def _wrap(self, folder: AdapterFolder | None) -> dict[str, ElasticLoRALinear]:
         linears = linear_modules(self.model)
         names = list(self.binding.modules)
@@ -173,28 +215,41 @@ class SuperNetwork:
                     f"{folder.weights_file}: no lora_A/lora_B for {name}, which adapter.targets lists; "
                     "fix: use the adapter the space was written for, or drop it from adapter.targets"
                 )
-        first_choice = self._first_rank_choice()
         for name in self.binding.rank_modules:
             if name not in folder.modules:
                 raise AdapterError(
                     f"{folder.weights_file}: no lora_A/lora_B for {name}, which the space makes elastic; "
                     "fix: use the adapter the space was written for, or drop the module from the space"
                 )
-            trained, wanted = folder.modules[name].rank, first_choice[name]
-            if wanted != trained:
+        self._check_first_rank_choices({name: m.rank for name, m in folder.modules.items()})
+
+    def _check_first_rank_choices(self, trained: Mapping[str, int]) -> None:
+        """Each rank group starts at the trained rank of every module it drives (its own rank, e.g. from
+        PEFT's ``rank_pattern``), so no choice exceeds it and the largest subnet is the trained adapter."""
+        for group_name, members in self._rank_groups().items():
+            group = self.space.group(group_name)
+            first = group.choices[0]
+            for name in members:
+                if trained[name] == first:
+                    continue
+                ranks = sorted({trained[m] for m in members})
+                split = (f" and put its modules of trained ranks {ranks} in separate groups"
+                         if len(ranks) > 1 else "")
                 raise SpaceError(
-                    f"{self.space.source}: rank choices for {name} start at {wanted} but the adapter's trained rank "
-                    f"is {trained}; fix: make {trained} the first rank choice (and no choice above it)"
+                    f"{where(self.space.source, f'groups.{group.name}.rank')}rank choices for {name} start at {first} "
+                    f"but the adapter's trained rank is {trained[name]}; fix: make {trained[name]} the first rank choice "
+                    f"of a group holding {name} (and no choice above it){split}"
                 )
 
-    def _first_rank_choice(self) -> dict[str, int]:
-        first = {}
+    def _rank_groups(self) -> dict[str, list[str]]:
+        """Rank group name -> the modules it drives."""
+        groups: dict[str, list[str]] = {}
+        genes = {g.key: g for g in self.space.genes}
         for key, slots in self.binding.slots.items():
-            gene = next(g for g in self.space.genes if g.key == key)
             for slot in slots:
                 if slot.dim == "rank":
-                    first[slot.module] = gene.choices[0]
-        return first
+                    groups.setdefault(genes[key].group, []).append(slot.module)
+        return groups
 
     def permute(self, permutation: ChannelPermutation, *, source: str = "permutation") -> None:
         """Reorder channels of the base and the adapters together (function unchanged); record it.
@@ -204,7 +259,11 @@ class SuperNetwork:
         """
         linears = linear_modules(self.model)
         permutation.check(linears, source)
+        saved = {name.rpartition(".")[0] for name in self.saved_parameters}
         for name in permutation.modules():
+            if name in saved:
+                raise SpaceError(f"{source}: {name} holds modules_to_save weights of the adapter, which would be saved "
+                                 "reordered; fix: train with --no-reorder")
             if type(linears[name]) not in (nn.Linear, ElasticLoRALinear):
                 raise SpaceError(
                     f"{source}: {name} is a {type(linears[name]).__name__}, whose masks or grids cannot be reordered; "
@@ -273,7 +332,8 @@ class SuperNetwork:
             modules = unpermute_adapter(modules, self.permutation)
         use_rslora = any(m.use_rslora for m in self.elastic.values())
         dropout = next((m.lora_dropout.p for m in self.elastic.values() if isinstance(m.lora_dropout, nn.Dropout)), 0.0)
-        path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout)
+        path = write_adapter(path, modules, base_model=self.model_spec, use_rslora=use_rslora, dropout=dropout,
+                             saved=self.saved_tensors())
         self.space.save(path / SPACE_FILE_NAME)
         if self.permutation is not None:
             self.permutation.save(path / PERMUTATION_FILE)
@@ -293,12 +353,16 @@ class SuperNetwork:
         for name, module in sorted(self.adapter_modules().items()):
             digest.update(f"{name}:{module.alpha}".encode())
             for tensor in (module.A, module.B):
-                data = tensor.detach().to("cpu").contiguous()
-                digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
-                digest.update(data.view(torch.uint8).numpy().tobytes())
+                _digest_tensor(digest, tensor)
+        for name, tensor in sorted(self.saved_tensors().items()):  # modules_to_save weights change scores too
+            digest.update(f"saved:{name}".encode())
+            _digest_tensor(digest, tensor)
         if self.permutation is not None:
             for (name, dim), index in sorted(self.permutation.indices.items()):
                 digest.update(f"{name}|{dim}".encode() + index.to(torch.int64).numpy().tobytes())
+        qa_base = (self.adapter_metadata or {}).get("qa_base")
+        if qa_base is not None:  # QA-SparsePEFT on W^p or on the de-quantised base scores differently
+            digest.update(f"qa_base:{qa_base}".encode())
         return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -307,6 +371,40 @@ class SuperNetwork:
             f"SuperNetwork(space={self.space.name!r}, mode={self.space.mode}, genes={len(self.space.genes)}, "
             f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
             f"{', reordered' if self.permutation is not None else ''})"
+        )
+
+
+def _digest_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    data = tensor.detach().to("cpu").contiguous()
+    digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Record that input and output embeddings are separate now, so a saved copy loads them untied."""
+    config = getattr(model, "config", None)
+    for part in (config, getattr(config, "text_config", None) if config is not None else None):
+        if part is not None and getattr(part, "tie_word_embeddings", False):
+            part.tie_word_embeddings = False
+
+
+def refuse_compressed(model: str | Path, adapter: str | Path | None) -> None:
+    """Refuse what `SuperNetwork.from_pretrained` would silently build wrong: an adapter saved in a
+    SparsePEFT / QA-SparsePEFT mode (it would run dense) or a quantized base (its INT grid would be lost)."""
+    mode_file = Path(adapter) / ADAPTER_MODE_FILE if adapter is not None else None
+    if mode_file is not None and mode_file.is_file():
+        try:
+            mode = json.loads(mode_file.read_text()).get("adapter_mode", "sparse")
+        except (OSError, ValueError, AttributeError):
+            mode = "sparse or qa"
+        raise AdapterError(
+            f"{mode_file}: a {mode} adapter (SparsePEFT / QA-SparsePEFT), whose masks and grids "
+            f"SuperNetwork.from_pretrained does not build (it would run dense); fix: use {BUILDER_HINT}"
+        )
+    if (Path(model) / QUANT_FILE).is_file():
+        raise ModelError(
+            f"{Path(model) / QUANT_FILE}: an INT-quantized base, whose grid SuperNetwork.from_pretrained does not "
+            f"attach (QA-SparsePEFT and merging need it); fix: use {BUILDER_HINT}"
         )
 
 

@@ -228,7 +228,9 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     permutation of a reordered adapter (``lorasearch_permutation.safetensors``) is applied to the
     freshly loaded base and the adapter together (in `SuperNetwork`), before the adapter modules
     take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside
-    the adapter), so masks are taken from the reordered base. ``space`` overrides the settings'
+    the adapter), so masks are taken from the reordered base. QA-SparsePEFT gets the weights from
+    before quantization where the quantized folder keeps them (``adapter_metadata["qa_base"]`` says
+    which base it uses). ``space`` overrides the settings'
     space (e.g. one stored in a run file); without a space or an adapter, the network is the plain
     base model (no elastic modules). ``with_tokenizer=False`` skips the tokenizer (counting costs
     needs none). An adapter trained on another base than ``settings.model`` is refused, naming both,
@@ -246,7 +248,7 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
         )
     loaded = load_model(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
     if quantized:
-        attach_grids(loaded.model, settings.model)
+        attach_grids(loaded.model, settings.model, float_base=mode == "qa")  # QA quantizes W^p + L^p
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
                        seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", any_base=any_base)
     return apply_adapter_mode(net, mode, saved)

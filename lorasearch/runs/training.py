@@ -96,6 +96,9 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         "target": target,
         "max_length": max_length,
     }
+    qa_base = (net.adapter_metadata or {}).get("qa_base")
+    if qa_base is not None:  # QA-SparsePEFT: on W^p (float) or on the de-quantised base (its fallback)
+        run_info["qa_base"] = qa_base
     fingerprints = {
         "model": model_fingerprint(resolved_model_spec(network.model), network.gguf_file),
         "task": records_fingerprint(records),
