@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, write_compression_files
+from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, save_merged_model
 from ..errors import ExportError
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf, save_model_folder
@@ -214,8 +214,7 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
         sparsity = merge_sparsity(net, model)
 
     def write(folder: Path) -> None:
-        save_model_folder(folder, model, net.tokenizer)
-        write_compression_files(folder, net, model)
+        save_merged_model(folder, net, model, net.tokenizer)
 
     return _write_export(out, net, config, provenance, objectives, write, {"sparsity": sparsity})
 
