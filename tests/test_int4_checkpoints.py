@@ -110,6 +110,18 @@ def test_quantize_writes_compressed_tensors_that_stock_transformers_loads(tmp_pa
     assert out.shape == (1, x.shape[1] + 4)
 
 
+@needs_compressed_tensors
+def test_lm_eval_hf_model_loads_the_int4_folder(tmp_path):
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    model = tiny_model("llama")
+    quantize_model(model, 4, 32)
+    save_quantized(model, byte_tokenizer(), tmp_path / "q")
+    lm = huggingface.HFLM(pretrained=str(tmp_path / "q"), device="cpu", batch_size=1, dtype="float32")
+    ours = load_quantized(tmp_path / "q").model
+    x = tokens()
+    assert torch.equal(logits(lm.model, x), logits(ours, x))
+
+
 def test_int4_folder_is_at_most_35_percent_of_the_bf16_folder(tmp_path):
     """On a model whose decoder linears dominate; W^p (for QA-SparsePEFT) is a separate, optional file."""
     model = tiny_model("llama", hidden_size=256, intermediate_size=768).to(torch.bfloat16)

@@ -201,7 +201,8 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     """Fold the active adapters into a copy of the base weights and ``save_pretrained`` it (with the tokenizer).
 
     Sparse and quantized bases keep their zeros and INT grid with SparsePEFT / QA-SparsePEFT
-    adapters (their files are written beside the weights); dense adapters fill a sparse base's zeros,
+    adapters (a QA-SparsePEFT merge is written as a compressed-tensors INT4 checkpoint on the base's
+    grid); dense adapters fill a sparse base's zeros,
     with a `LoraSearchWarning`. ``subnet.json`` records the share of zero decoder weights before and
     after merging (``sparsity``). Raises `ExportError` when ``config`` shrinks a width: use
     `export_pruned` for that.
