@@ -168,6 +168,28 @@ def test_qa_merged_export_is_compressed_tensors_that_stock_transformers_loads(tm
     assert recorded["sparsity"] >= 0.49 and recorded["float_base"] is None
 
 
+def test_a_folder_quantized_before_compressed_tensors_still_loads(tmp_path):
+    """lorasearch 0.2.0's layout: de-quantised float weights plus the codes (two per byte), scales and
+    zero points in lorasearch_quant.safetensors, described by lorasearch_quant.json version 1."""
+    model = tiny_model("llama")
+    quantize_model(model, 4, 32)
+    save_model_folder(tmp_path / "old", model, byte_tokenizer())
+    tensors, layers = {}, []
+    for name, layer in decoder_linears(model).items():
+        grid = layer.quant_grid
+        codes = grid.quantize(layer.weight).to(torch.uint8)
+        tensors[f"{name}.codes"] = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        tensors[f"{name}.scales"], tensors[f"{name}.zeros"] = grid.scales, grid.zeros
+        layers.append(name)
+    save_file(tensors, str(tmp_path / "old" / "lorasearch_quant.safetensors"))
+    (tmp_path / "old" / QUANT_FILE).write_text(json.dumps({"format": "lorasearch-quant", "version": 1, "method": "rtn",
+                                                          "bits": 4, "group_size": 32, "layers": layers}))
+    loaded = load_quantized(tmp_path / "old").model
+    for name, layer in decoder_linears(model).items():
+        again = loaded.get_submodule(name)
+        assert torch.equal(again.weight, layer.weight) and torch.equal(again.quant_grid.scales, layer.quant_grid.scales)
+
+
 # ---------------------------------------------------------------------- 3. INT4 bases from elsewhere
 def compressed_tensors_checkpoint(source: Path, out: Path, group: int = 32) -> dict[str, dict[str, torch.Tensor]]:
     """Write ``source`` as W4A16 asymmetric group checkpoint with compressed-tensors' own API (its
