@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import HAS_COMPRESSED_TENSORS, needs_compressed_tensors
+from helpers import HAS_COMPRESSED_TENSORS, needs_compressed_tensors, run_cli
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -342,6 +342,17 @@ def test_gptq_beats_round_to_nearest_and_loads_stock(tmp_path):
     with warnings.catch_warnings(record=True):
         net = build_network(NetworkSettings(model=str(tmp_path / "gptq"), space=space_file(tmp_path), adapter_mode="qa"))
     assert net.adapter_metadata["qa_base"] == "dequantized"
+
+
+@needs_gptq
+def test_quantize_method_gptq_from_the_command_line(tmp_path):
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps([r.to_dict() for r in synthetic_task(200)]))
+    run_cli("quantize", "--model", "tiny-llama", "--method", "gptq", "--calibration", task, "--samples", "8",
+            "--calibration-seq-len", "32", "--group-size", "32", "--out", tmp_path / "q")
+    recorded = json.loads((tmp_path / "q" / QUANT_FILE).read_text())
+    assert (recorded["method"], recorded["samples"], recorded["group_size"]) == ("gptq", 8, 32)
+    assert not (tmp_path / "q" / PREQUANT_FILE).exists()
 
 
 def test_gptq_without_its_library_or_calibration_fails_in_one_line(tmp_path, monkeypatch):

@@ -269,8 +269,11 @@ def attach_grids(model: nn.Module, path: str | Path, float_base: bool = False) -
     path = Path(path)
     prequant = load_file(str(path / PREQUANT_FILE)) if float_base and has_float_base(path) else {}
     linears = decoder_linears(model)
+    modules = dict(model.named_modules())
     for name, stored in stored_layers(path).items():
         if name not in linears:
+            if isinstance(modules.get(name), nn.Linear):
+                continue  # e.g. a quantized lm_head: loaded de-quantised, no grid (adapters sit in the decoder)
             raise CompressError(f"{path}: quantized layer {name} is not a decoder linear of the model; fix: load "
                                 "the model the checkpoint was quantized from")
         layer = linears[name]
