@@ -15,6 +15,7 @@ from helpers import HAS_COMPRESSED_TENSORS, needs_compressed_tensors, run_cli
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from lorasearch import SuperNetwork
 from lorasearch.compress import CompressError, QALoRALinear, sparsify
 from lorasearch.compress.gptq import gptq_available
 from lorasearch.compress.quant import PREQUANT_FILE, QUANT_FILE, load_quantized, quantize_model, quantize_weight, save_quantized
@@ -299,6 +300,8 @@ def test_a_gptq_checkpoint_is_a_qa_base(tmp_path):
     for name, module in net.elastic.items():
         assert torch.equal(module.base_layer.weight, expected[name]), name
         assert torch.all(module.mask == (expected[name] != 0)), name  # the mask of the GPTQ base's zeros
+    with pytest.raises(ModelError, match="INT-quantized base"):  # it would lose the grid: one line, the fix
+        SuperNetwork.from_pretrained(str(tmp_path / "gptq"), space_file(tmp_path))
 
 
 def test_act_order_gptq_is_refused_in_one_line(tmp_path):
