@@ -18,6 +18,7 @@ from lorasearch.compress.quant import PREQUANT_FILE, load_quantized
 from lorasearch.compress.sparsity import SPARSITY_FILE
 from lorasearch.data import synthetic_task
 from lorasearch.models.anatomy import decoder_linears
+from lorasearch.models.loading import load_model
 from lorasearch.network.supernet import ADAPTER_MODE_FILE
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
@@ -76,7 +77,7 @@ def test_sqft_qa_sparsepeft_pipeline_yields_a_sparse_int4_model(bases, tmp_path)
     assert json.loads((tmp_path / "train" / "adapter" / ADAPTER_MODE_FILE).read_text())["qa_base"] == "float"
     run_cli("export", run, "--pick", "heuristic", "--format", "merged", "--out", tmp_path / "merged")
     merged = load_quantized(tmp_path / "merged").model
-    base = AutoModelForCausalLM.from_pretrained(bases["int4"])
+    base = load_model(str(bases["int4"])).model  # read by lorasearch: no compressed-tensors needed
     for name, mask in zeros(base).items():
         layer = merged.get_submodule(name)
         assert torch.all(layer.weight[mask] == 0), name

@@ -14,7 +14,15 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LoraSearchError
-from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
+from ..runs import (
+    BackendSettings,
+    NetworkSettings,
+    QuantizeSettings,
+    SearchSettings,
+    SparsifySettings,
+    TaskSettings,
+    TrainArgs,
+)
 from .app import app, console, space_app
 from .invocation import INVOCATION, options_given, resumable, with_flag
 from .options import settings_options, with_threads
@@ -230,21 +238,24 @@ def sparsify_command(
 @app.command("quantize")
 @with_threads
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
+@settings_options(QuantizeSettings, "settings")
 def quantize_command(
     network: NetworkSettings,
+    settings: QuantizeSettings,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the quantized base.")],
-    bits: Annotated[int, typer.Option(help="Bits per weight (asymmetric, integer zero point).")] = 4,
-    group_size: Annotated[int, typer.Option(help="Inputs per quantization group; must divide every input size.")] = 128,
 ) -> None:
-    """Quantize a base's decoder linears group-wise to INT (round-to-nearest) and save codes, scales, zeros.
+    """Quantize a base's decoder linears group-wise to INT and save a compressed-tensors checkpoint.
 
-    A sparse base (from lorasearch sparsify) stays sparse. The weights from before quantization are kept
-    beside the codes: QA-SparsePEFT (--adapter-mode qa) trains against them (the paper's equation 3).
+    --method rtn (the default) rounds to nearest; --method gptq runs llm-compressor's GPTQ layer by layer
+    on --calibration texts. The folder loads in stock transformers (with compressed-tensors) and vLLM. A
+    sparse base stays sparse. Round-to-nearest keeps the weights from before quantization beside the codes:
+    QA-SparsePEFT (--adapter-mode qa) trains against them (the paper's equation 3).
     """
     from ..runs import quantize_base
 
-    sparsity = quantize_base(network, out, bits, group_size)
-    console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
+    sparsity = quantize_base(network, out, settings=settings)
+    console.print(f"wrote {out} (INT{settings.bits} {settings.method}, group size {settings.group_size}, "
+                  f"{sparsity:.1%} zeros in the decoder linears)")
 
 
 # ------------------------------------------------------------------------------------ search

@@ -12,9 +12,10 @@ from torch import nn
 from ..errors import CompressError, ExportError, LoraSearchWarning
 from ..io import atomic_write_json
 from ..models.anatomy import decoder_linears
+from ..models.loading import save_model_folder
 from ..network.supernet import SuperNetwork
 from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, check_mode
-from .quant import GRID_ATTR, write_quant_files
+from .quant import GRID_ATTR, write_quantized_folder
 from .sparsity import SPARSITY_FILE, sparsity_report
 
 SPARSE_BASE = 0.01  # a base with at least this share of zero weights counts as sparse
@@ -76,14 +77,18 @@ def _zero_share(model: nn.Module) -> float:
     return float(sum(int((w == 0).sum()) for w in weights) / total) if total else 0.0
 
 
-def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -> None:
-    """Beside a merged export: the INT codes and grids (QA) and the sparsity report (sparse modes)."""
+def save_merged_model(folder: Path, net: SuperNetwork, model: nn.Module, tokenizer: Any = None) -> None:
+    """Save a merged export's model into ``folder``: a QA-SparsePEFT merge as a compressed-tensors INT
+    checkpoint on the base's grid (its codes are equation 3's), any other as a float checkpoint; sparse
+    modes add the sparsity report (a sparse model is written dense, its zeros recorded there)."""
     modules = dict(model.named_modules())
     qa = {n: m for n, m in net.elastic.items() if isinstance(m, QALoRALinear)}
     for name, m in qa.items():
         setattr(modules[name], GRID_ATTR, m.grid)
     if qa:
-        write_quant_files(folder, model, {"adapter_mode": "qa"})
+        write_quantized_folder(folder, model, tokenizer, {"adapter_mode": "qa", "method": "qa-sparsepeft merge"})
+    else:
+        save_model_folder(folder, model, tokenizer)
     if any(isinstance(m, SparseLoRALinear) for m in net.elastic.values()):
         report = sparsity_report(model)
         atomic_write_json(folder / SPARSITY_FILE, {
@@ -91,4 +96,3 @@ def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -
             "sparsity": float(report["sparsity"].iloc[-1]),
             "layers": report.iloc[:-1][["module", "nonzero", "numel", "sparsity"]].to_dict("records"),
         })
-

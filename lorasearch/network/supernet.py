@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import AdapterError, LoraSearchWarning, ModelError, SpaceError, where
 from ..io import atomic_write_json
+from ..models.int_checkpoint import int_checkpoint_kind
 from ..models.loading import LOW_PRECISION, LoadedModel, load_model, model_identity
 from ..space import Config, SearchSpace, space_fingerprint
 from .binding import SpaceBinding, bind, linear_modules
@@ -401,9 +402,10 @@ def refuse_compressed(model: str | Path, adapter: str | Path | None) -> None:
             f"{mode_file}: a {mode} adapter (SparsePEFT / QA-SparsePEFT), whose masks and grids "
             f"SuperNetwork.from_pretrained does not build (it would run dense); fix: use {BUILDER_HINT}"
         )
-    if (Path(model) / QUANT_FILE).is_file():
+    if (Path(model) / QUANT_FILE).is_file() or int_checkpoint_kind(model) is not None:
+        source = Path(model) / QUANT_FILE if (Path(model) / QUANT_FILE).is_file() else Path(model) / "config.json"
         raise ModelError(
-            f"{Path(model) / QUANT_FILE}: an INT-quantized base, whose grid SuperNetwork.from_pretrained does not "
+            f"{source}: an INT-quantized base, whose grid SuperNetwork.from_pretrained does not "
             f"attach (QA-SparsePEFT and merging need it); fix: use {BUILDER_HINT}"
         )
 

@@ -20,7 +20,7 @@ from ..search.backends import BackendSettings
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from ..version import __version__
-from .compressing import SparsifySettings, quantize_base, sparsify_base
+from .compressing import QuantizeSettings, SparsifySettings, quantize_base, sparsify_base
 from .exporting import export_run, load_results
 from .inspecting import (
     front_summary,
@@ -71,6 +71,7 @@ __all__ = [
     "network_objectives",
     "plot_runs",
     "prepare_training",
+    "QuantizeSettings",
     "quantize_base",
     "reference_configs",
     "report_run",
