@@ -30,6 +30,10 @@ def environment() -> dict[str, Any]:
             versions[name] = None
     import torch
 
+    from lorasearch.version import __version__  # the code that ran (an editable install's metadata can be stale)
+
+    versions["lorasearch"] = __version__
+
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "machine": {
