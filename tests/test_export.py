@@ -181,7 +181,7 @@ def test_pruned_uniform_widths_load_with_the_stock_loader(family, tmp_path):
 
 
 @pytest.mark.parametrize("family, tied", [("llama", False), ("qwen2", False), ("mistral", False), ("llama", True)])
-def test_pruned_per_layer_widths_load_with_load_pruned(family, tied, tmp_path):
+def test_pruned_per_layer_widths_load_with_load_pruned_and_need_remote_code(family, tied, tmp_path):
     net = make_net(family, width_space("layer"), seed=5, tie_word_embeddings=tied)
     ids = inputs(4)
     for seed in range(2):
@@ -189,7 +189,7 @@ def test_pruned_per_layer_widths_load_with_load_pruned(family, tied, tmp_path):
         config.update({"mlp.0": 1.0, "mlp.1": 0.5, "heads.2": 2, "heads.3": 4})  # sizes differ between layers
         out = export_pruned(net, config, tmp_path / f"pruned{seed}")
         layout = json.loads((out / PRUNED_FILE).read_text())
-        assert not layout["stock"] and layout["linears"]
+        assert not layout["stock"] and layout["layout"] == "decilm" and not layout["linears"]
         loaded = load_pruned(out, attn_implementation="eager" if seed else None)
         torch.testing.assert_close(logits(loaded, ids), net_logits(net, config, ids), atol=ATOL_PRUNED, rtol=0)
         small = loaded.get_submodule("model.layers.1.mlp.up_proj")
@@ -197,7 +197,7 @@ def test_pruned_per_layer_widths_load_with_load_pruned(family, tied, tmp_path):
         assert n_params(loaded) < n_params(tiny_model(family, tie_word_embeddings=tied))
         if tied:
             assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
-        with pytest.raises(Exception):  # the stock loader cannot express per-layer sizes
+        with pytest.raises(ValueError, match="trust_remote_code"):  # per-layer sizes need the folder's code
             AutoModelForCausalLM.from_pretrained(out)
 
 

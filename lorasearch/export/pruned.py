@@ -332,8 +332,10 @@ def decilm_state_dict(model: nn.Module, shapes: list[BlockShape]) -> dict[str, t
 def _write_decilm(folder: Path, model: nn.Module, tokenizer: Any, shapes: list[BlockShape]) -> None:
     config = decilm_config(model, shapes)
     config._attn_implementation = "eager"
+    model_class = LoraSearchDeciLMForCausalLM if "num_attention_heads" in config.block_configs[0].attention \
+        else DeciLMForCausalLM
     with torch.device("meta"):
-        deci = DeciLMForCausalLM(config)
+        deci = model_class(config)  # save_pretrained writes its class name into architectures
     state = decilm_state_dict(model, shapes)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
