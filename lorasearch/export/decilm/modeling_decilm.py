@@ -130,14 +130,15 @@ class DeciLMAttention(nn.Module):
         q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.cache_index)
-        bias = masks.bias(k.shape[-2], q.dtype)
         groups = self.heads // self.kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         if getattr(self.config, "_attn_implementation", None) == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+            plain = masks.plain(length, k.shape[-2])  # no mask needed: let the kernel apply causality
+            bias = None if plain is not None else masks.bias(k.shape[-2], q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bool(plain), scale=self.scaling)
         else:
-            weights = torch.matmul(q, k.transpose(2, 3)) * self.scaling + bias
+            weights = torch.matmul(q, k.transpose(2, 3)) * self.scaling + masks.bias(k.shape[-2], q.dtype)
             out = torch.matmul(torch.softmax(weights, dim=-1, dtype=torch.float32).to(q.dtype), v)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -189,8 +190,19 @@ class _Masks:
     """
 
     def __init__(self, query_positions: torch.Tensor, padding: torch.Tensor | None, window: int | None) -> None:
+        if padding is not None and padding.dim() == 2 and bool(padding.all()):
+            padding = None  # a mask of ones (what generate and lm-eval pass without padding) masks nothing
         self.queries, self.padding, self.window = query_positions, padding, window
         self.cache: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def plain(self, queries: int, keys: int) -> str | None:
+        """``"causal"`` (queries and keys the same positions) or ``""`` (one query that sees every key)
+        when no padding or window masks anything beyond causality; else None."""
+        if self.padding is not None or (self.window is not None and keys > self.window):
+            return None
+        if queries == keys:
+            return "causal"
+        return "" if queries == 1 else None
 
     def bias(self, length: int, dtype: torch.dtype) -> torch.Tensor:
         key = (length, dtype)
