@@ -354,5 +354,6 @@ class LoraSearchDeciLMForCausalLM(DeciLMForCausalLM):
     """The same model under the name that a folder with per-block query heads declares.
 
     vLLM's DeciLM loader keeps the query heads global, so such a folder names this class in
-    ``architectures``, which vLLM refuses at once instead of failing on a weight's shape.
+    ``architectures``: an architecture vLLM does not list, refused before any weight is read
+    rather than failing on a weight's shape (read from vLLM's source, not run).
     """
