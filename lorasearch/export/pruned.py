@@ -46,7 +46,7 @@ from ..models.loading import resolve_device, save_model_folder, torch_dtype
 from .decilm import configuration_decilm, modeling_decilm
 from .decilm.configuration_decilm import STATIC_ROPE_TYPES, DeciLMConfig
 from .decilm.modeling_decilm import DeciLMForCausalLM, LoraSearchDeciLMForCausalLM
-from .safetensors_stream import read_tensors, tensor_names
+from .safetensors_stream import read_tensors
 
 PRUNED_FILE = "lorasearch_pruned.json"
 README_FILE = "README.md"
@@ -537,5 +537,5 @@ def checkpoint_bytes(path: str | Path) -> int:
 __all__ = [
     "BlockShape", "DECILM_FAMILIES", "LAYOUTS", "PRUNED_FILE", "PrunedLayout", "README_FILE", "block_shapes",
     "checkpoint_bytes", "decilm_config", "decilm_problem", "decilm_state_dict", "drop_blocks", "fit_stock_config",
-    "folder_readme", "load_pruned", "plan_layout", "tensor_names", "write_pruned_model",
+    "folder_readme", "load_pruned", "plan_layout", "write_pruned_model",
 ]
