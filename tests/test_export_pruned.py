@@ -261,11 +261,14 @@ def test_phi3_per_layer_is_written_with_split_projections(rotary, tmp_path):
     torch.testing.assert_close(logits(load_pruned(tmp_path / "p"), ids), expected, atol=ATOL, rtol=0)
 
 
-def test_phi3_with_the_same_shape_in_every_block_stays_a_stock_phi3(tmp_path):
+def test_phi3_with_the_same_shape_in_every_block_and_a_block_left_out_stays_a_stock_phi3(tmp_path):
     small, masked = prune_phi3(tiny_model("phi3", seed=2), widths=[64] * 4, kv_heads=[1] * 4)
-    assert write_pruned_model(tmp_path / "p", small).layout == "stock"
+    assert write_pruned_model(tmp_path / "p", small, dropped_blocks=[2]).layout == "stock"
     saved = json.loads((tmp_path / "p" / "config.json").read_text())
     assert (saved["model_type"], saved["intermediate_size"], saved["num_attention_heads"]) == ("phi3", 64, 2)
+    assert saved["num_hidden_layers"] == 3
+    del masked.model.layers[2]
+    masked.config.num_hidden_layers = 3
     ids = ids_of(9)
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval(), ids),
                                logits(masked, ids), atol=ATOL, rtol=0)
