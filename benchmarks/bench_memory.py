@@ -48,7 +48,7 @@ def build_checkpoint(folder: Path) -> None:
     code = (
         "import torch, sys\n"
         "from transformers import AutoModelForCausalLM\n"
-        "from lorasearch.models import byte_tokenizer, tiny_config\n"
+        "from lorasearch.models.loading import byte_tokenizer, tiny_config\n"
         f"config = tiny_config('llama', **{SHAPE!r})\n"
         "model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)\n"
         "model.save_pretrained(sys.argv[1]); byte_tokenizer().save_pretrained(sys.argv[1])\n"
