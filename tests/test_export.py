@@ -25,7 +25,7 @@ from lorasearch.export.exporters import (
     export_pruned,
     load_pruned,
 )
-from lorasearch.models.loading import byte_tokenizer, tiny_model
+from lorasearch.models.loading import byte_tokenizer, save_model_folder, tiny_model
 from lorasearch.results.pick import knee_index, pick_config
 from lorasearch.runs.exporting import export_run, load_results
 
@@ -160,6 +160,30 @@ def test_merged_refuses_shrunk_widths(tmp_path):
     with pytest.raises(ExportError, match="--format merged.*fix: use --format pruned"):
         export_merged(net, net.space.min(), tmp_path / "m")
     export_merged(net, dict(net.space.min(), mlp=1.0, heads=4), tmp_path / "full")  # full width is fine
+
+
+# ------------------------------------------------------------- README "Serving": the lm-eval lines
+@pytest.mark.parametrize("fmt", ["peft", "merged", "pruned"])
+def test_the_readmes_lm_eval_hf_line_loads_each_format(fmt, tmp_path):
+    """``lm_eval --model hf --model_args pretrained=BASE,peft=path`` (peft) or ``pretrained=path``
+    (merged, pruned with one shape for every block) runs the exported subnet: lm-eval's own loader,
+    the super-network's sub-network as the oracle."""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    if fmt == "peft":
+        net = make_net("llama", rank_space())
+        config = next(configs_with_zero_ranks(net))
+        save_model_folder(tmp_path / "base", tiny_model("llama"), byte_tokenizer())
+        out = export_peft(net, config, tmp_path / fmt)
+        model_args = {"pretrained": str(tmp_path / "base"), "peft": str(out)}
+    else:
+        net = make_net("llama", width_space("global"))
+        config = dict(net.space.sample(3), **({"mlp": 1.0, "heads": 4} if fmt == "merged" else {"mlp": 0.5, "heads": 2}))
+        out = (export_merged if fmt == "merged" else export_pruned)(net, config, tmp_path / fmt)
+        model_args = {"pretrained": str(out)}
+    lm = huggingface.HFLM(**model_args, device="cpu", batch_size=1, dtype="float32")
+    ids = inputs(4)
+    torch.testing.assert_close(logits(lm.model.eval(), ids), net_logits(net, config, ids),
+                               atol=ATOL_PRUNED if fmt == "pruned" else ATOL_PEFT, rtol=0)
 
 
 # ----------------------------------------------------------------------------------- pruned
