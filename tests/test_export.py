@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from lorasearch import SearchSpace, SuperNetwork
+from lorasearch.errors import LoraSearchWarning
 from lorasearch.export.exporters import (
     PRUNED_FILE,
     SUBNET_FILE,
@@ -211,9 +212,11 @@ def test_pruned_per_layer_widths_load_with_load_pruned_and_need_remote_code(fami
     for seed in range(2):
         config = net.space.sample(seed)
         config.update({"mlp.0": 1.0, "mlp.1": 0.5, "heads.2": 2, "heads.3": 4})  # sizes differ between layers
-        out = export_pruned(net, config, tmp_path / f"pruned{seed}")
+        with pytest.warns(LoraSearchWarning, match="query heads differ per block.*not in vLLM"):
+            out = export_pruned(net, config, tmp_path / f"pruned{seed}")
         layout = json.loads((out / PRUNED_FILE).read_text())
         assert not layout["stock"] and layout["layout"] == "decilm" and not layout["linears"]
+        assert not layout["vllm_reads_it"]
         loaded = load_pruned(out, attn_implementation="eager" if seed else None)
         torch.testing.assert_close(logits(loaded, ids), net_logits(net, config, ids), atol=ATOL_PRUNED, rtol=0)
         small = loaded.get_submodule("model.layers.1.mlp.up_proj")
