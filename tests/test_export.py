@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from lorasearch import SearchSpace, SuperNetwork
+from lorasearch.errors import LoraSearchWarning
 from lorasearch.export.exporters import (
     PRUNED_FILE,
     SUBNET_FILE,
@@ -25,7 +26,7 @@ from lorasearch.export.exporters import (
     export_pruned,
     load_pruned,
 )
-from lorasearch.models.loading import byte_tokenizer, tiny_model
+from lorasearch.models.loading import byte_tokenizer, save_model_folder, tiny_model
 from lorasearch.results.pick import knee_index, pick_config
 from lorasearch.runs.exporting import export_run, load_results
 
@@ -162,6 +163,30 @@ def test_merged_refuses_shrunk_widths(tmp_path):
     export_merged(net, dict(net.space.min(), mlp=1.0, heads=4), tmp_path / "full")  # full width is fine
 
 
+# ------------------------------------------------------------- README "Serving": the lm-eval lines
+@pytest.mark.parametrize("fmt", ["peft", "merged", "pruned"])
+def test_the_readmes_lm_eval_hf_line_loads_each_format(fmt, tmp_path):
+    """``lm_eval --model hf --model_args pretrained=BASE,peft=path`` (peft) or ``pretrained=path``
+    (merged, pruned with one shape for every block) runs the exported subnet: lm-eval's own loader,
+    the super-network's sub-network as the oracle."""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    if fmt == "peft":
+        net = make_net("llama", rank_space())
+        config = next(configs_with_zero_ranks(net))
+        save_model_folder(tmp_path / "base", tiny_model("llama"), byte_tokenizer())
+        out = export_peft(net, config, tmp_path / fmt)
+        model_args = {"pretrained": str(tmp_path / "base"), "peft": str(out)}
+    else:
+        net = make_net("llama", width_space("global"))
+        config = dict(net.space.sample(3), **({"mlp": 1.0, "heads": 4} if fmt == "merged" else {"mlp": 0.5, "heads": 2}))
+        out = (export_merged if fmt == "merged" else export_pruned)(net, config, tmp_path / fmt)
+        model_args = {"pretrained": str(out)}
+    lm = huggingface.HFLM(**model_args, device="cpu", batch_size=1, dtype="float32")
+    ids = inputs(4)
+    torch.testing.assert_close(logits(lm.model.eval(), ids), net_logits(net, config, ids),
+                               atol=ATOL_PRUNED if fmt == "pruned" else ATOL_PEFT, rtol=0)
+
+
 # ----------------------------------------------------------------------------------- pruned
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_pruned_uniform_widths_load_with_the_stock_loader(family, tmp_path):
@@ -181,15 +206,17 @@ def test_pruned_uniform_widths_load_with_the_stock_loader(family, tmp_path):
 
 
 @pytest.mark.parametrize("family, tied", [("llama", False), ("qwen2", False), ("mistral", False), ("llama", True)])
-def test_pruned_per_layer_widths_load_with_load_pruned(family, tied, tmp_path):
+def test_pruned_per_layer_widths_load_with_load_pruned_and_need_remote_code(family, tied, tmp_path):
     net = make_net(family, width_space("layer"), seed=5, tie_word_embeddings=tied)
     ids = inputs(4)
     for seed in range(2):
         config = net.space.sample(seed)
         config.update({"mlp.0": 1.0, "mlp.1": 0.5, "heads.2": 2, "heads.3": 4})  # sizes differ between layers
-        out = export_pruned(net, config, tmp_path / f"pruned{seed}")
+        with pytest.warns(LoraSearchWarning, match="query heads differ per block.*not in vLLM"):
+            out = export_pruned(net, config, tmp_path / f"pruned{seed}")
         layout = json.loads((out / PRUNED_FILE).read_text())
-        assert not layout["stock"] and layout["linears"]
+        assert not layout["stock"] and layout["layout"] == "decilm" and not layout["linears"]
+        assert not layout["vllm_reads_it"]
         loaded = load_pruned(out, attn_implementation="eager" if seed else None)
         torch.testing.assert_close(logits(loaded, ids), net_logits(net, config, ids), atol=ATOL_PRUNED, rtol=0)
         small = loaded.get_submodule("model.layers.1.mlp.up_proj")
@@ -197,7 +224,7 @@ def test_pruned_per_layer_widths_load_with_load_pruned(family, tied, tmp_path):
         assert n_params(loaded) < n_params(tiny_model(family, tie_word_embeddings=tied))
         if tied:
             assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
-        with pytest.raises(Exception):  # the stock loader cannot express per-layer sizes
+        with pytest.raises(ValueError, match="trust_remote_code"):  # per-layer sizes need the folder's code
             AutoModelForCausalLM.from_pretrained(out)
 
 

@@ -23,12 +23,15 @@ so a crash leaves no half-written export; an existing folder is refused):
   reordered network's merged (and pruned) model keeps the reordered channels: the same function,
   the weights' rows and columns in importance order.
 * ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels and attention heads
-  removed, adapters merged. When every layer keeps the same sizes, ``config.json`` is a stock
-  config (smaller ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, with an
-  explicit ``head_dim``) and ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per
-  layer, no stock config class can express them: ``lorasearch_pruned.json`` lists every linear
-  layer whose shape differs from ``config.json``, and `load_pruned` rebuilds the model (it loads
-  both kinds of folder). Every ``pruned`` folder holds ``lorasearch_pruned.json``.
+  removed (and decoder blocks, with ``dropped_blocks``), adapters merged. When every block keeps
+  the same sizes, ``config.json`` is a stock config (smaller ``intermediate_size``,
+  ``num_attention_heads``, ``num_key_value_heads``, with an explicit ``head_dim``) and
+  ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per block, ``config.json``
+  follows the DeciLM / Nemotron-NAS ``block_configs`` layout that vLLM reads, with the modeling code
+  in the folder (``from_pretrained(path, trust_remote_code=True)``); per-block query heads are a
+  lorasearch addition that vLLM cannot read. What neither can express loads with `load_pruned`
+  only (`lorasearch.export.pruned` has the rules). Every ``pruned`` folder holds
+  ``lorasearch_pruned.json`` and a ``README.md`` with the line that loads it in each tool.
 
 Picking the subnet of a search is `lorasearch.results.pick.pick_config`; exporting from a run directory
 is `lorasearch.runs.export_run`.
@@ -39,6 +42,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -46,16 +50,16 @@ import torch
 from torch import nn
 
 from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, save_merged_model
-from ..errors import ExportError
+from ..errors import ExportError, LoraSearchWarning
 from ..io import atomic_write_json, refuse_existing, staged
-from ..models.loading import forget_dequantized_gguf, save_model_folder
+from ..models.loading import forget_dequantized_gguf
 from ..network.elastic import ElasticLoRALinear
 from ..network.peft_format import AdapterModule, write_adapter
 from ..network.permutation import unpermute_adapter
 from ..network.supernet import SuperNetwork
 from ..space import SearchSpace
 from ..version import __version__
-from .pruned import PRUNED_FILE, fit_stock_config, load_pruned
+from .pruned import PRUNED_FILE, load_pruned, write_pruned_model
 
 FORMATS = ("config", "peft", "merged", "pruned")
 Provenance = Optional[Mapping[str, Any]]  # where the subnet came from: run, pick, eval_id, model, ...
@@ -221,30 +225,30 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
 
 
 def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
-                  provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
-    """Save the physically smaller model of a Mode B ``config`` (adapters merged); load it with `load_pruned`.
+                  provenance: Provenance = None, *, objectives: Objectives = None,
+                  dropped_blocks: Sequence[int] = ()) -> Path:
+    """Save the physically smaller model of a Mode B ``config`` (adapters merged).
 
-    With the same sizes in every layer the folder also loads with ``AutoModelForCausalLM.from_pretrained``.
+    The folder loads with ``AutoModelForCausalLM.from_pretrained`` when every block keeps the same
+    sizes, with ``trust_remote_code=True`` (the DeciLM layout, modeling code in the folder) when
+    they differ, and with `load_pruned` in every case (`lorasearch.export.pruned`). ``dropped_blocks``
+    leaves those decoder blocks out and renumbers the others. When the folder is not one that
+    stock tools (or vLLM) read, a `LoraSearchWarning` says why in one line, as the folder's README does.
     Raises `ExportError` for a space without elastic widths or heads (Mode A).
     """
     require_mode_b(net.space)
     refuse_existing(out, ExportError)
     with net.activated(config):
         model = merged_copy(net)
-    linears = fit_stock_config(model)
-    layout = {
-        "format": "lorasearch-pruned",
-        "version": 1,
-        "stock": not linears,
-        "loader": "lorasearch.load_pruned" if linears else "transformers.AutoModelForCausalLM.from_pretrained",
-        "linears": linears,
-    }
+    plans = []
 
     def write(folder: Path) -> None:
-        save_model_folder(folder, model, net.tokenizer)
-        atomic_write_json(folder / PRUNED_FILE, layout)
+        plans.append(write_pruned_model(folder, model, net.tokenizer, dropped_blocks=dropped_blocks))
 
-    return _write_export(out, net, config, provenance, objectives, write)
+    path = _write_export(out, net, config, provenance, objectives, write)
+    if plans and plans[0].note:
+        warnings.warn(LoraSearchWarning(f"--format pruned: {path}: {plans[0].note}"), stacklevel=2)
+    return path
 
 
 def require_mode_b(space: SearchSpace) -> None:
