@@ -15,7 +15,7 @@ from ..io import FolderLock
 from ..network.supernet import SuperNetwork
 from ..results.run import SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
-from ..search.engine import SearchSettings, run_search
+from ..search.engine import RETIRED_SETTINGS, SearchSettings, run_search
 from ..search.objectives import Constraint, Objective
 from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
@@ -189,6 +189,8 @@ def run_from_file(path: str | Path) -> SearchRun:
     path = Path(path)
     document = read_run_document(path)
     run, search = document.get("run") or {}, dict(document.get("search") or {})
+    for retired in RETIRED_SETTINGS:  # settings of earlier versions that no longer exist
+        search.pop(retired, None)
     objectives = list(search.pop("objectives", ["accuracy", "macs"]))
     constraints = list(search.pop("constraints", []))
     if not isinstance(run, Mapping):
