@@ -240,7 +240,10 @@ def quantize_command(
 @app.command("search")
 @with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
-@settings_options(TaskSettings, "task", skip=("seed",), helps={"task": "Validation task file; default: the synthetic task."})
+@settings_options(TaskSettings, "task", names={"seed": "subset_seed"}, helps={
+    "task": "Validation task file; default: the synthetic task.",
+    "seed": "Seeds the validation subset and its item order, apart from --seed (the strategy's), so runs of "
+            "several strategy seeds score the same items."})
 @settings_options(SearchSettings, "settings")
 def search_command(
     network: NetworkSettings,
@@ -281,7 +284,7 @@ def search_command(
     else:
         plan = SearchRun(
             network=network,
-            task=dataclasses.replace(task, seed=settings.seed),  # one --seed: the subset and the strategy
+            task=task,  # --subset-seed seeds the items, --seed the strategy
             settings=settings,
             objectives=[o.strip() for o in objectives.split(",") if o.strip()],
             constraints=list(constraint), seq_len=seq_len, deployment=deployment,

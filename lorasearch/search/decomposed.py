@@ -192,6 +192,20 @@ class DecomposedModel:
             genes[g] = j
             d = deltas[g]
             w -= int(np.ceil((d[j] - d.min()) / step - 1e-9)) if capacity > 0 else 0
+        return self._upgraded(genes, deltas, sign, at_most - self.costs[cost]["base"])
+
+    def _upgraded(self, genes: list[int], deltas: Sequence[np.ndarray], sign: float, room: float) -> tuple[int, ...]:
+        """The knapsack's answer with each gene moved to a better-scoring choice wherever the exact (not
+        rounded) costs still fit: what the rounding up of costs left on the table."""
+        spent = sum(float(d[j]) for d, j in zip(deltas, genes))
+        for g, d in enumerate(deltas):
+            values = sign * np.asarray(self.effects[g], dtype=float)
+            for j in np.argsort(-values, kind="stable"):
+                if values[j] <= values[genes[g]]:
+                    break
+                if spent - d[genes[g]] + d[j] <= room + 1e-12 * max(abs(room), 1.0):
+                    spent, genes[g] = spent - d[genes[g]] + d[j], int(j)
+                    break
         return tuple(genes)
 
     def front(self, cost: str, budgets: Sequence[float]) -> list[tuple[int, ...]]:

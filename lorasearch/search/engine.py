@@ -182,6 +182,7 @@ class SearchEngine:
         self.decomposed: DecomposedModel | None = None
         self.probes: dict[tuple[int, ...], dict[str, Any]] = {}  # logged probes, by genes
         self._probe_pending = 0  # probe forwards not yet recorded on an evaluation
+        self.screened = 0  # batches a surrogate screened
         self.specs: list[ObjectiveSpec] | None = None
         self.fingerprints = {"space": space_fingerprint(space), **dict(fingerprints or {})}
         self.lock = FolderLock(out_dir).acquire() if out_dir is not None else None
@@ -308,6 +309,7 @@ class SearchEngine:
             return candidates
         kept = screen(self._predicted_F([g for g, _ in candidates]), self.settings.population)
         self.strategy.keep(kept)
+        self.screened += 1
         return [candidates[i] for i in kept]
 
     def _screening(self) -> bool:
@@ -582,6 +584,8 @@ class SearchEngine:
             self.rundir.write_tables(table, hypervolume_curve(table, self.specs, by="generation"))
         document = self._run_document(self.run_info)
         timings = {"seconds": time.perf_counter() - self.start_time}
+        if self.surrogate is not None or self.decomposed is not None:
+            timings.update(surrogate_screened=self.screened)
         if self.surrogate is not None:
             timings.update(surrogate_seconds=self.surrogate.seconds, surrogate_fits=self.surrogate.fits)
         if self.decomposed is not None:

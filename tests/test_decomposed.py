@@ -1,0 +1,144 @@
+"""The decomposed surrogate: probes of single-gene deviations, an additive model checked against
+hand-built additive scores and brute force, and a search that seeds, screens and resumes with it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import ItemScores, make_space
+
+from lorasearch.search import SearchSettings, run_search
+from lorasearch.search.decomposed import COST_BINS, DecomposedModel, probe_genes
+
+COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "item_forwards"]
+
+
+def additive_truth(space, seed=0):
+    """A hand-built additive score and cost: a[g][j] per gene and choice (0 at the max), and MACs."""
+    rng = np.random.default_rng(seed)
+    a = [np.concatenate([[0.0], -np.sort(rng.uniform(0, 0.05, len(g.choices) - 1))]) for g in space.genes]
+    c = [np.concatenate([[0.0], -np.sort(rng.uniform(1, 10, len(g.choices) - 1))]) for g in space.genes]
+    score = lambda genes: 0.7 + sum(a[g][j] for g, j in enumerate(genes))  # noqa: E731
+    cost = lambda genes: 100.0 + sum(c[g][j] for g, j in enumerate(genes))  # noqa: E731
+    return score, cost
+
+
+def fitted(space, score, cost, items=6):
+    offsets = np.linspace(-0.2, 0.2, items)  # per-item offsets, the same for every config (paired)
+    probes = probe_genes(space)
+    return DecomposedModel.fit(space, "accuracy", "max", {k: list(score(k) + offsets) for k in probes},
+                               {k: {"macs": cost(k)} for k in probes}, proxy=True)
+
+
+def test_the_probes_are_every_single_gene_deviation_of_the_max_config():
+    space = make_space()
+    probes = probe_genes(space)
+    assert probes[0] == (0,) * len(space.genes)
+    assert len(probes) == 1 + sum(len(g.choices) - 1 for g in space.genes) == len(set(probes))
+    assert all(sum(v != 0 for v in p) == 1 for p in probes[1:])
+
+
+def test_an_additive_score_is_recovered_exactly_and_calibrated():
+    space = make_space()
+    score, cost = additive_truth(space)
+    model = fitted(space, score, cost)
+    rng = np.random.default_rng(1)
+    configs = [tuple(int(rng.integers(len(g.choices))) for g in space.genes) for _ in range(30)]
+    np.testing.assert_allclose(model.scores(configs), [score(c) for c in configs], atol=1e-12)
+    np.testing.assert_allclose([model.cost(c, "macs") for c in configs], [cost(c) for c in configs])
+    measured = [3.0 + 2.0 * score(c) for c in configs]  # any increasing line maps the score to the objective
+    model.calibrate(configs, measured, [True] * len(configs))
+    np.testing.assert_allclose(model.predict(configs), measured, atol=1e-9)
+    assert model.held_out_rho() == pytest.approx(1.0) and model.trusted()
+    model.calibrate(configs, [-m for m in measured], [True] * len(configs))
+    assert model.held_out_rho() == pytest.approx(-1.0) and not model.trusted()
+    model.calibrate(configs[:5], measured[:5], [True] * 5)
+    assert not model.trusted()  # too few held-out configs to trust
+
+
+def test_the_best_config_under_a_budget_is_the_brute_force_optimum():
+    space = make_space(layers=3)  # 6 genes of 3 choices: 729 configs
+    score, cost = additive_truth(space, seed=2)
+    model = fitted(space, score, cost)
+    every = list(itertools.product(*(range(len(g.choices)) for g in space.genes)))
+    costs = np.array([cost(c) for c in every])
+    scores = np.array([score(c) for c in every])
+    for budget in np.linspace(costs.min(), costs.max(), 23):
+        genes = model.best_under("macs", budget)
+        assert genes is not None and cost(genes) <= budget + 1e-9
+        slack = len(space.genes) * (budget - costs.min()) / COST_BINS  # each gene's cost is rounded up to a bin
+        assert score(genes) >= scores[costs <= budget - slack].max(initial=score(every[-1])) - 1e-12
+    assert model.best_under("macs", costs.min() - 1) is None
+    assert model.best_under("macs", costs.max()) == (0,) * len(space.genes)
+
+
+def decomposed(**extra):
+    return SearchSettings(**{"budget": 40, "population": 8, "seed": 3, "surrogate": True,
+                             "surrogate_model": "decomposed", "surrogate_items": 8, **extra})
+
+
+def test_a_decomposed_search_probes_once_seeds_screens_and_charges_every_item(tmp_path):
+    scores = ItemScores(make_space(), n_items=60)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(), out_dir=tmp_path / "run", log=None)
+    log = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    probes = [r for r in log if r.get("type") == "probe"]
+    assert len(probes) == len(probe_genes(scores.space)) and all(r["forwards"] == 8 for r in probes)
+    table = result.table
+    assert table["probe_forwards"].fillna(0).sum() == 8 * len(probes) == table.loc[0, "probe_forwards"]
+    assert result.item_forwards == scores.forwards  # every item scored, probes included, is charged
+    assert result.hypervolume["item_forwards"].iloc[-1] == scores.forwards
+    first = table[table["generation"] == 0]
+    assert (first["source"] == "surrogate").sum() == 8 - 3  # the references, then the predicted front
+    stored = json.loads((tmp_path / "run" / "surrogate.json").read_text())
+    assert stored["trusted"] and stored["held_out_rho"] > 0.5 and result.timings["surrogate_screened"] >= 1
+    assert stored["additive_cost_error"]["macs"] < 1e-9  # the helpers' MACs add up over genes
+    # the seeds are the model's best under evenly spaced budgets: nothing predicted better costs less
+    model = DecomposedModel.load(tmp_path / "run")
+    for genes in first.loc[first["source"] == "surrogate", "genes"].map(json.loads):
+        better = model.best_under("macs", model.cost(genes, "macs"))
+        assert model.score(better) <= model.score(genes) + 1e-12
+
+
+def test_an_untrustworthy_surrogate_seeds_but_never_screens():
+    scores = ItemScores(make_space(), n_items=60)
+    scores.proxy_noise = 5.0  # probes of pure noise: no rank correlation to speak of
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(surrogate_min_rho=0.9), log=None)
+    assert result.timings["surrogate_checks"] >= 8 and result.timings["surrogate_screened"] == 0
+
+
+def test_without_a_proxy_it_probes_the_item_scores():
+    scores = ItemScores(make_space(), n_items=60)
+    result = run_search(scores.space, scores.objectives(), decomposed(budget=16), log=None)
+    assert scores.proxy_calls == 0 and result.item_forwards == scores.forwards
+
+
+def test_a_decomposed_search_resumes_without_probing_twice(tmp_path):
+    space = make_space()
+    reference_scores = ItemScores(space, n_items=60)
+    reference = run_search(space, reference_scores.objectives(proxy=True), decomposed(), log=None)
+
+    class Crash(Exception):
+        pass
+
+    crashing = ItemScores(space, n_items=60)
+    objectives = crashing.objectives(proxy=True)
+    inner = objectives[0].proxy
+
+    def proxy(config, stop):
+        if crashing.proxy_calls == 10:
+            raise Crash
+        return inner(config, stop)
+
+    objectives[0].proxy = proxy
+    with pytest.raises(Crash):
+        run_search(space, objectives, decomposed(), out_dir=tmp_path / "run", log=None)
+    resumed_scores = ItemScores(space, n_items=60)
+    resumed = run_search(space, resumed_scores.objectives(proxy=True), decomposed(), out_dir=tmp_path / "run",
+                         resume=True, log=None)
+    cols = COLUMNS + ["probe_forwards"]
+    pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
+    assert crashing.proxy_calls + resumed_scores.proxy_calls == reference_scores.proxy_calls  # no probe twice
