@@ -12,7 +12,7 @@ import pytest
 from helpers import ItemScores, make_space
 
 from lorasearch.search import SearchSettings, run_search
-from lorasearch.search.decomposed import COST_BINS, DecomposedModel, probe_genes
+from lorasearch.search.decomposed import DecomposedModel, probe_genes
 
 COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "item_forwards"]
 
@@ -67,11 +67,10 @@ def test_the_best_config_under_a_budget_is_the_brute_force_optimum():
     every = list(itertools.product(*(range(len(g.choices)) for g in space.genes)))
     costs = np.array([cost(c) for c in every])
     scores = np.array([score(c) for c in every])
-    for budget in np.linspace(costs.min(), costs.max(), 23):
+    for budget in np.concatenate([np.linspace(costs.min(), costs.max(), 23), costs[::37]]):
         genes = model.best_under("macs", budget)
         assert genes is not None and cost(genes) <= budget + 1e-9
-        slack = len(space.genes) * (budget - costs.min()) / COST_BINS  # each gene's cost is rounded up to a bin
-        assert score(genes) >= scores[costs <= budget - slack].max(initial=score(every[-1])) - 1e-12
+        assert score(genes) == pytest.approx(scores[costs <= budget + 1e-9].max(), abs=1e-12)
     assert model.best_under("macs", costs.min() - 1) is None
     assert model.best_under("macs", costs.max()) == (0,) * len(space.genes)
 
@@ -142,3 +141,35 @@ def test_a_decomposed_search_resumes_without_probing_twice(tmp_path):
     cols = COLUMNS + ["probe_forwards"]
     pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
     assert crashing.proxy_calls + resumed_scores.proxy_calls == reference_scores.proxy_calls  # no probe twice
+
+
+def test_pick_answers_any_budget_from_the_stored_model_marking_predicted_and_measured(tmp_path, capsys):
+    from helpers import cli_error, run_cli
+
+    from lorasearch.runs import pick_under_budget
+
+    scores = ItemScores(make_space(layers=3), n_items=60)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=24), out_dir=tmp_path / "run",
+                        log=None)
+    forwards = scores.forwards
+    model = DecomposedModel.load(tmp_path / "run")
+    every = list(itertools.product(*(range(len(g.choices)) for g in scores.space.genes)))
+    macs = {c: scores.truth.macs(scores.space.decode(c)) for c in every}
+    for budget in np.linspace(min(macs.values()), max(macs.values()), 7):
+        pick = pick_under_budget(tmp_path / "run", budget)
+        affordable = [c for c in every if macs[c] <= budget]
+        assert tuple(pick.predicted["genes"]) in affordable
+        assert model.score(pick.predicted["genes"]) == pytest.approx(max(model.score(c) for c in affordable))
+        assert pick.predicted["cost"] == pytest.approx(macs[tuple(pick.predicted["genes"])])
+        table = result.table[(result.table["macs"] <= budget) & ~result.table["partial"]]
+        if len(table):
+            assert pick.measured["measured"] == pytest.approx(table["accuracy"].max())
+    assert scores.forwards == forwards  # no item was scored to answer
+    middle = float(np.median(list(macs.values())))
+    run_cli("pick", tmp_path / "run", "--macs-at-most", f"{middle}", "--out", tmp_path / "subnet.json")
+    out = capsys.readouterr().out
+    assert "held-out rank correlation" in out and " predicted, " in out and " measured (evaluation " in out
+    written = json.loads((tmp_path / "subnet.json").read_text())
+    assert scores.truth.macs(written["config"]) <= middle and "accuracy_predicted" in written
+    err = cli_error(capsys, "pick", tmp_path / "nowhere", "--macs-at-most", "1G")
+    assert "surrogate.json: missing" in err and "fix:" in err

@@ -17,7 +17,7 @@ from ..errors import LoraSearchError
 from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
 from .app import app, console, space_app
 from .options import settings_options, with_threads
-from .printing import print_configs, print_search_summary, print_space
+from .printing import pick_lines, print_configs, print_search_summary, print_space
 
 MODEL_FIELDS = ("model", "gguf_file", "device", "dtype", "trust_remote_code")
 SHORT = {"model": "-m"}
@@ -326,6 +326,25 @@ def report_command(
     from ..runs import report_run
 
     console.print(f"wrote {report_run(run_dir, out)}")
+
+
+@app.command("pick")
+@with_threads
+def pick_command(
+    run_dir: Annotated[Path, typer.Argument(help="A search run with --surrogate --surrogate-model decomposed.")],
+    macs_at_most: Annotated[str, typer.Option(help="The budget, e.g. 1.5e10 or 15G.")],
+    cost: Annotated[Optional[str], typer.Option(help="The cost the budget is on (default: the run's MACs).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the predicted pick as a subnet.json.")] = None,
+) -> None:
+    """The best subnet under a MAC budget from the run's decomposed surrogate: no new evaluation, the
+    prediction marked beside what the run measured."""
+    from ..runs import pick_under_budget, write_pick
+
+    pick = pick_under_budget(run_dir, macs_at_most, cost)
+    for line in pick_lines(pick):
+        console.print(line, highlight=False)
+    if out is not None and pick.predicted is not None:
+        console.print(f"wrote {write_pick(pick, run_dir, out)}")
 
 
 @app.command("export")

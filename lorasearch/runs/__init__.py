@@ -4,7 +4,7 @@ one module per command, so the CLI above only parses, calls one function here an
 * `settings`: `NetworkSettings`, `TaskSettings`, the one `build_network`, `build_evaluator`, `resolve_config`;
 * `network_objectives`: the registered objectives built from a network, an evaluator and a cost model;
 * `training`: a training run from settings (`prepare_training`);
-* `searching`: `search_network` and `SearchRun` (a search from settings; resume);
+* `searching`: `search_network`, `SearchRun` (a search from settings; resume), `pick_under_budget`;
 * `exporting`: `export_run` (pick and export from a run directory);
 * `scoring`: one subnet's accuracy, MACs and parameters (`score_subnet`), its cost breakdown;
 * `compressing`: sparsify and quantize a base (`sparsify_base`, `quantize_base`);
@@ -24,7 +24,15 @@ from .exporting import export_run, load_results
 from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
-from .searching import NetworkRecipe, SearchRun, run_from_file, search_network
+from .searching import (
+    BudgetPick,
+    NetworkRecipe,
+    SearchRun,
+    pick_under_budget,
+    run_from_file,
+    search_network,
+    write_pick,
+)
 from .settings import (
     NetworkSettings,
     TaskSettings,
@@ -38,6 +46,7 @@ from .training import prepare_training
 
 __all__ = [
     "BackendSettings",
+    "BudgetPick",
     "NetworkRecipe",
     "NetworkSettings",
     "ObjectiveContext",
@@ -57,6 +66,7 @@ __all__ = [
     "load_space",
     "load_task",
     "network_objectives",
+    "pick_under_budget",
     "plot_runs",
     "prepare_training",
     "quantize_base",
@@ -69,4 +79,5 @@ __all__ = [
     "settings_dict",
     "sparsify_base",
     "standard_objectives",
+    "write_pick",
 ]

@@ -19,8 +19,7 @@ The model (after NVIDIA's Puzzle, which scores each single-layer variant once on
   they do not on the min config;
 * **the best subnet under a budget** (`best_under`) is a multiple-choice knapsack over the genes:
   the choice per gene that maximises the predicted score with the summed cost at most the budget,
-  solved exactly by dynamic programming on costs rounded up to ``COST_BINS`` steps of the budget
-  (so the rounding never admits an over-budget config).
+  solved exactly by dynamic programming over the Pareto set of partial (cost, score) sums.
 
 Whether to trust it: the rank correlation (Spearman) between S and the measured objective over
 configs evaluated in full that took no part in fitting the effects (every one but the max config and
@@ -42,7 +41,7 @@ from ..io import parse_json, read_text
 from ..space import SearchSpace
 from .rundir import SURROGATE_FILE
 
-COST_BINS = 2000
+MAX_PARETO = 50_000
 MIN_CHECKS = 8
 
 
@@ -81,6 +80,8 @@ class DecomposedModel:
     checks: list[list[float]] = field(default_factory=list)
     min_rho: float = 0.5
     additive_cost_error: dict[str, float] = field(default_factory=dict)
+    choices: dict[str, list[Any]] = field(default_factory=dict)
+    """Each gene's key and choices, in gene order (a pick is a config without the space file)."""
 
     # ------------------------------------------------------------------------- building
     @classmethod
@@ -103,7 +104,8 @@ class DecomposedModel:
             for name in deltas:
                 deltas[name][g][key[g]] = float(costs[key][name]) - float(costs[base_key][name])
         cost_table = {name: {"base": float(costs[base_key][name]), "deltas": d} for name, d in deltas.items()}
-        return cls(objective, direction, k, proxy, float(base_items.mean()), effects, cost_table, min_rho=min_rho)
+        return cls(objective, direction, k, proxy, float(base_items.mean()), effects, cost_table, min_rho=min_rho,
+                   choices={gene.key: list(gene.choices) for gene in space.genes})
 
     # ---------------------------------------------------------------------- predicting
     def score(self, genes: Sequence[int] | np.ndarray) -> float:
@@ -120,6 +122,10 @@ class DecomposedModel:
             return s
         a, b = self.calibration
         return a + b * s
+
+    def config(self, genes: Sequence[int]) -> dict[str, Any]:
+        """The config of a gene vector (gene key -> choice)."""
+        return {key: options[int(j)] for (key, options), j in zip(self.choices.items(), genes)}
 
     def cost(self, genes: Sequence[int], name: str) -> float:
         """The additive cost of a gene vector: the max config's plus each gene's delta."""
@@ -158,54 +164,37 @@ class DecomposedModel:
     # ----------------------------------------------------------------- best under budget
     def best_under(self, cost: str, at_most: float) -> tuple[int, ...] | None:
         """The gene vector of the best predicted score whose additive ``cost`` is at most ``at_most``
-        (None when even the cheapest choices cost more). A multiple-choice knapsack, solved exactly on
-        costs rounded up to ``COST_BINS`` steps of the budget above the cheapest config."""
+        (None when even the cheapest choices cost more): a multiple-choice knapsack, solved by dynamic
+        programming over the Pareto set of (cost, score) of the genes so far. Exact, since the costs
+        are not rounded; only if that set outgrows ``MAX_PARETO`` points is it thinned to the best
+        point per cost bin (a per-layer space's genes share their cost steps, so it stays small)."""
         if cost not in self.costs:
             raise LoraSearchError(f"decomposed surrogate: no cost {cost!r}; fix: use one of {', '.join(self.costs)}")
         deltas = [np.asarray(d, dtype=float) for d in self.costs[cost]["deltas"]]
-        floor = self.costs[cost]["base"] + sum(float(d.min()) for d in deltas)
-        capacity = at_most - floor
-        if capacity < -1e-9 * max(abs(at_most), 1.0):
-            return None
-        step = max(capacity, 0.0) / COST_BINS if capacity > 0 else 1.0
+        room = at_most - self.costs[cost]["base"]
+        tolerance = 1e-9 * max(abs(at_most), 1.0)
         sign = 1.0 if self.direction == "max" else -1.0
-        best = np.zeros(COST_BINS + 1)  # best[w]: the most value with rounded weight <= w
-        choices = np.zeros((len(deltas), COST_BINS + 1), dtype=np.int16)
+        floor = np.cumsum([d.min() for d in deltas][::-1])[::-1].tolist() + [0.0]  # the cheapest rest from gene g on
+        costs, values = np.zeros(1), np.zeros(1)
+        steps: list[tuple[np.ndarray, np.ndarray]] = []
         for g, d in enumerate(deltas):
-            weights = np.ceil((d - d.min()) / step - 1e-9).astype(int) if capacity > 0 else np.where(d > d.min(), COST_BINS + 1, 0)
-            values = sign * np.asarray(self.effects[g], dtype=float)
-            new = np.full(COST_BINS + 1, -np.inf)
-            for j, (w, v) in enumerate(zip(weights, values)):
-                if w > COST_BINS:
-                    continue
-                shifted = np.full(COST_BINS + 1, -np.inf)
-                shifted[w:] = best[: COST_BINS + 1 - w] + v
-                better = shifted > new
-                new[better], choices[g, better] = shifted[better], j
-            best = new
-        w = int(np.argmax(best))
-        if not np.isfinite(best[w]):
-            return None
+            n = len(d)
+            c = (costs[:, None] + d[None, :]).ravel()
+            v = (values[:, None] + sign * np.asarray(self.effects[g], dtype=float)[None, :]).ravel()
+            alive = np.flatnonzero(c + floor[g + 1] <= room + tolerance)  # the rest can still fit
+            if alive.size == 0:
+                return None
+            kept = alive[_pareto(c[alive], v[alive])]
+            if kept.size > MAX_PARETO:
+                kept = kept[_thinned(c[kept], v[kept], MAX_PARETO)]
+            steps.append((kept // n, kept % n))
+            costs, values = c[kept], v[kept]
+        index = int(np.argmax(values))
         genes = [0] * len(deltas)
         for g in range(len(deltas) - 1, -1, -1):
-            j = int(choices[g, w])
-            genes[g] = j
-            d = deltas[g]
-            w -= int(np.ceil((d[j] - d.min()) / step - 1e-9)) if capacity > 0 else 0
-        return self._upgraded(genes, deltas, sign, at_most - self.costs[cost]["base"])
-
-    def _upgraded(self, genes: list[int], deltas: Sequence[np.ndarray], sign: float, room: float) -> tuple[int, ...]:
-        """The knapsack's answer with each gene moved to a better-scoring choice wherever the exact (not
-        rounded) costs still fit: what the rounding up of costs left on the table."""
-        spent = sum(float(d[j]) for d, j in zip(deltas, genes))
-        for g, d in enumerate(deltas):
-            values = sign * np.asarray(self.effects[g], dtype=float)
-            for j in np.argsort(-values, kind="stable"):
-                if values[j] <= values[genes[g]]:
-                    break
-                if spent - d[genes[g]] + d[j] <= room + 1e-12 * max(abs(room), 1.0):
-                    spent, genes[g] = spent - d[genes[g]] + d[j], int(j)
-                    break
+            previous, choice = steps[g]
+            genes[g] = int(choice[index])
+            index = int(previous[index])
         return tuple(genes)
 
     def front(self, cost: str, budgets: Sequence[float]) -> list[tuple[int, ...]]:
@@ -225,7 +214,7 @@ class DecomposedModel:
             "base": self.base, "effects": self.effects, "costs": self.costs,
             "calibration": list(self.calibration) if self.calibration else None,
             "checks": self.checks, "min_rho": self.min_rho, "held_out_rho": None if rho != rho else rho,
-            "trusted": self.trusted(), "additive_cost_error": self.additive_cost_error,
+            "trusted": self.trusted(), "additive_cost_error": self.additive_cost_error, "choices": self.choices,
         }
 
     @classmethod
@@ -235,7 +224,8 @@ class DecomposedModel:
             return cls(str(data["objective"]), str(data["direction"]), int(data["items"]), bool(data["proxy"]),
                        float(data["base"]), [list(map(float, e)) for e in data["effects"]], dict(data.get("costs") or {}),
                        tuple(calibration) if calibration else None, [list(c) for c in data.get("checks") or []],
-                       float(data.get("min_rho", 0.5)), dict(data.get("additive_cost_error") or {}))
+                       float(data.get("min_rho", 0.5)), dict(data.get("additive_cost_error") or {}),
+                       dict(data.get("choices") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise LoraSearchError(f"{source}: malformed decomposed surrogate ({exc}); fix: --resume the search "
                                   "to rewrite it") from None
@@ -258,3 +248,18 @@ def spread_budgets(low: float, high: float, n: int) -> list[float]:
     if n <= 0 or not math.isfinite(low) or not math.isfinite(high) or high <= low:
         return []
     return [low + (high - low) * (i + 1) / (n + 1) for i in range(n)]
+
+
+def _pareto(costs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices of the (cost, value) points no other point beats (no more cost and more value)."""
+    order = np.lexsort((-values, costs))
+    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], values[order][:-1]]))
+    return np.sort(order[values[order] > best_before])
+
+
+def _thinned(costs: np.ndarray, values: np.ndarray, most: int) -> np.ndarray:
+    """Indices of at most ``most`` points: the best value in each of ``most`` equal cost bins."""
+    bins = np.minimum(((costs - costs.min()) / max(np.ptp(costs), 1e-300) * most).astype(int), most - 1)
+    order = np.lexsort((-values, bins))
+    first = np.concatenate([[True], bins[order][1:] != bins[order][:-1]])
+    return np.sort(order[first])

@@ -54,7 +54,15 @@ from .objectives import (
     Objective,
     as_measurement,
 )
-from .racing import DEFAULT_ALPHA, DEFAULT_CHUNKS, DEFAULT_MIN_DISCORDANT, FrontPoint, RacePlan, raced_objective, stops_for
+from .racing import (
+    DEFAULT_ALPHA,
+    DEFAULT_CHUNKS,
+    DEFAULT_MIN_DISCORDANT,
+    FrontPoint,
+    RacePlan,
+    raced_objective,
+    stops_for,
+)
 from .rundir import CHUNK, PROBE, RunDirectory
 from .strategies import STRATEGIES, StrategySettings, make_strategy, reference_genes
 from .surrogate import Surrogate, screen
