@@ -87,7 +87,9 @@ def test_a_decomposed_search_probes_once_seeds_screens_and_charges_every_item(tm
     probes = [r for r in log if r.get("type") == "probe"]
     assert len(probes) == len(probe_genes(scores.space)) and all(r["forwards"] == 8 for r in probes)
     table = result.table
-    assert table["probe_forwards"].fillna(0).sum() == 8 * len(probes) == table.loc[0, "probe_forwards"]
+    # the references first (the front's ends while probing), the probes charged to the next evaluation
+    assert set(table.loc[:2, "source"]) == {"max", "min", "heuristic"} and table.loc[:2, "probe_forwards"].isna().all()
+    assert table["probe_forwards"].fillna(0).sum() == 8 * len(probes) == table.loc[3, "probe_forwards"]
     assert result.item_forwards == scores.forwards  # every item scored, probes included, is charged
     assert result.hypervolume["item_forwards"].iloc[-1] == scores.forwards
     first = table[table["generation"] == 0]

@@ -9,7 +9,9 @@ The model (after NVIDIA's Puzzle, which scores each single-layer variant once on
   objective's continuous per-item score when it has one (``Objective.proxy``, e.g. the
   log-probability of the correct option), else its item-wise score (``Objective.partial``);
 * **an additive model.** The effect of gene g at choice j is the paired mean difference between the
-  probe and the max config over those items, and a config's score is
+  probe and the max config over those items, shrunk towards the mean effect of the same group's same
+  choice in the other layers as far as its own noise warrants (`pooled`: a few items make each
+  effect noisy, and a knapsack over noisy effects picks the lucky ones), and a config's score is
   ``S(c) = S(max) + sum_g effect[g, c_g]`` (first order: no interactions);
 * **a calibration** maps S to the measured objective: a least-squares line ``a + b S`` over the
   configs evaluated in full, refitted as they come (a monotone map, so it changes no ranking);
@@ -96,13 +98,17 @@ class DecomposedModel:
         base_key = probes[0]
         base_items = np.asarray(scores[base_key], dtype=float)
         k = len(base_items)
-        effects = [[0.0] * len(gene.choices) for gene in space.genes]
+        raw: dict[tuple[int, int], tuple[float, float]] = {}  # (gene, choice) -> (mean difference, its variance)
         deltas = {name: [[0.0] * len(gene.choices) for gene in space.genes] for name in costs.get(base_key, {})}
         for key in probes[1:]:
             g = next(i for i, v in enumerate(key) if v)
-            effects[g][key[g]] = float(np.mean(np.asarray(scores[key][:k], dtype=float) - base_items))
+            d = np.asarray(scores[key][:k], dtype=float) - base_items
+            raw[g, key[g]] = float(d.mean()), float(d.var(ddof=1) / k) if k > 1 else 0.0
             for name in deltas:
                 deltas[name][g][key[g]] = float(costs[key][name]) - float(costs[base_key][name])
+        effects = [[0.0] * len(gene.choices) for gene in space.genes]
+        for (g, j), value in pooled(space, raw).items():
+            effects[g][j] = value
         cost_table = {name: {"base": float(costs[base_key][name]), "deltas": d} for name, d in deltas.items()}
         return cls(objective, direction, k, proxy, float(base_items.mean()), effects, cost_table, min_rho=min_rho,
                    choices={gene.key: list(gene.choices) for gene in space.genes})
@@ -241,6 +247,29 @@ class DecomposedModel:
         if not isinstance(data, Mapping):
             raise LoraSearchError(f"{path}: not a JSON object; fix: --resume the search to rewrite it")
         return cls.from_dict(data, str(path))
+
+
+def pooled(space: SearchSpace, raw: Mapping[tuple[int, int], tuple[float, float]]) -> dict[tuple[int, int], float]:
+    """Each probe's effect shrunk towards the mean of its group's same choice over the layers
+    (empirical Bayes): ``m + w (e - m)``, ``w = tau^2 / (tau^2 + v)``, where ``v`` is the probe's own
+    sampling variance (its paired item differences) and ``tau^2`` the spread of the layers' true
+    effects (the effects' variance less their mean sampling variance, at least 0). A probe measured
+    precisely keeps its own value; a noisy one leans on the other layers'."""
+    families: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for g, j in raw:
+        families.setdefault((space.genes[g].group, j), []).append((g, j))
+    out = {}
+    for members in families.values():
+        values = np.array([raw[m][0] for m in members])
+        noise = np.array([raw[m][1] for m in members])
+        if len(members) < 3:
+            out.update({m: float(v) for m, v in zip(members, values)})
+            continue
+        mean = float(values.mean())
+        spread = max(float(values.var(ddof=1)) - float(noise.mean()), 0.0)
+        weights = np.where(spread + noise > 0, spread / np.maximum(spread + noise, 1e-300), 1.0)
+        out.update({m: float(mean + w * (v - mean)) for m, v, w in zip(members, values, weights)})
+    return out
 
 
 def spread_budgets(low: float, high: float, n: int) -> list[float]:

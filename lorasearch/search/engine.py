@@ -290,6 +290,10 @@ class SearchEngine:
     def _loop(self) -> None:
         generation, idle = 0, 0
         if self.modelled is not None:
+            # the reference configs first, so the front has its ends while the probes run
+            self._evaluate(reference_genes(self.space), generation)
+            if self.specs is None:
+                self._fix_bounds()
             self._build_decomposed()
         while self.evaluated < self.settings.budget and idle < MAX_IDLE_BATCHES:
             proposals = self._ask()
@@ -407,8 +411,15 @@ class SearchEngine:
         """The strategy again, its first population holding the surrogate's predicted front."""
         low, high = (cost.measure(getattr(self.space, which)()).value for which in ("min", "max"))
         low, high = min(low, high), max(low, high)
-        slots = self.settings.population - len(reference_genes(self.space))
-        seeds = self.decomposed.front(cost.name, spread_budgets(low, high, max(slots, 0)))
+        references = {tuple(int(v) for v in g) for g, _ in reference_genes(self.space)}
+        slots = max(self.settings.population - len(references), 0)
+        seeds: list[tuple[int, ...]] = []
+        for budgets in (slots, 2 * slots, 4 * slots):  # more budgets when neighbouring ones share their best
+            seeds = [g for g in self.decomposed.front(cost.name, spread_budgets(low, high, budgets)) if g not in references]
+            if len(seeds) >= slots:
+                break
+        if len(seeds) > slots:
+            seeds = [seeds[i] for i in np.linspace(0, len(seeds) - 1, slots).round().astype(int)]
         initial = [(np.asarray(g), "surrogate") for g in seeds]
         return make_strategy(self.settings.strategy, self.space, len(self.objectives), len(self.constraints),
                              self.settings, initial=initial)
