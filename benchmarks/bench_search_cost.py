@@ -355,13 +355,14 @@ def fidelity(problem, memo: Memo, runs: dict[str, list[dict]]) -> dict:
         for _, row in r["result"].table.iterrows():
             if not row["partial"]:
                 configs[tuple(json.loads(row["genes"]))] = float(row["accuracy"])
-    probed = {}
+    deviations = probe_genes(problem.space)
+    macs = {key: problem.macs(problem.space.decode(key)) for key in deviations}
+    costly = [key for key in deviations if key == deviations[0] or macs[key] != macs[deviations[0]]]  # as the engine
     for k in FIDELITY_ITEMS:
         if k > problem.n_items:
             continue
-        for key in probe_genes(problem.space):
-            probed[key] = list(charged.proxy(problem.space.decode(key), k).items)
-        model = DecomposedModel.fit(problem.space, "accuracy", "max", probed, {key: {} for key in probed}, proxy=True)
+        probed = {key: list(charged.proxy(problem.space.decode(key), k).items) for key in costly}
+        model = DecomposedModel.fit(problem.space, "accuracy", "max", probed, {key: {} for key in deviations}, proxy=True)
         keys = [key for key in configs if key not in probed]
         rho = spearmanr(model.scores(keys), [configs[key] for key in keys]).statistic if len(keys) > 2 else float("nan")
         out[k] = {"rho": float(rho), "configs": len(keys), "probe_forwards": k * len(probed)}

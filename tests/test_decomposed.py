@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import ItemScores, make_space
 
-from lorasearch.search import SearchSettings, run_search
+from lorasearch.search import Objective, SearchSettings, run_search
 from lorasearch.search.decomposed import DecomposedModel, probe_genes
 
 COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "item_forwards"]
@@ -175,3 +175,19 @@ def test_pick_answers_any_budget_from_the_stored_model_marking_predicted_and_mea
     assert scores.truth.macs(written["config"]) <= middle and "accuracy_predicted" in written
     err = cli_error(capsys, "pick", tmp_path / "nowhere", "--macs-at-most", "1G")
     assert "surrogate.json: missing" in err and "fix:" in err
+
+
+def test_deviations_that_change_no_cost_are_not_probed():
+    scores = ItemScores(make_space(), n_items=60)
+    accuracy, macs = scores.objectives(proxy=True)
+    attn = [i for i, g in enumerate(scores.space.genes) if g.group == "attn"]
+
+    def mlp_macs(config):  # as merged MACs ignore adapter ranks: only the MLP widths cost
+        genes = scores.space.encode(config)
+        return float(sum(10 - genes[i] for i in range(len(genes)) if i not in attn))
+
+    result = run_search(scores.space, [accuracy, Objective("macs", "min", mlp_macs)], decomposed(budget=16), log=None)
+    probed = {tuple(g) for g in scores.proxied}
+    deviations = probe_genes(scores.space)
+    assert probed == {d for d in deviations if not any(d[i] for i in attn)}
+    assert result.table["probe_forwards"].fillna(0).sum() == 8 * len(probed)

@@ -5,9 +5,11 @@ The model (after NVIDIA's Puzzle, which scores each single-layer variant once on
 
 * **probes.** From the max config (every gene at its largest choice), each gene is moved to each of
   its other choices, one gene at a time, and the config is scored on the first ``items`` validation
-  items: ``sum(len(choices) - 1)`` probes in all, plus the max config itself. A probe uses the
+  items: ``sum(len(choices) - 1)`` deviations, plus the max config itself. A probe uses the
   objective's continuous per-item score when it has one (``Objective.proxy``, e.g. the
-  log-probability of the correct option), else its item-wise score (``Objective.partial``);
+  log-probability of the correct option), else its item-wise score (``Objective.partial``). The
+  engine leaves out deviations that change no cost (adapter ranks under merged MACs): they could
+  only be chosen for their accuracy, so they keep the max config's (effect 0) and cost nothing;
 * **an additive model.** The effect of gene g at choice j is the paired mean difference between the
   probe and the max config over those items, shrunk towards the mean effect of the same group's same
   choice in the other layers as far as its own noise warrants (`pooled`: a few items make each
@@ -90,11 +92,12 @@ class DecomposedModel:
     def fit(cls, space: SearchSpace, objective: str, direction: str, scores: Mapping[tuple[int, ...], Sequence[float]],
             costs: Mapping[tuple[int, ...], Mapping[str, float]], *, proxy: bool, min_rho: float = 0.5) -> "DecomposedModel":
         """The model from the probes' item scores (``scores[genes]``, the max config's included) and
-        their exact cheap costs (``costs[genes][name]``)."""
+        their exact cheap costs (``costs[genes][name]``, for every deviation). A deviation without
+        scores (one that changes no cost, left unprobed) keeps the max config's score: effect 0."""
         probes = probe_genes(space)
-        missing = [p for p in probes if p not in scores]
-        if missing:
-            raise LoraSearchError(f"decomposed surrogate: {len(missing)} probes were not scored")
+        missing = [p for p in probes if p not in costs]
+        if probes[0] not in scores or missing:
+            raise LoraSearchError(f"decomposed surrogate: the max config or {len(missing)} deviations' costs are missing")
         base_key = probes[0]
         base_items = np.asarray(scores[base_key], dtype=float)
         k = len(base_items)
@@ -102,8 +105,9 @@ class DecomposedModel:
         deltas = {name: [[0.0] * len(gene.choices) for gene in space.genes] for name in costs.get(base_key, {})}
         for key in probes[1:]:
             g = next(i for i, v in enumerate(key) if v)
-            d = np.asarray(scores[key][:k], dtype=float) - base_items
-            raw[g, key[g]] = float(d.mean()), float(d.var(ddof=1) / k) if k > 1 else 0.0
+            if key in scores:
+                d = np.asarray(scores[key][:k], dtype=float) - base_items
+                raw[g, key[g]] = float(d.mean()), float(d.var(ddof=1) / k) if k > 1 else 0.0
             for name in deltas:
                 deltas[name][g][key[g]] = float(costs[key][name]) - float(costs[base_key][name])
         effects = [[0.0] * len(gene.choices) for gene in space.genes]

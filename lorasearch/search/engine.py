@@ -367,18 +367,20 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- decomposed surrogate
     def _build_decomposed(self) -> None:
-        """Probe every single-gene deviation of the max config (logged ones are not probed again), fit
-        the additive model, store it, and seed the first population with its predicted front."""
+        """Probe every single-gene deviation of the max config that changes a cost (logged ones are not
+        probed again), fit the additive model, store it, and seed the first population with its
+        predicted front."""
         start = time.perf_counter()
         objective, k = self.modelled, min(self.settings.surrogate_items, self.modelled.n_items)
         cheap = [o for o in self.objectives if not o.expensive]
-        probes = probe_genes(self.space)
+        deviations = probe_genes(self.space)
+        costs = {key: {o.name: o.measure(self.space.decode(key)).value for o in cheap} for key in deviations}
+        probes = [key for key in deviations if key == deviations[0] or costs[key] != costs[deviations[0]]]
         todo = [key for key in probes if key not in self.probes]
         for i, key in enumerate(todo):
-            config = self.space.decode(key)
-            m = as_measurement((objective.proxy or objective.partial)(config, k))
+            m = as_measurement((objective.proxy or objective.partial)(self.space.decode(key), k))
             record = {"type": PROBE, "genes": list(key), "objective": objective.name, "items": list(m.items[:k]),
-                      "forwards": int(m.scored), "costs": {o.name: o.measure(config).value for o in cheap}}
+                      "forwards": int(m.scored)}
             self.probes[key] = record
             if self.rundir is not None:
                 self.rundir.append(record)
@@ -386,8 +388,7 @@ class SearchEngine:
                 self.progress(f"surrogate probes: {len(probes) - len(todo) + i + 1} of {len(probes)}")
         self.decomposed = DecomposedModel.fit(
             self.space, objective.name, objective.direction, {key: self.probes[key]["items"] for key in probes},
-            {key: self.probes[key]["costs"] for key in probes}, proxy=objective.proxy is not None,
-            min_rho=self.settings.surrogate_min_rho)
+            costs, proxy=objective.proxy is not None, min_rho=self.settings.surrogate_min_rho)
         self._check_additive_costs(cheap)
         spent = sum(int(self.probes[key]["forwards"]) for key in probes)
         self._probe_pending = spent - sum(int(r.get(PROBE_FORWARDS, 0)) for r in self.cache.values())
@@ -395,8 +396,8 @@ class SearchEngine:
             self.strategy = self._strategy_with_seeds(cheap[0])
         self._save_decomposed()
         self._fit_seconds = time.perf_counter() - start
-        self.log(f"surrogate: {len(probes)} probes on {k} items ({spent:,} item forwards), "
-                 f"{'proxy' if objective.proxy else 'item'} scores")
+        self.log(f"surrogate: {len(probes) - 1} probes of {len(deviations) - 1} single-gene deviations (those that "
+                 f"change a cost) on {k} items, {spent:,} item forwards, {'proxy' if objective.proxy else 'item'} scores")
 
     def _check_additive_costs(self, cheap: Sequence[Objective]) -> None:
         """How far the additive costs miss the min config's exact ones (0 when the costs add up)."""
