@@ -427,9 +427,11 @@ def one_race(rng, rivals: int, worse: float, chunks, n: int) -> tuple[bool, int]
     front = tuple(FrontPoint(i, {"macs": 1.0}, tuple((difficulty + rng.normal(0, 0.15, n) < 0.6) * 1.0))
                   for i in range(rivals))
     mine = (difficulty + rng.normal(0, 0.15, n) < 0.6 - worse) * 1.0
+    done = [0]  # items scored so far: a longer prefix scores only the new ones
 
     def score(config, k):
-        return Measurement(float(mine[:k].mean()), n=k, items=tuple(mine[:k]), scored=k)
+        new, done[0] = max(k - done[0], 0), max(done[0], k)
+        return Measurement(float(mine[:k].mean()), n=k, items=tuple(mine[:k]), scored=new)
 
     accuracy = Objective("accuracy", "max", lambda c: score(c, n), partial=score, n_items=n)
     plan = RacePlan("accuracy", stops_for(n, chunks), DEFAULT_ALPHA, DEFAULT_MIN_DISCORDANT,
@@ -458,20 +460,27 @@ def main(argv: list[str] | None = None) -> dict:
     methods = ["nsga2"] + [m for m in args.methods if m != "nsga2"]
     bounds = shared_bounds(problem, memo)
     runs: dict[str, list[dict]] = {m: [] for m in methods}
+    name = args.results or f"search_cost_{args.part}"
     for seed in range(args.first_seed, args.seeds):
         for method in methods:
             r = run_method(problem, memo, bounds, method, seed, args)
             runs[method].append(r)
             print(f"seed {seed} {method:>24}: HV {r['curve']['hypervolume'].iloc[-1]:.4f}, {r['forwards']:,} items, "
                   f"{r['seconds']:.0f} s {r['surrogate']}", flush=True)
-    summary = summarise(runs)
-    data = {"environment": environment(), "part": args.part, "settings": {k: str(v) for k, v in vars(args).items()},
-            "bounds": bounds, "summary": summary, "fidelity": fidelity(problem, memo, runs),
-            "test": test_scores(problem, runs), "curves": {m: [r["curve"].to_dict("list") for r in rs] for m, rs in runs.items()}}
-    md = markdown(data)
-    write_results(args.results or f"search_cost_{args.part}", data, md)
+        if seed + 1 < args.seeds:  # the seeds so far, in case the rest never finishes (a rerun takes them from --cache)
+            write_results(name, *report(args, bounds, runs, seeds_done=seed + 1))
+    data, md = report(args, bounds, runs, fidelity=fidelity(problem, memo, runs), test=test_scores(problem, runs))
+    write_results(name, data, md)
     print(md)
     return data
+
+
+def report(args, bounds, runs, seeds_done: int | None = None, fidelity: dict | None = None,
+           test: dict | None = None) -> tuple[dict, str]:
+    data = {"environment": environment(), "part": args.part, "settings": {k: str(v) for k, v in vars(args).items()},
+            "seeds_done": seeds_done, "bounds": bounds, "summary": summarise(runs), "fidelity": fidelity or {},
+            "test": test or {}, "curves": {m: [r["curve"].to_dict("list") for r in rs] for m, rs in runs.items()}}
+    return data, markdown(data)
 
 
 # ------------------------------------------------------------------------------------ markdown
@@ -490,7 +499,8 @@ def med(values, digits=3) -> str:
 def markdown(d: dict) -> str:
     s = d["summary"]
     part = "synthetic 90-gene space, per-item noise" if d["part"] == "synthetic" else "SmolLM2-135M Mode B super-adapter"
-    lines = [f"# A cheaper search that can be trusted: {part}", "", environment_markdown(d["environment"]),
+    partial = f" (partial: {d['seeds_done']} seeds so far)" if d.get("seeds_done") else ""
+    lines = [f"# A cheaper search that can be trusted: {part}{partial}", "", environment_markdown(d["environment"]),
              f"Settings: {d['settings']}", "",
              f"Bounds (lorasearch's rule, from the max and min configs with two standard errors, the same for every "
              f"method): {d['bounds']}. Median over seeds in bold, then each seed.", "",
@@ -516,6 +526,8 @@ def markdown(d: dict) -> str:
         lines += ["", "Its rank correlation with measured accuracy on every config plain NSGA-II evaluated, by items "
                   "per probe: " + "; ".join(f"{k} items ({v['probe_forwards']:,} forwards): rho {v['rho']:.2f} on "
                                             f"{v['configs']}" for k, v in d["fidelity"].items())]
+    if not d["test"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "Test accuracy of each method's knee and best subnets (mean over seeds; paired difference against "
               "plain NSGA-II's pick of the same seed, mean ± paired SE, averaged over seeds"
               + ("; the synthetic test score is the true, noise-free accuracy" if d["part"] == "synthetic" else "") + "):", "",
