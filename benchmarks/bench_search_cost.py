@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=RUNS / "search-cost" / "item_cache.jsonl")
     p.add_argument("--test-items", type=int, default=200, help="real part: test items per task")
     p.add_argument("--trials", type=int, default=4000, help="racing part: simulated races per setting")
+    p.add_argument("--test-methods", nargs="*", default=None,
+                   help="methods whose knee and best subnets are scored on test items (default all; none: skip)")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the probe-size fidelity check (split runs)")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -469,7 +472,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['seconds']:.0f} s {r['surrogate']}", flush=True)
         if seed + 1 < args.seeds:  # the seeds so far, in case the rest never finishes (a rerun takes them from --cache)
             write_results(name, *report(args, bounds, runs, seeds_done=seed + 1))
-    data, md = report(args, bounds, runs, fidelity=fidelity(problem, memo, runs), test=test_scores(problem, runs))
+    tested = {m: rs for m, rs in runs.items() if args.test_methods is None or m in args.test_methods or m == "nsga2"}
+    data, md = report(args, bounds, runs, fidelity=None if args.no_fidelity else fidelity(problem, memo, runs),
+                      test=test_scores(problem, tested) if args.test_methods != ["none"] else None)
     write_results(name, data, md)
     print(md)
     return data
