@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--items", type=int, default=120, help="validation items per full evaluation")
     p.add_argument("--surrogate-items", type=int, default=8, help="items per probe of the decomposed surrogate")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    p.add_argument("--results", help="results file name (default search_cost_<part>)")
+    p.add_argument("--results", help="results file name (default search_cost_trusted_<part>)")
     p.add_argument("--adapter", type=Path, default=RUNS / "search-cost" / "modeb-150" / "adapter")
     p.add_argument("--cache", type=Path, default=RUNS / "search-cost" / "item_cache.jsonl")
     p.add_argument("--test-items", type=int, default=200, help="real part: test items per task")
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = {"environment": environment(), "part": "racing", "settings": {k: str(v) for k, v in vars(args).items()},
                 "racing": racing_rates(args)}
         md = racing_markdown(data)
-        write_results(args.results or "search_cost_racing", data, md)
+        write_results(args.results or "search_cost_trusted_racing", data, md)
         print(md)
         return data
     if args.part == "synthetic":
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = ["nsga2"] + [m for m in args.methods if m != "nsga2"]
     bounds = shared_bounds(problem, memo)
     runs: dict[str, list[dict]] = {m: [] for m in methods}
-    name = args.results or f"search_cost_{args.part}"
+    name = args.results or f"search_cost_trusted_{args.part}"
     for seed in range(args.first_seed, args.seeds):
         for method in methods:
             r = run_method(problem, memo, bounds, method, seed, args)
