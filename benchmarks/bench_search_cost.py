@@ -57,13 +57,13 @@ from lorasearch.search.bounds import derive_specs
 from lorasearch.search.decomposed import DecomposedModel, probe_genes
 
 DECOMPOSED = {"surrogate": True, "surrogate_model": "decomposed"}
-METHODS = {
+METHODS = {  # in the order they run, the comparisons the goal needs first
     "nsga2": {"strategy": "nsga2"},
-    "nsga2+racing": {"strategy": "nsga2", "racing": True},
     "nsga2+decomposed": {"strategy": "nsga2", **DECOMPOSED},
-    "nsga2+decomposed+racing": {"strategy": "nsga2", "racing": True, **DECOMPOSED},
-    "random": {"strategy": "random"},
     "tpe": {"strategy": "tpe"},
+    "nsga2+decomposed+racing": {"strategy": "nsga2", "racing": True, **DECOMPOSED},
+    "nsga2+racing": {"strategy": "nsga2", "racing": True},
+    "random": {"strategy": "random"},
 }
 DEFAULT_METHODS = list(METHODS)
 METHODS.update({  # named with --methods
@@ -470,8 +470,9 @@ def main(argv: list[str] | None = None) -> dict:
             runs[method].append(r)
             print(f"seed {seed} {method:>24}: HV {r['curve']['hypervolume'].iloc[-1]:.4f}, {r['forwards']:,} items, "
                   f"{r['seconds']:.0f} s {r['surrogate']}", flush=True)
-        if seed + 1 < args.seeds:  # the seeds so far, in case the rest never finishes (a rerun takes them from --cache)
-            write_results(name, *report(args, bounds, runs, seeds_done=seed + 1))
+            if seed + 1 < args.seeds or method != methods[-1]:  # what is done so far, in case the rest never finishes
+                done = {m: rs for m, rs in runs.items() if len(rs) == len(runs["nsga2"])}  # (a rerun takes it from --cache)
+                write_results(name, *report(args, bounds, done, seeds_done=seed + 1 - args.first_seed))
     tested = {m: rs for m, rs in runs.items() if args.test_methods is None or m in args.test_methods or m == "nsga2"}
     data, md = report(args, bounds, runs, fidelity=None if args.no_fidelity else fidelity(problem, memo, runs),
                       test=test_scores(problem, tested) if args.test_methods != ["none"] else None)
