@@ -43,6 +43,7 @@ import numpy as np
 from ..errors import LoraSearchError
 from ..io import parse_json, read_text
 from ..space import SearchSpace
+from .objectives import Objective
 from .rundir import SURROGATE_FILE
 
 MAX_PARETO = 50_000
@@ -153,6 +154,14 @@ class DecomposedModel:
             self.calibration = (float(a), float(b))
         self.checks = [[float(si), float(yi)] for si, yi, h in zip(s, y, held_out) if h]
 
+    def check_costs(self, space: SearchSpace, cheap: Sequence[Objective]) -> None:
+        """Record how far the additive costs miss the min config's exact ones (0 when the costs add up)."""
+        config = space.min()
+        genes = space.encode(config)
+        for o in cheap:
+            exact = o.measure(config).value
+            self.additive_cost_error[o.name] = abs(self.cost(genes, o.name) - exact) / max(abs(exact), 1e-12)
+
     def held_out_rho(self) -> float:
         """Spearman's rank correlation of S with the measured objective over the held-out configs
         (NaN with fewer than three, or when either side is constant). S and the objective share units
@@ -251,6 +260,33 @@ class DecomposedModel:
         if not isinstance(data, Mapping):
             raise LoraSearchError(f"{path}: not a JSON object; fix: --resume the search to rewrite it")
         return cls.from_dict(data, str(path))
+
+
+def deviation_costs(space: SearchSpace, cheap: Sequence[Objective]) -> dict[tuple[int, ...], dict[str, float]]:
+    """The exact cheap costs (closed-form MACs, parameters) of the max config and of every deviation."""
+    return {key: {o.name: o.measure(space.decode(key)).value for o in cheap} for key in probe_genes(space)}
+
+
+def worth_probing(costs: Mapping[tuple[int, ...], Mapping[str, float]]) -> list[tuple[int, ...]]:
+    """The max config and the deviations that change some cost (the others cost nothing to leave at the max)."""
+    keys = list(costs)
+    return [key for key in keys if key == keys[0] or costs[key] != costs[keys[0]]]
+
+
+def seed_genes(model: DecomposedModel, cost: str, low: float, high: float, slots: int,
+               exclude: Sequence[tuple[int, ...]] = ()) -> list[tuple[int, ...]]:
+    """``slots`` configs of the model's predicted front, evenly spread over the costs between ``low``
+    and ``high`` (the min and max configs'), none of ``exclude`` (the reference configs)."""
+    if slots <= 0:
+        return []
+    seeds: list[tuple[int, ...]] = []
+    for budgets in (slots, 2 * slots, 4 * slots):  # more budgets when neighbouring ones share their best
+        seeds = [g for g in model.front(cost, spread_budgets(low, high, budgets)) if g not in exclude]
+        if len(seeds) >= slots:
+            break
+    if len(seeds) > slots:
+        seeds = [seeds[i] for i in np.linspace(0, len(seeds) - 1, slots).round().astype(int)]
+    return seeds
 
 
 def pooled(space: SearchSpace, raw: Mapping[tuple[int, int], tuple[float, float]]) -> dict[tuple[int, int], float]:

@@ -42,7 +42,7 @@ from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_
 from ..space import SearchSpace, space_fingerprint
 from .backends import EvaluationBackend, LocalBackend
 from .bounds import borrowed_specs, derive_specs, needs_references
-from .decomposed import DecomposedModel, probe_genes, spread_budgets
+from .decomposed import DecomposedModel, deviation_costs, seed_genes, worth_probing
 from .objectives import (
     ITEM_FORWARDS,
     ITEM_SCORES,
@@ -373,57 +373,34 @@ class SearchEngine:
         start = time.perf_counter()
         objective, k = self.modelled, min(self.settings.surrogate_items, self.modelled.n_items)
         cheap = [o for o in self.objectives if not o.expensive]
-        deviations = probe_genes(self.space)
-        costs = {key: {o.name: o.measure(self.space.decode(key)).value for o in cheap} for key in deviations}
-        probes = [key for key in deviations if key == deviations[0] or costs[key] != costs[deviations[0]]]
-        todo = [key for key in probes if key not in self.probes]
-        for i, key in enumerate(todo):
+        costs = deviation_costs(self.space, cheap)
+        probes = worth_probing(costs)
+        for i, key in enumerate(todo := [key for key in probes if key not in self.probes]):
             m = as_measurement((objective.proxy or objective.partial)(self.space.decode(key), k))
-            record = {"type": PROBE, "genes": list(key), "objective": objective.name, "items": list(m.items[:k]),
-                      "forwards": int(m.scored)}
-            self.probes[key] = record
+            self.probes[key] = {"type": PROBE, "genes": list(key), "objective": objective.name,
+                                "items": list(m.items[:k]), "forwards": int(m.scored)}
             if self.rundir is not None:
-                self.rundir.append(record)
+                self.rundir.append(self.probes[key])
             if self.progress is not None and (i + 1) % 20 == 0:
                 self.progress(f"surrogate probes: {len(probes) - len(todo) + i + 1} of {len(probes)}")
         self.decomposed = DecomposedModel.fit(
             self.space, objective.name, objective.direction, {key: self.probes[key]["items"] for key in probes},
             costs, proxy=objective.proxy is not None, min_rho=self.settings.surrogate_min_rho)
-        self._check_additive_costs(cheap)
+        self.decomposed.check_costs(self.space, cheap)
         spent = sum(int(self.probes[key]["forwards"]) for key in probes)
         self._probe_pending = spent - sum(int(r.get(PROBE_FORWARDS, 0)) for r in self.cache.values())
         if self.settings.surrogate_seeds and cheap:
-            self.strategy = self._strategy_with_seeds(cheap[0])
+            low, high = sorted(cheap[0].measure(getattr(self.space, which)()).value for which in ("min", "max"))
+            references = [tuple(int(v) for v in g) for g, _ in reference_genes(self.space)]
+            seeds = seed_genes(self.decomposed, cheap[0].name, low, high, self.settings.population - len(references),
+                               exclude=references)
+            self.strategy = make_strategy(self.settings.strategy, self.space, len(self.objectives),
+                                          len(self.constraints), self.settings,
+                                          initial=[(np.asarray(g), "surrogate") for g in seeds])
         self._save_decomposed()
         self._fit_seconds = time.perf_counter() - start
-        self.log(f"surrogate: {len(probes) - 1} probes of {len(deviations) - 1} single-gene deviations (those that "
+        self.log(f"surrogate: {len(probes) - 1} probes of {len(costs) - 1} single-gene deviations (those that "
                  f"change a cost) on {k} items, {spent:,} item forwards, {'proxy' if objective.proxy else 'item'} scores")
-
-    def _check_additive_costs(self, cheap: Sequence[Objective]) -> None:
-        """How far the additive costs miss the min config's exact ones (0 when the costs add up)."""
-        genes = self.space.encode(self.space.min())
-        config = self.space.min()
-        for o in cheap:
-            exact = o.measure(config).value
-            predicted = self.decomposed.cost(genes, o.name)
-            self.decomposed.additive_cost_error[o.name] = abs(predicted - exact) / max(abs(exact), 1e-12)
-
-    def _strategy_with_seeds(self, cost: Objective):
-        """The strategy again, its first population holding the surrogate's predicted front."""
-        low, high = (cost.measure(getattr(self.space, which)()).value for which in ("min", "max"))
-        low, high = min(low, high), max(low, high)
-        references = {tuple(int(v) for v in g) for g, _ in reference_genes(self.space)}
-        slots = max(self.settings.population - len(references), 0)
-        seeds: list[tuple[int, ...]] = []
-        for budgets in (slots, 2 * slots, 4 * slots):  # more budgets when neighbouring ones share their best
-            seeds = [g for g in self.decomposed.front(cost.name, spread_budgets(low, high, budgets)) if g not in references]
-            if len(seeds) >= slots:
-                break
-        if len(seeds) > slots:
-            seeds = [seeds[i] for i in np.linspace(0, len(seeds) - 1, slots).round().astype(int)]
-        initial = [(np.asarray(g), "surrogate") for g in seeds]
-        return make_strategy(self.settings.strategy, self.space, len(self.objectives), len(self.constraints),
-                             self.settings, initial=initial)
 
     def _update_decomposed(self) -> None:
         """Recalibrate the decomposed model on the full evaluations so far and store it."""
