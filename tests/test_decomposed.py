@@ -13,6 +13,7 @@ from helpers import ItemScores, make_space
 
 from lorasearch.search import Objective, SearchSettings, run_search
 from lorasearch.search.decomposed import DecomposedModel, probe_genes
+from lorasearch.space import SearchSpace
 
 COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto", "item_forwards"]
 
@@ -51,28 +52,41 @@ def test_an_additive_score_is_recovered_exactly_and_calibrated():
     np.testing.assert_allclose(model.scores(configs), [score(c) for c in configs], atol=1e-12)
     np.testing.assert_allclose([model.cost(c, "macs") for c in configs], [cost(c) for c in configs])
     measured = [3.0 + 2.0 * score(c) for c in configs]  # any increasing line maps the score to the objective
-    model.calibrate(configs, measured, [True] * len(configs))
-    np.testing.assert_allclose(model.predict(configs), measured, atol=1e-9)
+    before = list(model.scores(configs))
+    model.update(configs, measured, [0.01] * len(configs), before)
+    np.testing.assert_allclose(model.predict(configs), measured, atol=1e-9)  # nothing left to learn
     assert model.held_out_rho() == pytest.approx(1.0) and model.trusted()
-    model.calibrate(configs, [-m for m in measured], [True] * len(configs))
+    model.update(configs, [-m for m in measured], [0.01] * len(configs), before, learn=False)  # calibration alone
     assert model.held_out_rho() == pytest.approx(-1.0) and not model.trusted()
-    model.calibrate(configs[:5], measured[:5], [True] * 5)
+    model.update(configs[:5], measured[:5], [0.01] * 5, before[:5])
     assert not model.trusted()  # too few held-out configs to trust
+    model.update(configs, measured, [0.01] * len(configs), [None] * len(configs))
+    assert model.checks == []  # configs that fitted the probes are no held-out check
 
 
-def test_the_best_config_under_a_budget_is_the_brute_force_optimum():
-    space = make_space(layers=3)  # 6 genes of 3 choices: 729 configs
-    score, cost = additive_truth(space, seed=2)
-    model = fitted(space, score, cost)
-    every = list(itertools.product(*(range(len(g.choices)) for g in space.genes)))
-    costs = np.array([cost(c) for c in every])
-    scores = np.array([score(c) for c in every])
-    for budget in np.concatenate([np.linspace(costs.min(), costs.max(), 23), costs[::37]]):
-        genes = model.best_under("macs", budget)
-        assert genes is not None and cost(genes) <= budget + 1e-9
-        assert score(genes) == pytest.approx(scores[costs <= budget + 1e-9].max(), abs=1e-12)
-    assert model.best_under("macs", costs.min() - 1) is None
-    assert model.best_under("macs", costs.max()) == (0,) * len(space.genes)
+def test_learning_from_evaluations_is_the_bayesian_posterior():
+    """Two genes of two choices, one probe each (noisy), then measurements: the updated effects equal
+    the conjugate-Gaussian posterior written out by hand (prior N(e0, v), y = a + b (base + X e) + noise)."""
+    space = SearchSpace.from_dict({"name": "two", "adapter": {"rank": 8}, "num_layers": 1, "per_layer": None,
+                                   "groups": {"x": {"modules": ["q"], "rank": [8, 4]}, "y": {"modules": ["v"], "rank": [8, 4]}}})
+    probes = probe_genes(space)
+    scores = {probes[0]: [0.5, 0.7, 0.6], probes[1]: [0.4, 0.55, 0.5], probes[2]: [0.45, 0.7, 0.5]}
+    model = DecomposedModel.fit(space, "accuracy", "max", scores, {p: {"macs": 1.0 + sum(p)} for p in probes}, proxy=True)
+    e0 = np.array([model.prior[0][1], model.prior[1][1]])
+    v = np.array([model.variances[0][1], model.variances[1][1]])
+    np.testing.assert_allclose(e0, [np.mean([-0.1, -0.15, -0.1]), np.mean([-0.05, 0.0, -0.1])])
+    np.testing.assert_allclose(v, [np.var([-0.1, -0.15, -0.1], ddof=1) / 3, np.var([-0.05, 0.0, -0.1], ddof=1) / 3])
+    genes = [(0, 0), (1, 1), (1, 0), (0, 1)]
+    y, se = np.array([0.62, 0.35, 0.49, 0.55]), np.array([0.04, 0.05, 0.045, 0.05])
+    X = np.array(genes, dtype=float)
+    b, a = np.polyfit(model.base + X @ e0, y, 1)  # the calibration on the probes' effects comes first
+    noise = np.diag(se**2 / b**2)
+    z = (y - a) / b - model.base
+    precision = np.diag(1 / v) + X.T @ np.linalg.inv(noise) @ X
+    expected = np.linalg.solve(precision, np.diag(1 / v) @ e0 + X.T @ np.linalg.inv(noise) @ z)
+    model.update(genes, y, se, [None] * 4)
+    np.testing.assert_allclose([model.effects[0][1], model.effects[1][1]], expected, rtol=1e-9)
+    assert model.prior[0][1] == e0[0]  # the prior is kept: the next update starts from it again
 
 
 def decomposed(**extra):
@@ -99,6 +113,7 @@ def test_a_decomposed_search_probes_once_seeds_screens_and_charges_every_item(tm
     assert stored["additive_cost_error"]["macs"] < 1e-9  # the helpers' MACs add up over genes
     # the seeds are the model's best under evenly spaced budgets: nothing predicted better costs less
     model = DecomposedModel.load(tmp_path / "run")
+    model.effects = model.prior  # the seeds came before anything was learnt from evaluations
     for genes in first.loc[first["source"] == "surrogate", "genes"].map(json.loads):
         better = model.best_under("macs", model.cost(genes, "macs"))
         assert model.score(better) <= model.score(genes) + 1e-12
@@ -117,32 +132,44 @@ def test_without_a_proxy_it_probes_the_item_scores():
     assert scores.proxy_calls == 0 and result.item_forwards == scores.forwards
 
 
-def test_a_decomposed_search_resumes_without_probing_twice(tmp_path):
+@pytest.mark.parametrize("learn, crash_in", [(False, "probes"), (True, "probes"), (True, "evaluations")])
+def test_a_decomposed_search_resumes_without_probing_twice(tmp_path, learn, crash_in):
     space = make_space()
     reference_scores = ItemScores(space, n_items=60)
-    reference = run_search(space, reference_scores.objectives(proxy=True), decomposed(), log=None)
+    reference = run_search(space, reference_scores.objectives(proxy=True), decomposed(surrogate_learn=learn),
+                           out_dir=tmp_path / "reference", log=None)
 
     class Crash(Exception):
         pass
 
     crashing = ItemScores(space, n_items=60)
     objectives = crashing.objectives(proxy=True)
-    inner = objectives[0].proxy
+    proxy, score = objectives[0].proxy, objectives[0].fn
+    calls = {"evaluations": 0}
 
-    def proxy(config, stop):
-        if crashing.proxy_calls == 10:
+    def crashing_proxy(config, stop):
+        if crash_in == "probes" and crashing.proxy_calls == 10:
             raise Crash
-        return inner(config, stop)
+        return proxy(config, stop)
 
-    objectives[0].proxy = proxy
+    def crashing_score(config, stop=None):
+        calls["evaluations"] += 1
+        if crash_in == "evaluations" and calls["evaluations"] == 25:  # in the third generation
+            raise Crash
+        return score(config, stop)
+
+    objectives[0].proxy, objectives[0].fn, objectives[0].partial = crashing_proxy, crashing_score, crashing_score
     with pytest.raises(Crash):
-        run_search(space, objectives, decomposed(), out_dir=tmp_path / "run", log=None)
+        run_search(space, objectives, decomposed(surrogate_learn=learn), out_dir=tmp_path / "run", log=None)
     resumed_scores = ItemScores(space, n_items=60)
-    resumed = run_search(space, resumed_scores.objectives(proxy=True), decomposed(), out_dir=tmp_path / "run",
-                         resume=True, log=None)
+    resumed = run_search(space, resumed_scores.objectives(proxy=True), decomposed(surrogate_learn=learn),
+                         out_dir=tmp_path / "run", resume=True, log=None)
     cols = COLUMNS + ["probe_forwards"]
     pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
     assert crashing.proxy_calls + resumed_scores.proxy_calls == reference_scores.proxy_calls  # no probe twice
+    stored, expected = (json.loads((tmp_path / d / "surrogate.json").read_text()) for d in ("run", "reference"))
+    for field in ("effects", "checks", "calibration"):  # the model learnt the same from the same records
+        assert np.allclose(np.asarray(stored[field], dtype=float), np.asarray(expected[field], dtype=float))
 
 
 def test_pick_answers_any_budget_from_the_stored_model_marking_predicted_and_measured(tmp_path, capsys):

@@ -71,7 +71,9 @@ class DecomposedModel:
         effects: ``effects[g][j]``, the change of the mean score when gene g takes choice j (0 at j = 0).
         costs: per cheap objective, ``{"base": cost of the max config, "deltas": [[...] per gene]}``.
         calibration: ``(a, b)`` of ``measured ~ a + b S`` (None until two configs are measured).
-        checks: ``[[S, measured], ...]`` of held-out configs evaluated in full.
+        checks: ``[[S, measured], ...]`` of held-out configs evaluated in full, S as predicted before
+            the config was measured.
+        prior, variances: the probes' (pooled) effects and their variances, what `update` starts from.
     """
 
     objective: str
@@ -87,6 +89,8 @@ class DecomposedModel:
     additive_cost_error: dict[str, float] = field(default_factory=dict)
     choices: dict[str, list[Any]] = field(default_factory=dict)
     """Each gene's key and choices, in gene order (a pick is a config without the space file)."""
+    prior: list[list[float]] = field(default_factory=list)
+    variances: list[list[float]] = field(default_factory=list)
 
     # ------------------------------------------------------------------------- building
     @classmethod
@@ -112,11 +116,13 @@ class DecomposedModel:
             for name in deltas:
                 deltas[name][g][key[g]] = float(costs[key][name]) - float(costs[base_key][name])
         effects = [[0.0] * len(gene.choices) for gene in space.genes]
-        for (g, j), value in pooled(space, raw).items():
-            effects[g][j] = value
+        variances = [[0.0] * len(gene.choices) for gene in space.genes]
+        for (g, j), (value, variance) in pooled(space, raw).items():
+            effects[g][j], variances[g][j] = value, variance
         cost_table = {name: {"base": float(costs[base_key][name]), "deltas": d} for name, d in deltas.items()}
         return cls(objective, direction, k, proxy, float(base_items.mean()), effects, cost_table, min_rho=min_rho,
-                   choices={gene.key: list(gene.choices) for gene in space.genes})
+                   choices={gene.key: list(gene.choices) for gene in space.genes},
+                   prior=[list(e) for e in effects], variances=variances)
 
     # ---------------------------------------------------------------------- predicting
     def score(self, genes: Sequence[int] | np.ndarray) -> float:
@@ -143,16 +149,52 @@ class DecomposedModel:
         table = self.costs[name]
         return table["base"] + float(sum(table["deltas"][g][int(j)] for g, j in enumerate(genes)))
 
-    # --------------------------------------------------------------------- calibration
-    def calibrate(self, genes: Sequence[Sequence[int]], measured: Sequence[float], held_out: Sequence[bool]) -> None:
-        """Refit ``measured ~ a + b S`` on configs evaluated in full, and keep the held-out ones' pairs
-        for the rank correlation (``held_out[i]``: config i took no part in fitting the effects)."""
-        s = self.scores(genes)
+    # ------------------------------------------------------------- learning from evaluations
+    def update(self, genes: Sequence[Sequence[int]], measured: Sequence[float], stderr: Sequence[float],
+               predicted: Sequence[float | None], *, learn: bool = True) -> None:
+        """Take in the configs evaluated in full so far: refit the calibration ``measured ~ a + b S``;
+        with ``learn``, update the effects by Bayesian linear regression (the probes' effects and
+        variances as the prior, each measurement with its own standard error, LINAS-style); and keep
+        ``(predicted, measured)`` of the held-out configs (``predicted[i]``: S before config i was
+        measured; None for one that took part in fitting the probes, the max config) for the rank
+        correlation."""
         y = np.asarray(measured, dtype=float)
+        self._calibrate(genes, y)
+        if learn and self.calibration is not None and self.calibration[1] > 0 and len(y) >= 2:
+            self._learn(genes, y, np.asarray(stderr, dtype=float))
+            self._calibrate(genes, y)
+        self.checks = [[float(p), float(m)] for p, m in zip(predicted, y) if p is not None]
+
+    def _calibrate(self, genes: Sequence[Sequence[int]], y: np.ndarray) -> None:
+        s = self.scores(genes)
         if len(s) >= 2 and np.ptp(s) > 0:
             b, a = np.polyfit(s, y, 1)
             self.calibration = (float(a), float(b))
-        self.checks = [[float(si), float(yi)] for si, yi, h in zip(s, y, held_out) if h]
+
+    def _learn(self, genes: Sequence[Sequence[int]], y: np.ndarray, stderr: np.ndarray) -> None:
+        """Posterior mean of the effects: ``prior + V X' (X V X' + S)^-1 (z - X prior)``, where z is each
+        measurement in the probes' units (``(y - a) / b - base``) and S its variance."""
+        a, b = self.calibration
+        free = [(g, j) for g, row in enumerate(self.variances) for j, v in enumerate(row) if v > 0]
+        if not free:
+            return
+        column = {gj: i for i, gj in enumerate(free)}
+        X = np.zeros((len(genes), len(free)))
+        for row, g_vec in enumerate(genes):
+            for g, j in enumerate(g_vec):
+                if (g, int(j)) in column:
+                    X[row, column[g, int(j)]] = 1.0
+        prior = np.array([self.prior[g][j] for g, j in free])
+        V = np.array([self.variances[g][j] for g, j in free])
+        fixed = np.array([sum(self.prior[g][int(j)] for g, j in enumerate(g_vec) if (g, int(j)) not in column)
+                          for g_vec in genes])
+        z = (y - a) / b - self.base - fixed
+        noise = np.maximum(np.nan_to_num(stderr, nan=0.0), 1e-6) ** 2 / b**2
+        gain = np.linalg.solve((X * V) @ X.T + np.diag(noise), z - X @ prior)
+        posterior = prior + V * (X.T @ gain)
+        self.effects = [list(row) for row in self.prior]
+        for (g, j), value in zip(free, posterior):
+            self.effects[g][j] = float(value)
 
     def check_costs(self, space: SearchSpace, cheap: Sequence[Objective]) -> None:
         """Record how far the additive costs miss the min config's exact ones (0 when the costs add up)."""
@@ -234,6 +276,7 @@ class DecomposedModel:
             "calibration": list(self.calibration) if self.calibration else None,
             "checks": self.checks, "min_rho": self.min_rho, "held_out_rho": None if rho != rho else rho,
             "trusted": self.trusted(), "additive_cost_error": self.additive_cost_error, "choices": self.choices,
+            "prior": self.prior, "variances": self.variances,
         }
 
     @classmethod
@@ -244,7 +287,8 @@ class DecomposedModel:
                        float(data["base"]), [list(map(float, e)) for e in data["effects"]], dict(data.get("costs") or {}),
                        tuple(calibration) if calibration else None, [list(c) for c in data.get("checks") or []],
                        float(data.get("min_rho", 0.5)), dict(data.get("additive_cost_error") or {}),
-                       dict(data.get("choices") or {}))
+                       dict(data.get("choices") or {}), [list(map(float, e)) for e in data.get("prior") or []],
+                       [list(map(float, e)) for e in data.get("variances") or []])
         except (KeyError, TypeError, ValueError) as exc:
             raise LoraSearchError(f"{source}: malformed decomposed surrogate ({exc}); fix: --resume the search "
                                   "to rewrite it") from None
@@ -289,12 +333,14 @@ def seed_genes(model: DecomposedModel, cost: str, low: float, high: float, slots
     return seeds
 
 
-def pooled(space: SearchSpace, raw: Mapping[tuple[int, int], tuple[float, float]]) -> dict[tuple[int, int], float]:
+def pooled(space: SearchSpace, raw: Mapping[tuple[int, int], tuple[float, float]]
+           ) -> dict[tuple[int, int], tuple[float, float]]:
     """Each probe's effect shrunk towards the mean of its group's same choice over the layers
-    (empirical Bayes): ``m + w (e - m)``, ``w = tau^2 / (tau^2 + v)``, where ``v`` is the probe's own
-    sampling variance (its paired item differences) and ``tau^2`` the spread of the layers' true
-    effects (the effects' variance less their mean sampling variance, at least 0). A probe measured
-    precisely keeps its own value; a noisy one leans on the other layers'."""
+    (empirical Bayes), with its variance: ``m + w (e - m)``, ``w = tau^2 / (tau^2 + v)``, where ``v``
+    is the probe's own sampling variance (its paired item differences) and ``tau^2`` the spread of the
+    layers' true effects (the effects' variance less their mean sampling variance, at least 0); the
+    variance is ``w v`` plus what the mean itself leaves uncertain. A probe measured precisely keeps
+    its own value; a noisy one leans on the other layers'."""
     families: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for g, j in raw:
         families.setdefault((space.genes[g].group, j), []).append((g, j))
@@ -303,12 +349,14 @@ def pooled(space: SearchSpace, raw: Mapping[tuple[int, int], tuple[float, float]
         values = np.array([raw[m][0] for m in members])
         noise = np.array([raw[m][1] for m in members])
         if len(members) < 3:
-            out.update({m: float(v) for m, v in zip(members, values)})
+            out.update({m: (float(v), float(n)) for m, v, n in zip(members, values, noise)})
             continue
         mean = float(values.mean())
         spread = max(float(values.var(ddof=1)) - float(noise.mean()), 0.0)
         weights = np.where(spread + noise > 0, spread / np.maximum(spread + noise, 1e-300), 1.0)
-        out.update({m: float(mean + w * (v - mean)) for m, v, w in zip(members, values, weights)})
+        mean_variance = float(noise.mean()) / len(members)
+        out.update({m: (float(mean + w * (v - mean)), float(w * n + (1 - w) ** 2 * mean_variance))
+                    for m, v, n, w in zip(members, values, noise, weights)})
     return out
 
 

@@ -106,6 +106,9 @@ class SearchSettings(StrategySettings):
     surrogate_seeds: bool = True
     """Decomposed surrogate: fill the first population, after the max, min and heuristic configs, with
     its predicted front at evenly spaced costs."""
+    surrogate_learn: bool = False
+    """Decomposed surrogate: after every generation, also update its effects from the configs evaluated in
+    full (Bayesian linear regression, the probes as the prior; LINAS-style)."""
     bounds_from: str | None = None
     """A run directory whose stored hypervolume bounds this run takes, so the two compare over one
     reference point (default: derived from this run's max and min configs)."""
@@ -190,6 +193,7 @@ class SearchEngine:
         self.decomposed: DecomposedModel | None = None
         self.probes: dict[tuple[int, ...], dict[str, Any]] = {}  # logged probes, by genes
         self._probe_pending = 0  # probe forwards not yet recorded on an evaluation
+        self._predicted: dict[tuple[int, ...], float] = {}  # S of a config before it was measured
         self.screened = 0  # batches a surrogate screened
         self.specs: list[ObjectiveSpec] | None = None
         self.fingerprints = {"space": space_fingerprint(space), **dict(fingerprints or {})}
@@ -387,11 +391,12 @@ class SearchEngine:
             self.space, objective.name, objective.direction, {key: self.probes[key]["items"] for key in probes},
             costs, proxy=objective.proxy is not None, min_rho=self.settings.surrogate_min_rho)
         self.decomposed.check_costs(self.space, cheap)
+        references = [tuple(int(v) for v in g) for g, _ in reference_genes(self.space)]
+        self._note_predictions([key for key in references if key not in self.probes])  # measured before the model
         spent = sum(int(self.probes[key]["forwards"]) for key in probes)
         self._probe_pending = spent - sum(int(r.get(PROBE_FORWARDS, 0)) for r in self.cache.values())
         if self.settings.surrogate_seeds and cheap:
             low, high = sorted(cheap[0].measure(getattr(self.space, which)()).value for which in ("min", "max"))
-            references = [tuple(int(v) for v in g) for g, _ in reference_genes(self.space)]
             seeds = seed_genes(self.decomposed, cheap[0].name, low, high, self.settings.population - len(references),
                                exclude=references)
             self.strategy = make_strategy(self.settings.strategy, self.space, len(self.objectives),
@@ -403,14 +408,25 @@ class SearchEngine:
                  f"change a cost) on {k} items, {spent:,} item forwards, {'proxy' if objective.proxy else 'item'} scores")
 
     def _update_decomposed(self) -> None:
-        """Recalibrate the decomposed model on the full evaluations so far and store it."""
+        """Update the decomposed model from the full evaluations so far (calibration, and with
+        --surrogate-learn its effects) and store it."""
         if self.decomposed is None:
             return
-        full = [r for r in self._full_records() if self.modelled.name in r["objectives"]]
-        probed = set(self.probes)
-        self.decomposed.calibrate([r["genes"] for r in full], [r["objectives"][self.modelled.name] for r in full],
-                                  [tuple(r["genes"]) not in probed for r in full])
+        name = self.modelled.name
+        full = [r for r in self._full_records() if name in r["objectives"]]
+        keys = [tuple(r["genes"]) for r in full]
+        self.decomposed.update(keys, [r["objectives"][name] for r in full],
+                               [r["objectives"].get(f"{name}_stderr", float("nan")) for r in full],
+                               [None if key in self.probes else self._predicted[key] for key in keys],
+                               learn=self.settings.surrogate_learn)
         self._save_decomposed()
+
+    def _note_predictions(self, keys: Sequence[tuple[int, ...]]) -> None:
+        """S of each config as the model stands before it is measured (the held-out check compares it
+        with the measurement). Evaluations replayed on resume pass here at the same model state."""
+        if self.decomposed is not None:
+            for key in keys:
+                self._predicted.setdefault(key, self.decomposed.score(key))
 
     def _save_decomposed(self) -> None:
         if self.rundir is not None:
@@ -442,6 +458,7 @@ class SearchEngine:
         todo = new[:max(room, 0)]
         counted = replayed | {key for key, _ in todo}
         ids = {key: first_id + i for i, key in enumerate(k for k in order if k in counted)}
+        self._note_predictions([k for k in order if k in counted])
         configs = [self.space.decode(key) for key, _ in todo]
         races = self._race_plans(todo)
         # Backends written before racing take only the configs: pass plans only when racing.
