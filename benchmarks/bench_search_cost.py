@@ -61,6 +61,7 @@ METHODS = {  # in the order they run, the comparisons the goal needs first
     "nsga2": {"strategy": "nsga2"},
     "nsga2+decomposed": {"strategy": "nsga2", **DECOMPOSED},
     "tpe": {"strategy": "tpe"},
+    "nsga2+decomposed+learn": {"strategy": "nsga2", **DECOMPOSED, "surrogate_learn": True},  # effects updated in the loop
     "nsga2+decomposed+racing": {"strategy": "nsga2", "racing": True, **DECOMPOSED},
     "nsga2+racing": {"strategy": "nsga2", "racing": True},
     "random": {"strategy": "random"},
@@ -69,7 +70,6 @@ DEFAULT_METHODS = list(METHODS)
 METHODS.update({  # named with --methods
     "nsga2+ridge": {"strategy": "nsga2", "surrogate": True},
     "nsga2+decomposed-seeds": {"strategy": "nsga2", **DECOMPOSED, "surrogate_min_rho": 1.0},  # seeds, never screens
-    "nsga2+decomposed+learn": {"strategy": "nsga2", **DECOMPOSED, "surrogate_learn": True},  # effects updated in the loop
 })
 SHORT = ("nsga2+decomposed", "nsga2+decomposed+racing", "nsga2+decomposed-seeds", "nsga2+decomposed+learn", "random",
          "tpe")
