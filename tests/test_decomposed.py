@@ -218,3 +218,14 @@ def test_deviations_that_change_no_cost_are_not_probed():
     deviations = probe_genes(scores.space)
     assert probed == {d for d in deviations if not any(d[i] for i in attn)}
     assert result.table["probe_forwards"].fillna(0).sum() == 8 * len(probed)
+
+
+def test_the_report_counts_the_probes_in_the_items_scored(tmp_path):
+    from lorasearch.report.document import report_markdown
+
+    scores = ItemScores(make_space(), n_items=60)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=16), out_dir=tmp_path / "run",
+                        log=None)
+    probes = 8 * len(probe_genes(scores.space))
+    assert f"{scores.forwards:,} validation items scored ({probes:,} by the decomposed surrogate's probes)" \
+        in report_markdown(result)
