@@ -8,9 +8,10 @@
 * ``exhaustive``: every config, for spaces small enough to enumerate (the true front in tests).
 
 Every strategy starts with the max, min and heuristic configs, so runs of different strategies
-share their reference points (NSGA-II and random then take the configs a surrogate seeds, if any). ``ask()`` returns ``(genes, source)`` pairs (an empty list when
-the strategy has nothing left); ``tell()`` takes the normalised minimisation objectives ``F``
-and the constraint values ``G`` (``<= 0`` is feasible) of the batch just asked.
+share their reference points (NSGA-II and random then take the configs a surrogate seeds, if
+any). ``ask()`` returns ``(genes, source)`` pairs (an empty list when the strategy has nothing
+left); ``tell()`` takes the normalised minimisation objectives ``F`` and the constraint values
+``G`` (``<= 0`` is feasible) of the batch just asked.
 """
 
 from __future__ import annotations
