@@ -19,16 +19,27 @@ settings dataclasses the CLI derives options from (`TrainArgs`, `SearchSettings`
 from ..search.backends import BackendSettings
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
-from .compressing import SparsifySettings, quantize_base, sparsify_base
+from ..version import __version__
+from .compressing import QuantizeSettings, SparsifySettings, quantize_base, sparsify_base
 from .exporting import export_run, load_results
-from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
+from .inspecting import (
+    front_summary,
+    import_space_file,
+    knee_summary,
+    load_space,
+    plot_runs,
+    reference_configs,
+    report_run,
+)
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
 from .searching import (
+    RESUME_OPTIONS,
     BudgetPick,
     NetworkRecipe,
     SearchRun,
     pick_under_budget,
+    resumed_run,
     run_from_file,
     search_network,
     write_pick,
@@ -45,6 +56,8 @@ from .settings import (
 from .training import prepare_training
 
 __all__ = [
+    "RESUME_OPTIONS",
+    "__version__",
     "BackendSettings",
     "BudgetPick",
     "NetworkRecipe",
@@ -62,6 +75,7 @@ __all__ = [
     "export_run",
     "front_summary",
     "import_space_file",
+    "knee_summary",
     "load_results",
     "load_space",
     "load_task",
@@ -69,10 +83,12 @@ __all__ = [
     "pick_under_budget",
     "plot_runs",
     "prepare_training",
+    "QuantizeSettings",
     "quantize_base",
     "reference_configs",
     "report_run",
     "resolve_config",
+    "resumed_run",
     "run_from_file",
     "score_subnet",
     "search_network",
