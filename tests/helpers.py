@@ -184,6 +184,8 @@ class ItemScores:
         self.scored: dict[tuple, list[float]] = {}
         self.restored: dict[tuple, int] = {}
         self.forwards = 0
+        self.proxied: dict[tuple, list[float]] = {}
+        self.proxy_noise, self.proxy_calls = 0.02, 0
 
     def _item(self, key: tuple, i: int, p: float) -> float:
         eps = np.random.default_rng([*key, i, 7]).normal(0, self.noise)
@@ -214,9 +216,27 @@ class ItemScores:
         self.restored[key] = self.restored.get(key, 0) + max(len(values) - len(done), 0)
         done += list(values[len(done):])
 
-    def objectives(self) -> list[Objective]:
+    def proxy(self, config, stop: int):
+        """A continuous per-item score (the config's accuracy less the item's difficulty, plus noise of
+        ``proxy_noise``), scored apart from the 0/1 items and counted in ``forwards`` like them."""
+        from lorasearch.search import Measurement
+
+        key = tuple(int(g) for g in self.space.encode(config))
+        done = self.proxied.setdefault(key, [])
+        new = range(len(done), stop)
+        if len(new):
+            p = self.truth.accuracy(config)
+            done += [p - self.difficulty[i] + np.random.default_rng([*key, i, 9]).normal(0, self.proxy_noise)
+                     for i in new]
+            self.forwards += len(new)
+            self.proxy_calls += 1
+        values = tuple(done[:stop])
+        return Measurement(sum(values) / stop, n=stop, items=values, scored=len(new))
+
+    def objectives(self, proxy: bool = False) -> list[Objective]:
         accuracy = Objective("accuracy", "max", self.score_items, bounds=(1.0, 0.0), expensive=True,
-                             partial=self.score_items, n_items=self.n_items, restore=self.restore)
+                             partial=self.score_items, n_items=self.n_items, restore=self.restore,
+                             proxy=self.proxy if proxy else None)
         return [accuracy, Objective("macs", "min", self.truth.macs)]
 
 

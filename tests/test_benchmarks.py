@@ -31,3 +31,17 @@ def test_the_gpu_check_runs_on_the_cpu_with_tiny_models(tmp_path):
     two = results["end_to_end"]["two_processes"]
     assert two["evaluations"] == 8 and two["largest_accuracy_difference"] == 0.0  # CPU workers: bit for bit
     assert (tmp_path / "gpu_tiny.md").read_text().startswith("# GPU check")
+
+
+def test_the_search_cost_benchmark_runs_its_synthetic_part_and_charges_every_item(tmp_path):
+    out = tmp_path / "cost"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search_cost.py"), "--part", "synthetic",
+                           "--seeds", "2", "--budget", "30", "--short-budget", "20", "--methods", "nsga2",
+                           "nsga2+racing", "nsga2+decomposed", "tpe", "--results", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]  # run_method asserts the forwards charged are the items scored
+    results = json.loads(out.with_suffix(".json").read_text())
+    decomposed = results["summary"]["nsga2+decomposed"]
+    assert len(decomposed["share_to_99"]) == 2 and decomposed["vs_tpe"]["compared"] > 0
+    assert all(s["surrogate_checks"] >= 8 for s in decomposed["surrogate"])
+    assert set(results["fidelity"]) == {"4", "8", "16"}

@@ -135,10 +135,13 @@ def test_resume_with_a_larger_budget_extends_and_any_other_change_is_refused_by_
     assert err.startswith("error: --limit 99: the run in") and "has 8" in err and "only --budget may grow" in err
     err = cli_error(capsys, "search", "--resume", run, "--objectives", "accuracy,params", last_line=True)
     assert err.startswith("error: --objectives accuracy,params:") and "has accuracy,macs" in err
+    err = cli_error(capsys, "search", "--resume", run, "--subset-seed", "3", last_line=True)
+    assert err.startswith("error: --subset-seed 3: the run in") and "has 0" in err  # the items stay the run's
     err = cli_error(capsys, "search", "--resume", run, "--budget", "6", last_line=True)
     assert "--budget 6 is below the run's budget 8" in err
     assert len(read_jsonl(run / "evaluations.jsonl")) == 8
-    run_cli("search", "--resume", run, "--budget", "12", "--limit", "8", "--threads", "1")  # --limit as recorded: fine
+    run_cli("search", "--resume", run, "--budget", "12", "--limit", "8", "--subset-seed", "0",
+            "--threads", "1")  # --limit and --subset-seed as recorded: fine
     records = read_jsonl(run / "evaluations.jsonl")
     assert len(records) == 12 and sorted(r["eval_id"] for r in records) == list(range(12))
     assert yaml.safe_load((run / "run.yaml").read_text())["search"]["budget"] == 12

@@ -26,7 +26,7 @@ from ..runs import (
 from .app import app, console, space_app
 from .invocation import INVOCATION, options_given, resumable, with_flag
 from .options import settings_options, with_threads
-from .printing import print_configs, print_search_summary, print_space
+from .printing import pick_lines, print_configs, print_search_summary, print_space
 
 MODEL_FIELDS = ("model", "gguf_file", "device", "dtype", "trust_remote_code")
 SHORT = {"model": "-m"}
@@ -264,7 +264,10 @@ def quantize_command(
 @app.command("search")
 @with_threads
 @settings_options(NetworkSettings, "network", skip=("seed",), short=SHORT)
-@settings_options(TaskSettings, "task", skip=("seed",), helps={"task": "Validation task file; default: the synthetic task."})
+@settings_options(TaskSettings, "task", names={"seed": "subset_seed"}, helps={
+    "task": "Validation task file; default: the synthetic task.",
+    "seed": "Seeds the validation subset and its item order, apart from --seed (the strategy's), so runs of "
+            "several strategy seeds score the same items."})
 @settings_options(SearchSettings, "settings")
 def search_command(
     network: NetworkSettings,
@@ -306,7 +309,7 @@ def search_command(
         values = {**dataclasses.asdict(network), **dataclasses.asdict(task), **dataclasses.asdict(settings),
                   "objectives": [o.strip() for o in objectives.split(",") if o.strip()], "constraint": list(constraint),
                   "seq_len": seq_len, "deployment": deployment, "cost_reference": cost_reference, "run_file": run_file,
-                  "out": str(out) if out is not None else None}
+                  "out": str(out) if out is not None else None, "subset_seed": task.seed}
         given = {name: values.get(name) for name in options_given(INVOCATION) if name not in RESUME_OPTIONS}
         plan, out = resumed_run(resume, given), resume
     elif run_file is not None:
@@ -314,7 +317,7 @@ def search_command(
     else:
         plan = SearchRun(
             network=network,
-            task=dataclasses.replace(task, seed=settings.seed),  # one --seed: the subset and the strategy
+            task=task,  # --subset-seed seeds the items, --seed the strategy
             settings=settings,
             objectives=[o.strip() for o in objectives.split(",") if o.strip()],
             constraints=list(constraint), seq_len=seq_len, deployment=deployment, cost_reference=cost_reference,
@@ -358,6 +361,25 @@ def report_command(
     from ..runs import report_run
 
     console.print(f"wrote {report_run(run_dir, out)}")
+
+
+@app.command("pick")
+@with_threads
+def pick_command(
+    run_dir: Annotated[Path, typer.Argument(help="A search run with --surrogate --surrogate-model decomposed.")],
+    macs_at_most: Annotated[str, typer.Option(help="The budget, e.g. 1.5e10 or 15G.")],
+    cost: Annotated[Optional[str], typer.Option(help="The cost the budget is on (default: the run's MACs).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the predicted pick as a subnet.json.")] = None,
+) -> None:
+    """The best subnet under a MAC budget from the run's decomposed surrogate: no new evaluation, the
+    prediction marked beside what the run measured."""
+    from ..runs import pick_under_budget, write_pick
+
+    pick = pick_under_budget(run_dir, macs_at_most, cost)
+    for line in pick_lines(pick):
+        console.print(line, highlight=False)
+    if out is not None and pick.predicted is not None:
+        console.print(f"wrote {write_pick(pick, run_dir, out)}")
 
 
 @app.command("export")

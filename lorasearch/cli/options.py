@@ -51,6 +51,7 @@ def settings_options(
     defaults: Mapping[str, Any] | None = None,
     short: Mapping[str, str] | None = None,
     helps: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Expose the fields of the settings dataclass ``cls`` as options of the decorated command.
 
@@ -61,11 +62,13 @@ def settings_options(
         defaults: command-specific defaults (e.g. no model unless one is given).
         short: short flags, e.g. ``{"model": "-m"}``.
         helps: command-specific help texts that replace the docstrings.
+        names: command-specific option names, e.g. ``{"seed": "subset_seed"}`` for ``--subset-seed``
+            where another settings class already has a ``--seed``.
     """
     hints = typing.get_type_hints(cls)
     docs = {**field_docs(cls), **dict(helps or {})}
     chosen = [f for f in dataclasses.fields(cls) if (only is None or f.name in only) and f.name not in skip]
-    defaults, short = dict(defaults or {}), dict(short or {})
+    defaults, short, names = dict(defaults or {}), dict(short or {}), dict(names or {})
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -73,19 +76,20 @@ def settings_options(
             raise TypeError(f"{command.__name__} has no parameter {param!r} for {cls.__name__}")
         added = []
         for f in chosen:
-            flags = [option_name(f.name)] + ([short[f.name]] if f.name in short else [])
+            name = names.get(f.name, f.name)
+            flags = [option_name(name)] + ([short[f.name]] if f.name in short else [])
             if hints[f.name] == Optional[bool]:  # typer makes --x/--no-x only for plain bools
-                flags[0] = f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"
+                flags[0] = f"{option_name(name)}/--no-{name.replace('_', '-')}"
             annotation = Annotated[_cli_type(hints[f.name]), typer.Option(*flags, help=docs.get(f.name, ""))]
             default = defaults.get(f.name, f.default)
-            added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                            annotation=annotation))
         kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != param]
-        names = [f.name for f in chosen]
+        fields_by_option = {names.get(f.name, f.name): f.name for f in chosen}
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            kwargs[param] = cls(**{name: kwargs.pop(name) for name in names})
+            kwargs[param] = cls(**{field: kwargs.pop(option) for option, field in fields_by_option.items()})
             return command(**kwargs)
 
         parameters = added + kept  # the outermost decorator's options first, the command's own last

@@ -14,6 +14,7 @@ from .app import console
 if TYPE_CHECKING:
     from ..network.supernet import SuperNetwork
     from ..results.run import SearchResult
+    from ..runs import BudgetPick
     from ..space import Group, SearchSpace
 
 
@@ -93,3 +94,35 @@ def print_search_summary(result: SearchResult) -> None:
         console.print(knee, highlight=False)
     if result.out_dir is not None:
         console.print(f"run directory: {result.out_dir}")
+
+
+def pick_lines(pick: BudgetPick) -> list[str]:
+    """What `lorasearch pick` prints: the surrogate's trust, its pick (predicted) and the run's best (measured)."""
+    def cost_text(value: float) -> str:
+        return f"{value / 1e9:.4g} G{pick.cost}" if pick.cost.startswith("macs") else f"{pick.cost} {value:.6g}"
+
+    def measured_text(entry: dict) -> str:
+        if "measured" not in entry:
+            return "not evaluated in the run"
+        se = f" ± {entry['stderr']:.3f}" if entry.get("stderr") is not None else ""
+        return f"{pick.objective} {entry['measured']:.4f}{se} measured (evaluation {entry['eval_id']})"
+
+    rho = f"{pick.rho:.2f}" if pick.rho == pick.rho else "n/a"
+    lines = [f"surrogate: held-out rank correlation {rho} over {pick.checks} configs"
+             + ("" if pick.trusted else " (below its bar: treat the prediction with care)")]
+    if pick.additive_cost_error > 1e-9:
+        lines.append(f"note: {pick.cost} is the additive estimate, {pick.additive_cost_error:.2%} off on the min config")
+    budget = cost_text(pick.at_most)
+    if pick.predicted is None:
+        lines.append(f"predicted: no config costs {budget} or less")
+    else:
+        p = pick.predicted
+        lines.append(f"predicted best at <= {budget}: {pick.objective} {p['predicted']:.4f} predicted, "
+                     f"{cost_text(p['cost'])}; {measured_text(p)}")
+    if pick.measured is None:
+        lines.append(f"measured: no evaluation of the run costs {budget} or less")
+    else:
+        m = pick.measured
+        lines.append(f"measured best at <= {budget}: {measured_text(m)}, {cost_text(m['cost'])}; "
+                     f"{m['predicted']:.4f} predicted")
+    return lines

@@ -416,6 +416,7 @@ class MultipleChoiceEvaluator(CachedEvaluator):
         self.truncated = 0
         prepare = self._label_item if mode == "label" else self._text_item
         self.items = [prepare(r) for r in self.records]
+        self._proxies: dict[Any, list[float]] = {}
 
     # ------------------------------------------------------------------ preparation
     def _label_item(self, record: Record) -> _LabelItem:
@@ -467,6 +468,26 @@ class MultipleChoiceEvaluator(CachedEvaluator):
         indices = range(len(self.items)) if indices is None else indices
         scores = self._label_scores(indices) if self.mode == "label" else self._text_scores(indices)
         return [scores[i] for i in indices]
+
+    def score_proxy(self, config: Mapping[str, Any], stop: int | None = None) -> EvalResult:
+        """A continuous per-item score of ``config`` on the first ``stop`` items: the log-probability of
+        the correct option among the options (a log-softmax of their scores), which moves with the
+        accuracy but by fractions where the 0/1 score moves by whole items (what a decomposed
+        surrogate probes with). Cached per config like `score_items`, apart from it: ``scored`` counts
+        the items this call ran through the model."""
+        key = self.net.space.canonical(config)
+        stop = self.n_items if stop is None else int(stop)
+        if not 1 <= stop <= self.n_items:
+            raise EvalError(f"stop {stop}: outside 1..{self.n_items} items of the subset")
+        done = self._proxies.setdefault(key, [])
+        start, todo = time.perf_counter(), range(len(done), stop)
+        if len(todo):
+            with _evaluating(self.net, config):
+                for scores, i in zip(self.option_scores(todo), todo):
+                    done.append(float(torch.log_softmax(torch.tensor(scores, dtype=torch.float64), 0)[self.items[i].answer]))
+        values = tuple(done[:stop])
+        return EvalResult(sum(values) / stop, stop, None, time.perf_counter() - start, "log_prob_correct",
+                          item_scores=values, scored=len(todo))
 
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         picks = [max(range(len(s)), key=s.__getitem__) for s in self.option_scores(indices)]

@@ -216,7 +216,9 @@ def _summary(run: SearchResult) -> str:
         f"hypervolume {hv.hypervolume[-1]:.4f}",
     ]
     if run.item_forwards:
-        parts.append(f"{run.item_forwards:,} validation items scored")
+        probes = int(table["probe_forwards"].fillna(0).sum()) if "probe_forwards" in table else 0
+        parts.append(f"{run.item_forwards:,} validation items scored"
+                     + (f" ({probes:,} by the decomposed surrogate's probes)" if probes else ""))
     if "seconds" in table:
         parts.append(f"{float(table['seconds'].sum()):,.0f} s of evaluation")
     return " · ".join(parts) + "."

@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from ..errors import LoraSearchError
 from ..results.pick import pick_config
 from ..results.run import SearchResult, as_run
-from ..results.table import ObjectiveSpec, hypervolume, pareto_mask, to_minimisation
+from ..results.table import ObjectiveSpec, hypervolume, pareto_mask, shared_specs, to_minimisation
 
 RunLike = Union[SearchResult, str, Path]
 
@@ -427,8 +427,9 @@ def comparison_info(
 ) -> ComparisonInfo:
     """The data of the comparison figure: each run's front and hypervolume curve.
 
-    Hypervolumes use the first run's bounds for every run, so the curves share one reference
-    point; the runs must have the same objectives.
+    Hypervolumes use one set of bounds for every run (`lorasearch.results.table.shared_specs`: the
+    widest of the runs' stored bounds), so the curves share one reference point; the runs must have
+    the same objectives.
     """
     if not runs:
         raise LoraSearchError("comparison: no runs given; fix: pass two or more run directories")
@@ -439,11 +440,12 @@ def comparison_info(
     every = pd.concat([r.table[[x, y]] for r in runs])
     ax_x, ax_y = objective_axis(first, x, every[x]), objective_axis(first, y, every[y])
     series = []
+    specs = shared_specs([r.specs for r in runs])
     for i, (run, label) in enumerate(zip(runs, labels)):
         feasible = run.feasible
         on_front = front_mask(feasible, [first.spec(x), first.spec(y)])
         front = _xy(feasible[on_front].sort_values([x, y]), ax_x, ax_y)
-        curve = run.hypervolume_by_evaluation(first.specs)
+        curve = run.hypervolume_by_evaluation(specs)
         series.append(RunSeries(
             label=f"{label} (HV {curve['hypervolume'].iloc[-1]:.4f})",
             colour=OKABE_ITO[RUN_COLOURS[i % len(RUN_COLOURS)]],
@@ -461,7 +463,7 @@ def comparison_info(
         series=series,
         references=references,
         heuristic_y=next((r.y for r in references if r.source == "heuristic"), None),
-        reference_point=reference_point_text(first),
+        reference_point=reference_point_text(first, specs),
     )
 
 

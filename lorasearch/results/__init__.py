@@ -14,6 +14,7 @@ from .table import (
     noise_notes,
     pareto_mask,
     results_table,
+    shared_specs,
     to_minimisation,
     within_noise,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "pareto_mask",
     "read_run_document",
     "results_table",
+    "shared_specs",
     "to_minimisation",
     "within_noise",
 ]

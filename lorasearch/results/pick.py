@@ -233,6 +233,16 @@ def _pick_under(table: pd.DataFrame, score: str, cost: str, bound: float) -> pd.
     return best.iloc[0]
 
 
+def parse_amount(text: str, option: str) -> float:
+    """A number with an optional K/M/G/T suffix (``15G``, ``2.5e8``); ``option`` names it in the error."""
+    text = str(text).strip()
+    scale = _SUFFIX.get(text[-1:].lower(), 1.0)
+    try:
+        return float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise ExportError(f"{option} {text!r}: not a number; fix: e.g. 1.5e10 or 15G") from None
+
+
 def _parse_number(text: str, pick: str) -> float:
     text = text.strip()
     scale = _SUFFIX.get(text[-1:].lower(), 1.0)

@@ -26,7 +26,7 @@ import pandas as pd
 from ..errors import LoraSearchError
 from ..io import read_document, read_jsonl
 from .noise import distinct_steps, extremes_warning, neighbour_notes
-from .table import ObjectiveSpec, hypervolume_curve, results_table
+from .table import ObjectiveSpec, hypervolume_curve, results_table, spent_forwards
 
 RUN_FILE = "run.yaml"
 LOG_FILE = "evaluations.jsonl"
@@ -103,8 +103,9 @@ class SearchResult:
 
     @property
     def item_forwards(self) -> int:
-        """Validation items the search ran through the model (0 when the table does not say)."""
-        return int(self.table["item_forwards"].sum()) if "item_forwards" in self.table else 0
+        """Validation items the search ran through the model, surrogate probes included (0 when the table
+        does not say)."""
+        return int(spent_forwards(self.table).sum())
 
     @property
     def hypervolume(self) -> pd.DataFrame:

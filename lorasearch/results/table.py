@@ -50,6 +50,21 @@ class ObjectiveSpec:
         return asdict(self)
 
 
+def shared_specs(spec_lists: Sequence[Sequence[ObjectiveSpec]]) -> list[ObjectiveSpec]:
+    """One set of bounds for runs compared with one another: per objective (of the first run's), the
+    most optimistic ``best`` and the most pessimistic ``worst`` of any run, so every run's front lies
+    inside and the hypervolumes share one reference point."""
+    if not spec_lists:
+        return []
+    shared = []
+    for spec in spec_lists[0]:
+        same = [s for specs in spec_lists for s in specs if s.name == spec.name]
+        pick_best, pick_worst = (max, min) if spec.direction == "max" else (min, max)
+        shared.append(ObjectiveSpec(spec.name, spec.direction, pick_best(s.best for s in same),
+                                    pick_worst(s.worst for s in same), spec.unit))
+    return shared
+
+
 def to_minimisation(table: pd.DataFrame, specs: Sequence[ObjectiveSpec]) -> np.ndarray:
     """An (n, k) array of normalised objectives, smaller is better, from a results table."""
     if table.empty:
@@ -99,7 +114,8 @@ def _hypervolume_2d(points: np.ndarray) -> float:
 
 def hypervolume_curve(table: pd.DataFrame, specs: Sequence[ObjectiveSpec], by: str = "eval_id") -> pd.DataFrame:
     """Hypervolume of everything evaluated up to each value of ``by`` (``eval_id`` or ``generation``),
-    with the evaluations and the validation items run through the model (``item_forwards``) so far.
+    with the evaluations and the validation items run through the model (``item_forwards``, a
+    decomposed surrogate's probes included) so far.
 
     Infeasible and early-stopped evaluations count as evaluations but add no volume. Only the
     running front is kept, so a run of thousands of evaluations takes milliseconds.
@@ -116,10 +132,19 @@ def hypervolume_curve(table: pd.DataFrame, specs: Sequence[ObjectiveSpec], by: s
             front = np.vstack([front[~np.all(p <= front, axis=1)], p])
             current = hypervolume(front)
         running.append(current)
-    forwards = ordered["item_forwards"].fillna(0).cumsum().to_numpy() if "item_forwards" in ordered else np.zeros(len(ordered))
+    forwards = spent_forwards(ordered).cumsum()
     curve = pd.DataFrame({by: ordered[by].to_numpy(), "evaluations": np.arange(1, len(ordered) + 1),
                           "item_forwards": forwards.astype(int), "hypervolume": running})
     return curve.groupby(by, as_index=False).last()
+
+
+def spent_forwards(table: pd.DataFrame) -> np.ndarray:
+    """Items each row's evaluation ran through the model, with the surrogate probes logged before it."""
+    spent = np.zeros(len(table))
+    for column in ("item_forwards", "probe_forwards"):
+        if column in table:
+            spent = spent + table[column].fillna(0).to_numpy(dtype=float)
+    return spent
 
 
 def binomial_stderr(accuracy: float, n: int) -> float:

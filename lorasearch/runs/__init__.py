@@ -4,7 +4,7 @@ one module per command, so the CLI above only parses, calls one function here an
 * `settings`: `NetworkSettings`, `TaskSettings`, the one `build_network`, `build_evaluator`, `resolve_config`;
 * `network_objectives`: the registered objectives built from a network, an evaluator and a cost model;
 * `training`: a training run from settings (`prepare_training`);
-* `searching`: `search_network` and `SearchRun` (a search from settings; resume);
+* `searching`: `search_network`, `SearchRun` (a search from settings; resume), `pick_under_budget`;
 * `exporting`: `export_run` (pick and export from a run directory);
 * `scoring`: one subnet's accuracy, MACs and parameters (`score_subnet`), its cost breakdown;
 * `compressing`: sparsify and quantize a base (`sparsify_base`, `quantize_base`);
@@ -33,7 +33,17 @@ from .inspecting import (
 )
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
-from .searching import RESUME_OPTIONS, NetworkRecipe, SearchRun, resumed_run, run_from_file, search_network
+from .searching import (
+    RESUME_OPTIONS,
+    BudgetPick,
+    NetworkRecipe,
+    SearchRun,
+    pick_under_budget,
+    resumed_run,
+    run_from_file,
+    search_network,
+    write_pick,
+)
 from .settings import (
     NetworkSettings,
     TaskSettings,
@@ -49,6 +59,7 @@ __all__ = [
     "RESUME_OPTIONS",
     "__version__",
     "BackendSettings",
+    "BudgetPick",
     "NetworkRecipe",
     "NetworkSettings",
     "ObjectiveContext",
@@ -69,6 +80,7 @@ __all__ = [
     "load_space",
     "load_task",
     "network_objectives",
+    "pick_under_budget",
     "plot_runs",
     "prepare_training",
     "QuantizeSettings",
@@ -83,4 +95,5 @@ __all__ = [
     "settings_dict",
     "sparsify_base",
     "standard_objectives",
+    "write_pick",
 ]

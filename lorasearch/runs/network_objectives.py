@@ -51,14 +51,15 @@ def _macs(ctx: ObjectiveContext, name: str, deployment: str | None = None) -> Ob
 
 
 def _accuracy(ctx: ObjectiveContext) -> Objective:
-    """The evaluator's score; item-wise evaluators also score prefixes of their items (racing)."""
+    """The evaluator's score; item-wise evaluators also score prefixes of their items (racing), and
+    multiple-choice ones a continuous per-item proxy (the decomposed surrogate's probes)."""
     ev = ctx.evaluator
     if ev is None:
         raise LoraSearchError("objective accuracy: no evaluator; fix: pass --task (or use the synthetic task)")
     itemwise = getattr(ev, "itemwise", False)
     return Objective("accuracy", DIRECTIONS_OF["accuracy"], ev, unit="", expensive=True,
                      partial=ev.score_items if itemwise else None, n_items=getattr(ev, "n_items", None),
-                     restore=ev.restore_items if itemwise else None)
+                     restore=ev.restore_items if itemwise else None, proxy=getattr(ev, "score_proxy", None))
 
 
 def _params(ctx: ObjectiveContext) -> Objective:

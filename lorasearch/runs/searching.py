@@ -1,10 +1,12 @@
-"""A search over a super-network: the one-call `search_network`, and `SearchRun`, a search from the
-plain settings ``run.yaml`` stores (build, search, resume)."""
+"""A search over a super-network: the one-call `search_network`, `SearchRun`, a search from the
+plain settings ``run.yaml`` stores (build, search, resume), and `pick_under_budget`, the best
+subnet under a cost budget from a run's decomposed surrogate, with no new evaluation."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,9 +20,11 @@ from ..io import FolderLock
 from ..models.loading import model_identity, resolved_model_spec
 from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
-from ..results.run import RUN_FILE, SearchResult, read_run_document
+from ..results.pick import config_of, parse_amount
+from ..results.run import RUN_FILE, SearchResult, load_run, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
-from ..search.engine import SearchSettings, run_search
+from ..search.decomposed import DecomposedModel
+from ..search.engine import RETIRED_SETTINGS, SearchSettings, run_search
 from ..search.objectives import Constraint, Objective, parse_constraint
 from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
@@ -150,10 +154,11 @@ class SearchRun:
 
     def option_values(self, out: str | Path | None = None) -> dict[str, Any]:
         """The run's settings by the names of the ``search`` command's options (``objectives``,
-        ``constraint``, ``limit``, ``model``, ...; ``out`` when given)."""
+        ``constraint``, ``limit``, ``model``, ``subset_seed``, ...; ``out`` when given)."""
         values = {**settings_dict(self.network), **settings_dict(self.task), **dataclasses.asdict(self.settings),
                   "objectives": list(self.objectives), "constraint": list(self.constraints),
-                  "seq_len": self.seq_len, "deployment": self.deployment, "cost_reference": self.cost_reference}
+                  "seq_len": self.seq_len, "deployment": self.deployment, "cost_reference": self.cost_reference,
+                  "subset_seed": self.task.seed}  # the task's seed; "seed" is the strategy's
         if out is not None:
             values["out"] = str(out)
         return values
@@ -272,6 +277,8 @@ def run_from_file(path: str | Path) -> SearchRun:
     path = Path(path)
     document = read_run_document(path)
     run, search = document.get("run") or {}, dict(document.get("search") or {})
+    for retired in RETIRED_SETTINGS:  # settings of earlier versions that no longer exist
+        search.pop(retired, None)
     objectives = list(search.pop("objectives", ["accuracy", "macs"]))
     constraints = list(search.pop("constraints", []))
     if not isinstance(run, Mapping):
@@ -292,6 +299,85 @@ def run_from_file(path: str | Path) -> SearchRun:
     )
 
 
+# ------------------------------------------------------------------------ picking by surrogate
+@dataclass
+class BudgetPick:
+    """The best subnet under a cost budget: the surrogate's prediction beside the run's measurements.
+
+    ``predicted`` and ``measured`` each hold ``config``, ``genes``, ``cost``, ``predicted`` (the
+    surrogate's value of the objective) and, where the config was evaluated in the run,
+    ``measured``, ``stderr`` and ``eval_id``. ``measured`` is None when nothing evaluated fits.
+    """
+
+    objective: str
+    cost: str
+    at_most: float
+    predicted: dict[str, Any] | None
+    measured: dict[str, Any] | None
+    rho: float
+    checks: int
+    trusted: bool
+    additive_cost_error: float
+
+
+def pick_under_budget(run_dir: str | Path, at_most: str | float, cost: str | None = None) -> BudgetPick:
+    """The best predicted subnet of a decomposed-surrogate run under ``cost <= at_most`` (a number or
+    ``15G``), found by the run's additive model alone (no item is scored), and the best subnet the
+    run measured under the same budget."""
+    model = DecomposedModel.load(run_dir)
+    run = load_run(run_dir)
+    costs = list(model.costs)
+    cost = cost or next((c for c in costs if c.startswith("macs")), costs[0] if costs else "macs")
+    bound = float(at_most) if isinstance(at_most, (int, float)) else parse_amount(at_most, f"--{cost.replace('_', '-')}-at-most")
+    genes = model.best_under(cost, bound)
+    measured = _measured_by_genes(run, model.objective)
+    predicted = None if genes is None else _described(model, genes, cost, measured.get(genes))
+    best = _best_measured(run, model, cost, bound)
+    rho = model.held_out_rho()
+    return BudgetPick(model.objective, cost, bound, predicted, best, rho, len(model.checks), model.trusted(),
+                      float(model.additive_cost_error.get(cost, 0.0)))
+
+
+def _measured_by_genes(run: SearchResult, objective: str) -> dict[tuple[int, ...], Mapping[str, Any]]:
+    table = run.table
+    full = table if "partial" not in table else table[~table["partial"].fillna(False).astype(bool)]
+    return {tuple(json.loads(g)) if isinstance(g, str) else tuple(g): row for g, (_, row) in zip(full["genes"], full.iterrows())}
+
+
+def _described(model: DecomposedModel, genes: Sequence[int], cost: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {"genes": list(genes), "cost": model.cost(genes, cost), "predicted": float(model.predict([genes])[0])}
+    if row is not None:
+        stderr = row.get(f"{model.objective}_stderr")
+        out.update(measured=float(row[model.objective]), eval_id=int(row["eval_id"]), config=config_of(row),
+                   stderr=None if stderr is None or stderr != stderr else float(stderr))
+    return out
+
+
+def _best_measured(run: SearchResult, model: DecomposedModel, cost: str, bound: float) -> dict[str, Any] | None:
+    rows = [(genes, row) for genes, row in _measured_by_genes(run, model.objective).items()
+            if cost in row and float(row[cost]) <= bound and bool(row.get("feasible", True))]
+    if not rows:
+        return None
+    sign = 1.0 if model.direction == "max" else -1.0
+    genes, row = max(rows, key=lambda gr: (sign * float(gr[1][model.objective]), -float(gr[1][cost])))
+    described = _described(model, genes, cost, row)
+    described["cost"] = float(row[cost])
+    return described
+
+
+def write_pick(pick: BudgetPick, run_dir: str | Path, out: str | Path) -> Path:
+    """The predicted pick as a ``subnet.json`` (``lorasearch eval --config FILE`` scores it), marked predicted."""
+    from ..io import atomic_write_json
+
+    genes = pick.predicted["genes"]
+    config = pick.predicted.get("config") or DecomposedModel.load(run_dir).config(genes)
+    document = {"config": config, "genes": genes, pick.cost: pick.predicted["cost"],
+                f"{pick.objective}_predicted": pick.predicted["predicted"],
+                **({f"{pick.objective}_measured": pick.predicted["measured"]} if "measured" in pick.predicted else {}),
+                "source": f"lorasearch pick {run_dir} --{pick.cost.replace('_', '-')}-at-most {pick.at_most:g}"}
+    path = Path(out)
+    atomic_write_json(path, document)
+    return path
 RESUME_OPTIONS = ("resume", "threads", "force", "backend", "workers", "ray_address", "storage")
 """Options that mean something with ``search --resume`` besides ``--budget``: how to run, not what."""
 

@@ -32,6 +32,7 @@ DIRECTIONS = ("max", "min")
 # Keys of a measured values dict that belong to the evaluation record, not to the objective columns.
 ITEM_SCORES, ITEM_FORWARDS, PARTIAL, DOMINATED_BY = "item_scores", "item_forwards", "partial", "dominated_by"
 RECORD_KEYS = (ITEM_SCORES, ITEM_FORWARDS, PARTIAL, DOMINATED_BY)
+PROBE_FORWARDS = "probe_forwards"  # items a decomposed surrogate's probes scored before this evaluation
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Objective:
             the score is a mean over items (what racing needs); None when it is not.
         n_items: the items a full measurement scores (with ``partial``).
         restore: ``restore(config, item_scores)`` takes scores logged before a crash as scored.
+        proxy: ``proxy(config, k)``, a continuous per-item score on the first ``k`` items that moves
+            with this objective (the log-probability of the correct option for an accuracy); the
+            decomposed surrogate probes with it when given, else with ``partial``.
     """
 
     name: str
@@ -98,6 +102,7 @@ class Objective:
     partial: Callable[[Config, int], Any] | None = None
     n_items: int | None = None
     restore: Callable[[Config, Sequence[float]], None] | None = None
+    proxy: Callable[[Config, int], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

@@ -5,7 +5,9 @@
     run.yaml            everything needed to reproduce the run, and the fingerprints of what its
                         results depend on (a resume must match both)
     evaluations.jsonl   append-only, one flushed line per finished evaluation (the resume source), and
-                        with racing one per finished chunk of an unfinished one (``"type": "chunk"``)
+                        with racing one per finished chunk of an unfinished one (``"type": "chunk"``),
+                        with the decomposed surrogate one per probe (``"type": "probe"``)
+    surrogate.json      the decomposed surrogate: effects, cost deltas, calibration, held-out checks
     .lorasearch.lock    held by the process that searches here (`lorasearch.io.FolderLock`)
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,6 +35,8 @@ FORCED = "forced"  # the changes a --force resume accepted, kept for the record
 UNFORCEABLE = ("space",)  # logged genes index the space's choices: another space reads them as other configs
 PROGRESS_FILE = "progress.log"
 CHUNK = "chunk"  # a log line of items scored so far by a raced evaluation (not an evaluation)
+PROBE = "probe"  # a log line of a decomposed surrogate's probe (not an evaluation)
+SURROGATE_FILE = "surrogate.json"
 
 
 class RunDirectory:
@@ -96,6 +101,10 @@ class RunDirectory:
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one finished evaluation, flushed to disk before returning."""
         self._guard(lambda: append_jsonl(self.path / LOG_FILE, dict(record)))
+
+    def save_surrogate(self, model: Mapping[str, Any]) -> None:
+        """Write the decomposed surrogate (`lorasearch.search.decomposed.DecomposedModel.to_dict`) atomically."""
+        self._guard(lambda: atomic_write_text(self.path / SURROGATE_FILE, json.dumps(dict(model), indent=1)))
 
     def write_tables(self, table: pd.DataFrame, hypervolume: pd.DataFrame) -> None:
         """Write results.csv, pareto.csv and hypervolume.csv atomically."""

@@ -8,9 +8,10 @@
 * ``exhaustive``: every config, for spaces small enough to enumerate (the true front in tests).
 
 Every strategy starts with the max, min and heuristic configs, so runs of different strategies
-share their reference points. ``ask()`` returns ``(genes, source)`` pairs (an empty list when
-the strategy has nothing left); ``tell()`` takes the normalised minimisation objectives ``F``
-and the constraint values ``G`` (``<= 0`` is feasible) of the batch just asked.
+share their reference points (NSGA-II and random then take the configs a surrogate seeds, if
+any). ``ask()`` returns ``(genes, source)`` pairs (an empty list when the strategy has nothing
+left); ``tell()`` takes the normalised minimisation objectives ``F`` and the constraint values
+``G`` (``<= 0`` is feasible) of the batch just asked.
 """
 
 from __future__ import annotations
@@ -77,12 +78,26 @@ def reference_genes(space: SearchSpace) -> list[Proposal]:
     return [(np.array(key), "+".join(names)) for key, names in labels.items()]
 
 
+def first_population(space: SearchSpace, initial: Sequence[Proposal], population: int) -> list[Proposal]:
+    """The reference configs, then ``initial`` (e.g. a surrogate's predicted front), without repeats,
+    at most ``population`` of them."""
+    chosen = list(reference_genes(space))
+    seen = {tuple(int(v) for v in g) for g, _ in chosen}
+    for genes, label in initial:
+        key = tuple(int(v) for v in genes)
+        if key not in seen:
+            seen.add(key)
+            chosen.append((np.asarray(key), label))
+    return chosen[:population]
+
+
 class NSGA2Strategy:
     """pymoo's NSGA-II driven through its ask/tell interface."""
 
     name = "nsga2"
 
-    def __init__(self, space: SearchSpace, n_obj: int, n_constr: int, settings: StrategySettings) -> None:
+    def __init__(self, space: SearchSpace, n_obj: int, n_constr: int, settings: StrategySettings,
+                 initial: Sequence[Proposal] = ()) -> None:
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.problem import Problem
         from pymoo.core.termination import NoTermination
@@ -93,15 +108,15 @@ class NSGA2Strategy:
 
         lower, upper = space.bounds()
         problem = Problem(n_var=len(lower), n_obj=n_obj, n_ieq_constr=n_constr, xl=lower, xu=upper, vtype=int)
-        references = reference_genes(space)
+        chosen = first_population(space, initial, settings.population)
         rng = np.random.default_rng(settings.seed)
-        initial = IntegerRandomSampling()(problem, settings.population, random_state=rng).get("X")
-        for row, (genes, _) in enumerate(references[: settings.population]):
-            initial[row] = genes
-        self.labels = {tuple(g): label for g, label in references}
+        population = IntegerRandomSampling()(problem, settings.population, random_state=rng).get("X")
+        for row, (genes, _) in enumerate(chosen):
+            population[row] = genes
+        self.labels = {tuple(int(v) for v in g): label for g, label in [*reference_genes(space), *chosen]}
         self.algorithm = NSGA2(
             pop_size=settings.population,
-            sampling=initial,
+            sampling=population,
             crossover=SBX(prob=settings.crossover_prob, eta=settings.crossover_eta, vtype=float, repair=RoundingRepair()),
             mutation=PM(prob=settings.mutation_prob, eta=settings.mutation_eta, vtype=float, repair=RoundingRepair()),
             eliminate_duplicates=True,
@@ -143,11 +158,11 @@ class RandomStrategy:
 
     name = "random"
 
-    def __init__(self, space: SearchSpace, settings: StrategySettings) -> None:
+    def __init__(self, space: SearchSpace, settings: StrategySettings, initial: Sequence[Proposal] = ()) -> None:
         self.space, self.settings = space, settings
         self.rng = np.random.default_rng(settings.seed)
         self.seen: set[tuple[int, ...]] = set()
-        self.pending = reference_genes(space)
+        self.pending = first_population(space, initial, max(settings.population, len(reference_genes(space))))
         self.size = space.size()
 
     def ask(self) -> list[Proposal]:
@@ -247,8 +262,9 @@ class OptunaStrategy:
 
 # name -> factory(space, n_obj, n_constr, settings, **optuna_kw): a new strategy is one entry here.
 STRATEGY_FACTORIES: dict[str, Callable[..., Strategy]] = {
-    "nsga2": lambda space, n_obj, n_constr, settings, **_: NSGA2Strategy(space, n_obj, n_constr, settings),
-    "random": lambda space, n_obj, n_constr, settings, **_: RandomStrategy(space, settings),
+    "nsga2": lambda space, n_obj, n_constr, settings, initial=(), **_: NSGA2Strategy(space, n_obj, n_constr, settings,
+                                                                                  initial),
+    "random": lambda space, n_obj, n_constr, settings, initial=(), **_: RandomStrategy(space, settings, initial),
     "tpe": lambda space, n_obj, n_constr, settings, **kw: OptunaStrategy(space, n_obj, n_constr, settings, "tpe", **kw),
     "optuna-nsga2": lambda space, n_obj, n_constr, settings, **kw: OptunaStrategy(space, n_obj, n_constr, settings,
                                                                                  "nsga2", **kw),
@@ -258,7 +274,8 @@ STRATEGIES = tuple(STRATEGY_FACTORIES)
 
 
 def make_strategy(name: str, space: SearchSpace, n_obj: int, n_constr: int, settings: StrategySettings, **optuna_kw) -> Strategy:
-    """Build a strategy by name (see `STRATEGY_FACTORIES`)."""
+    """Build a strategy by name (see `STRATEGY_FACTORIES`); nsga2 and random also take ``initial``,
+    proposals for the first population after the reference configs."""
     if name not in STRATEGY_FACTORIES:
         raise LoraSearchError(f"strategy: unknown {name!r}; fix: use one of {', '.join(STRATEGIES)}")
     return STRATEGY_FACTORIES[name](space, n_obj, n_constr, settings, **optuna_kw)
