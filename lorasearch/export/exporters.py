@@ -17,10 +17,11 @@ so a crash leaves no half-written export; an existing folder is refused):
   (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only. A
   reordered network's merged (and pruned) model keeps the reordered channels: the same function,
   the weights' rows and columns in importance order.
-* ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels and attention heads
-  removed, adapters merged. When every layer keeps the same sizes, ``config.json`` is a stock
-  config (smaller ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, with an
-  explicit ``head_dim``) and ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per
+* ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels, attention heads and
+  skipped decoder blocks removed (the kept blocks numbered 0..k-1), adapters merged. When every
+  layer keeps the same sizes, ``config.json`` is a stock config (smaller ``intermediate_size``,
+  ``num_attention_heads``, ``num_key_value_heads``, ``num_hidden_layers``, with an explicit
+  ``head_dim``) and ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per
   layer, no stock config class can express them: ``lorasearch_pruned.json`` lists every linear
   layer whose shape differs from ``config.json``, and `load_pruned` rebuilds the model (it loads
   both kinds of folder). Every ``pruned`` folder holds ``lorasearch_pruned.json``.
@@ -44,6 +45,7 @@ from ..compress.adapter_modes import check_mergeable, write_compression_files
 from ..errors import ExportError
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf, save_model_folder
+from ..network.depth import drop_skipped_blocks
 from ..network.elastic import ElasticLoRALinear
 from ..network.peft_format import AdapterModule, write_adapter
 from ..network.permutation import unpermute_adapter
@@ -92,6 +94,10 @@ def subnet_document(
     }
     if net is not None:
         document["modules"] = module_sizes(net, config)
+        if net.blocks:
+            skipped = set(net.skipped_blocks(config))
+            document["blocks"] = {"kept": [b for b in net.blocks if b not in skipped],
+                                  "skipped": [b for b in net.blocks if b in skipped]}
     return document
 
 
@@ -175,6 +181,10 @@ def _dropout(modules: Sequence[ElasticLoRALinear]) -> float:
 
 
 def _refuse_shrunk(net: SuperNetwork, fmt: str, fix: str) -> None:
+    skipped = net.skipped_blocks()
+    if skipped:
+        raise ExportError(f"--format {fmt}: the config skips {len(skipped)} decoder blocks (e.g. {skipped[0]}), which "
+                          f"{fmt} cannot express; fix: use {fix}")
     shrunk = [(n, m) for n, m in net.elastic.items() if m.active_in < m.in_features or m.active_out < m.out_features]
     if shrunk:
         name, m = shrunk[0]
@@ -217,6 +227,7 @@ def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     refuse_existing(out, ExportError)
     with net.activated(config):
         model = merged_copy(net)
+        skipped = net.skipped_blocks()
     linears = fit_stock_config(model)
     layout = {
         "format": "lorasearch-pruned",
@@ -225,6 +236,8 @@ def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
         "loader": "lorasearch.load_pruned" if linears else "transformers.AutoModelForCausalLM.from_pretrained",
         "linears": linears,
     }
+    if net.blocks:
+        layout["blocks_removed"] = skipped  # the super-network's names; the saved blocks are numbered 0..k-1
 
     def write(folder: Path) -> None:
         save_model_folder(folder, model, net.tokenizer)
@@ -243,11 +256,15 @@ def require_mode_b(space: SearchSpace) -> None:
 
 
 def merged_copy(net: SuperNetwork) -> nn.Module:
-    """A copy of the model whose elastic layers are plain ``nn.Linear`` of the active sizes, adapters merged."""
-    plain = {id(m): _plain_linear(m) for m in net.elastic.values()}
+    """A copy of the model whose elastic layers are plain ``nn.Linear`` of the active sizes, adapters
+    merged, without the decoder blocks the active config skips (the others numbered 0..k-1)."""
+    skipped = {id(m) for name in net.skipped_blocks() for m in net.blocks[name].modules()}
+    plain = {id(m): _plain_linear(m) for m in net.elastic.values() if id(m) not in skipped}
     # Seeding deepcopy's memo makes the copy use the new linears in place of the elastic
-    # wrappers, so the wrapped base weights are never copied a second time.
+    # wrappers, so the wrapped base weights are never copied a second time (skipped blocks are
+    # copied as they are and dropped right after).
     model = copy.deepcopy(net.model, memo=plain).eval()
+    drop_skipped_blocks(model)
     forget_dequantized_gguf(model)
     return model
 

@@ -100,9 +100,9 @@ class TrainArgs:
     """Sort MLP channels and heads by importance on the training data before training, so every width keeps
     the most important ones (lorasearch train; default: on for Mode B spaces with dense adapters)."""
     reorder_samples: int = 32
-    """Calibration windows of the training texts for --reorder."""
+    """Calibration windows of the training texts for --reorder and for the block importance of depth spaces."""
     reorder_seq_len: int = 128
-    """Tokens per calibration window for --reorder."""
+    """Tokens per calibration window for --reorder and the block importance."""
     seed: int = 0
     """Seeds the adapters' initialisation, the data order, the sampled configs and dropout."""
     checkpoint_every: int = 50
