@@ -4,6 +4,7 @@ one module per command, so the CLI above only parses, calls one function here an
 * `settings`: `NetworkSettings`, `TaskSettings`, the one `build_network`, `build_evaluator`, `resolve_config`;
 * `network_objectives`: the registered objectives built from a network, an evaluator and a cost model;
 * `training`: a training run from settings (`prepare_training`);
+* `recovering`: fine-tune one subnet picked from a search, then export it (`prepare_recovery`);
 * `searching`: `search_network` and `SearchRun` (a search from settings; resume);
 * `exporting`: `export_run` (pick and export from a run directory);
 * `scoring`: one subnet's accuracy, MACs and parameters (`score_subnet`), its cost breakdown;
@@ -20,7 +21,7 @@ from ..search.backends import BackendSettings
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from .compressing import SparsifySettings, quantize_base, sparsify_base
-from .exporting import export_run, load_results
+from .exporting import export_run, load_results, picked_subnet
 from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
@@ -34,6 +35,7 @@ from .settings import (
     resolve_config,
     settings_dict,
 )
+from .recovering import prepare_recovery, read_recovery
 from .training import prepare_training
 
 __all__ = [
@@ -58,8 +60,11 @@ __all__ = [
     "load_task",
     "network_objectives",
     "plot_runs",
+    "picked_subnet",
+    "prepare_recovery",
     "prepare_training",
     "quantize_base",
+    "read_recovery",
     "reference_configs",
     "report_run",
     "resolve_config",
