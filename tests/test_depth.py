@@ -326,3 +326,26 @@ def test_fractions_keep_a_rounded_share_of_the_blocks():
     net = SuperNetwork(tiny_model("llama"), space)
     assert [LAYERS - len(net.skipped_blocks({"depth": f})) for f in (1.0, 0.75, 0.5, 0.25)] == [4, 3, 2, 1]
     assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+# ------------------------------------------------------------------------- shipped spaces
+@pytest.mark.parametrize("name, shape", [
+    ("llama-lonas-all.yaml", {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 32,
+                              "num_key_value_heads": 32, "intermediate_size": 256}),
+    ("smollm2-135m-lonas-all.yaml", {"num_hidden_layers": 30, "hidden_size": 288, "num_attention_heads": 9,
+                                     "num_key_value_heads": 3, "intermediate_size": 96}),
+])
+@pytest.mark.parametrize("heads", [False, True])
+def test_the_lonas_all_spaces_adapt_all_seven_matrices_with_widths_depth_and_optional_heads(name, shape, heads):
+    from helpers import SPACES_DIR
+
+    text = (SPACES_DIR / name).read_text()
+    assert "  # heads:" in text  # heads are off by default, one uncommented line away
+    space = SearchSpace.loads(text.replace("  # heads:", "  heads:") if heads else text, source=name)
+    net = SuperNetwork(tiny_model("llama", **shape), space)
+    per_layer = {n.split(".", 3)[3] for n in net.binding.rank_modules}
+    assert per_layer == {f"self_attn.{m}_proj" for m in "qkvo"} | {f"mlp.{m}_proj" for m in ("gate", "up", "down")}
+    assert len(net.binding.rank_modules) == 7 * shape["num_hidden_layers"]
+    assert [g.kind for g in net.space.groups].count("depth") == 1 and ("heads" in net.space.keys[-1]) == heads
+    kept = shape["num_hidden_layers"] - len(net.skipped_blocks(net.space.min()))
+    assert kept == round(0.7 * shape["num_hidden_layers"])
