@@ -349,3 +349,66 @@ def test_the_lonas_all_spaces_adapt_all_seven_matrices_with_widths_depth_and_opt
     assert [g.kind for g in net.space.groups].count("depth") == 1 and ("heads" in net.space.keys[-1]) == heads
     kept = shape["num_hidden_layers"] - len(net.skipped_blocks(net.space.min()))
     assert kept == round(0.7 * shape["num_hidden_layers"])
+
+
+# ------------------------------------------------------------------------------- training
+def test_training_a_depth_space_measures_the_block_order_once_and_a_resume_reuses_it(tmp_path, monkeypatch):
+    import lorasearch.runs.training as training
+    from lorasearch.runs import TrainArgs, prepare_training
+
+    space = depth_space("llama").save(tmp_path / "space.yaml")
+    args = TrainArgs(steps=2, batch_size=4, checkpoint_every=1, reorder_samples=4, reorder_seq_len=32)
+    lines: list[str] = []
+    trainer = prepare_training(NetworkSettings(model="tiny-llama", space=str(space)), [], args, tmp_path / "run",
+                               log=lines.append)
+    assert any(line.startswith("block importance (1 - cos") for line in lines)
+    measured = BlockImportance.load(tmp_path / "run" / "block_importance.json")
+    assert trainer.net.binding.block_order == tuple(measured.order)
+    trainer.train(progress=False)
+    saved = BlockImportance.load(tmp_path / "run" / "adapter" / BLOCK_IMPORTANCE_FILE)
+    assert saved.scores == measured.scores
+    monkeypatch.setattr(training, "measure_block_importance", lambda *a, **k: pytest.fail("measured twice"))
+    again = prepare_training(NetworkSettings(model="tiny-llama", space=str(space)), [], args, tmp_path / "run",
+                             resume=True, log=lambda line: None)
+    assert again.net.binding.block_order == tuple(measured.order)
+    again.release()
+
+
+def test_space_show_lists_the_blocks_each_reference_config_skips(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    space = depth_space("llama", widths=False).save(tmp_path / "space.yaml")
+    run_cli("space", "show", space, "--model", "tiny-llama")
+    out = capsys.readouterr().out
+    assert "blocks skipped" in out and "least important dropped first" in out
+    assert "0, 1, 2" in out  # the min keeps one block: the last, by the default order
+
+
+def test_option_text_scores_of_a_depth_subnet_equal_those_of_its_pruned_export(tmp_path):
+    # The option-text evaluator continues every option from one cached context (batch_select_indices),
+    # so a skipped block's placeholder cache layer is exercised too.
+    import contextlib
+
+    from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator
+
+    class Plain:  # a stock model shaped like a one-config network
+        def __init__(self, model, tokenizer):
+            self.model, self.tokenizer, self.space = model, tokenizer, self
+
+        def canonical(self, config):
+            return ()
+
+        @contextlib.contextmanager
+        def activated(self, config):
+            yield self
+
+    net = make_net("qwen2", depth_space("qwen2", depth=(1, 0), widths=False, share="layer"))
+    config = {**net.space.max(), "depth.0": 0, "depth.3": 0}
+    records = synthetic_task(12, seed=3)
+    ours = MultipleChoiceEvaluator(net, records, mode="text", limit=12, batch_size=4, progress=False)(config)
+    pruned = load_pruned(export_pruned(net, config, tmp_path / "p"))
+    stock = MultipleChoiceEvaluator(Plain(pruned, net.tokenizer), records, mode="text", limit=12, batch_size=4,
+                                    progress=False)({})
+    assert ours.predictions == stock.predictions and ours.score == stock.score
+    assert ours.item_scores == pytest.approx(stock.item_scores, abs=1e-5)
