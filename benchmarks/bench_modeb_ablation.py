@@ -548,7 +548,7 @@ def stage_report(args: argparse.Namespace, seconds: float) -> None:
 # Part two (issue 27): elastic depth and recovery of the searched subnet
 # ====================================================================================================
 DEPTH_STAGES = ("train", "searchset", "search", "recover", "step-cost", "test", "speed", "report")
-DEPTH_FULL = {"steps": 150, "recover_steps": 100, "per_task": 600, "search_items": 400, "budget": 40,
+DEPTH_FULL = {"steps": 150, "recover_steps": 100, "per_task": 600, "search_items": 300, "budget": 32,
               "population": 8, "test_limit": 200, "rounds": 10, "cost_steps": 3}
 DEPTH_QUICK = {"steps": 3, "recover_steps": 2, "per_task": 40, "search_items": 12, "budget": 8, "population": 4,
                "test_limit": 6, "rounds": 2, "cost_steps": 1}
@@ -566,6 +566,8 @@ def parse_depth_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny budgets: every stage in minutes")
     p.add_argument("--stages", nargs="+", choices=DEPTH_STAGES, default=list(DEPTH_STAGES))
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--recover-targets", nargs="+", choices=list(TARGETS), default=["1.3x"],
+                   help="recover stage: the picks recovered (each plainly and with distillation)")
     for name, default in DEPTH_FULL.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {default} ({DEPTH_QUICK[name]} with --quick)")
     p.add_argument("--runs", type=Path, help="where stages keep their work (default ../lorasearch-runs/ablation-depth)")
@@ -668,6 +670,8 @@ def recovery_dir(args: argparse.Namespace, arm: str, label: str, distill: bool) 
 
 def depth_recover(args: argparse.Namespace, arm: str) -> None:
     for label, pick in depth_picks(args, arm).items():
+        if label not in args.recover_targets:
+            continue
         for distill in (False, True):
             out = recovery_dir(args, arm, label, distill)
             if (out / "recovery.json").is_file():
