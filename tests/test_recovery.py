@@ -145,3 +145,12 @@ def test_weight_decay_and_an_adapter_without_training_data_are_refused(searched,
     with pytest.raises(LoraSearchError) as exc:
         prepare_recovery(searched / "search", "knee", small_args(), tmp_path / "b", adapter=folder)
     assert_good_error(exc, "train_run.yaml", "--task")
+
+
+def test_plots_and_the_report_of_a_depth_search(searched, tmp_path):
+    from lorasearch.runs import plot_runs, report_run
+
+    written = plot_runs([searched / "search"], tmp_path / "plots")
+    assert written and all(p.is_file() for p in written)
+    report = report_run(searched / "search", tmp_path / "report.md").read_text()
+    assert "depth " in report  # the front's configs name the blocks kept
