@@ -22,3 +22,20 @@ def test_the_gpu_check_runs_on_the_cpu_with_tiny_models(tmp_path):
     assert results["evaluation"]["evaluations_per_hour"] > 0
     assert results["end_to_end"]["evaluations"] == 8
     assert (tmp_path / "gpu_tiny.md").read_text().startswith("# GPU check")
+
+
+def test_the_depth_and_recovery_ablation_runs_end_to_end_on_tiny_llama(tmp_path):
+    data = ROOT.parent / "shared" / "data" / "llm-adapters"
+    if not data.is_dir():
+        pytest.skip("needs ../shared/data/llm-adapters")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_modeb_ablation.py"), "--part", "depth",
+                           "--quick", "--model", "tiny-llama", "--runs", str(tmp_path), "--threads", "1",
+                           "--stages", "train", "searchset", "search", "recover", "test", "speed"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = json.loads((tmp_path / "test.json").read_text())
+    variants = {(e["arm"], e["variant"]) for e in test.values()}
+    assert {("lora", "-"), ("depth", "searched"), ("depth", "recovered"), ("depth", "recovered+KD"),
+            ("widths", "recovered")} <= variants
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["lora"]["speedup"]["1"] == 1.0 and any(s["layers"] < 4 for s in speed.values())
