@@ -200,7 +200,8 @@ RECOVERY_SKIPS = ("sampler", "sandwich_k", "reorder", "reorder_samples", "reorde
                   helps={"steps": "Optimizer steps of recovery (each trains the picked subnet once).",
                          "distill": "Distil from the max subnet of the super-adapter as recovery found it (one more "
                                     "forward per micro-batch).",
-                         "weight_decay": "Must stay 0: the adapter outside the subnet is left as it was."})
+                         "weight_decay": "Must stay 0: the adapter outside the subnet is left as it was.",
+                         "seed": "Seeds the data order and dropout (the records and their split are the training run's)."})
 def recover_command(
     args: TrainArgs,
     run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
