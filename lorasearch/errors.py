@@ -29,7 +29,11 @@ class ExportError(LoraSearchError):
 
 
 class CostError(LoraSearchError):
-    """Bad input to the cost model, or an fvcore count that disagrees with the module shapes."""
+    """Bad input to the cost model (a sequence length, a deployment, a reference)."""
+
+
+class CostWarning(LoraSearchWarning):
+    """An fvcore count that disagrees with a module's shapes: the closed form is kept for it."""
 
 
 class DataError(LoraSearchError):
@@ -46,6 +50,25 @@ class CompressError(LoraSearchError):
 
 class CalibrationError(LoraSearchError):
     """Calibration texts that cannot give the windows asked for (Wanda, quantization, reordering)."""
+
+
+class PreflightError(LoraSearchError):
+    """The one batch a long command runs on its device before it starts failed (memory, a kernel, a dtype)."""
+
+
+class Interrupted(LoraSearchError):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM; what it finished is on disk. ``exit_code`` is the
+    shell's: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the CLI receives SIGTERM, so that a run unwinds (locks released,
+    the log flushed) as it does on Ctrl-C; a `BaseException`, like `KeyboardInterrupt`, so that no
+    ``except Exception`` swallows it."""
 
 
 def where(source: str | None, field: str | None = None) -> str:

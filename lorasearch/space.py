@@ -15,7 +15,8 @@ A space file (YAML or JSON, one schema) looks like::
 Each group has exactly one kind of choice list, written largest first:
 
 * ``rank`` (Mode A): the active LoRA rank of every module in ``modules``. The first value is the
-  adapter's trained rank.
+  trained rank of those modules: ``adapter.rank`` for fresh adapters, each module's own rank for a
+  loaded adapter (a module of PEFT's ``rank_pattern`` may differ from ``r``: give it a group of its own).
 * ``width`` (Mode B): the number of channels kept, as fractions in (0, 1] (first 1.0) or as channel
   counts (first = the full size). ``channels: mlp`` means the rows of ``mlp.gate_proj`` and
   ``mlp.up_proj`` and the columns of ``mlp.down_proj``; ``channels: {out: [...], in: [...]}`` names
@@ -456,11 +457,8 @@ def _rank_group(group: Group, raw: Mapping, source: str, adapter: AdapterSpec) -
         raise SpaceError(f"{source}: {field_}.modules: a rank group needs modules; fix: e.g. [self_attn.q_proj]")
     if adapter.rank is None:
         raise SpaceError(f"{source}: adapter.rank: missing but group {group.name!r} has rank choices; fix: add `adapter: {{rank: {group.choices[0]}}}`")
-    if group.choices[0] != adapter.rank:
-        raise SpaceError(
-            f"{source}: {field_}.rank: the first value {group.choices[0]} must be the trained rank "
-            f"adapter.rank={adapter.rank}; fix: start the list with {adapter.rank}"
-        )
+    # The first value is the trained rank of the group's modules: adapter.rank for fresh adapters, each
+    # module's own rank for a loaded one (PEFT's rank_pattern may differ from r); SuperNetwork checks it.
     return replace(group, modules=modules)
 
 

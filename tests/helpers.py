@@ -3,6 +3,8 @@ references, and the analytic surrogate search."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import copy
 import signal
 import subprocess
@@ -23,6 +25,12 @@ SPACES_DIR = ROOT / "search_spaces"
 TINY_SPACE = SPACES_DIR / "tiny-llama.yaml"
 SHEARS_SPACE = SPACES_DIR / "llama-shears.yaml"
 DATA = ROOT.parent / "shared" / "data" / "llm-adapters"
+# Parametrise a test over these to run it on a GPU too; the CUDA case skips without one.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+# Stock transformers loads INT4 folders with the compressed-tensors package (the deploy extra)
+HAS_COMPRESSED_TENSORS = importlib.util.find_spec("compressed_tensors") is not None
+needs_compressed_tensors = pytest.mark.skipif(not HAS_COMPRESSED_TENSORS, reason="compressed-tensors not installed "
+                                              "(pip install -e '.[deploy]')")
 
 # A Mode B space for the tiny models: ranks, MLP width and heads together.
 MODE_B = {

@@ -329,3 +329,145 @@ def test_failed_load_leaves_model_unwrapped(adapter, pristine):
     assert type(model.get_submodule(Q0)) is torch.nn.Linear
     net = SuperNetwork(model, TINY_SPACE, adapter=pristine)  # the same model can still be wrapped
     assert net.elastic[Q0].max_rank == 8
+
+
+# ------------------------------------------------------- every tensor accounted for, stock PEFT the oracle
+QV_SPACE = {"name": "qv", "adapter": {"rank": 4, "alpha": 8},
+            "groups": {"qv": {"modules": ["self_attn.q_proj", "self_attn.v_proj"], "rank": [4, 2]}}}
+
+
+def stock_peft_folder(path: Path, tied: bool = False, seed: int = 0, **config) -> Path:
+    """A folder written by stock PEFT, with non-zero LoRA weights and changed modules_to_save weights."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("llama", tie_word_embeddings=tied)
+    options = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **config}
+    peft_model = get_peft_model(model, LoraConfig(**options))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:  # LoRA weights and the modules_to_save copies
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    peft_model.save_pretrained(path)
+    return path
+
+
+def stock_logits(folder: Path, ids: torch.Tensor, tied: bool = False) -> torch.Tensor:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(tiny_model("llama", tie_word_embeddings=tied), folder).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def ids() -> torch.Tensor:
+    return torch.randint(3, 250, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_modules_to_save_load_into_the_base_and_travel_into_every_export(tmp_path, tied):
+    from transformers import AutoModelForCausalLM
+
+    from lorasearch.export.exporters import export_merged, export_peft, export_pruned, load_pruned
+
+    folder = stock_peft_folder(tmp_path / "stock", tied=tied, modules_to_save=["lm_head", "embed_tokens"])
+    want = stock_logits(folder, ids(), tied)
+    space = SearchSpace.from_dict(QV_SPACE)
+    net = SuperNetwork(tiny_model("llama", tie_word_embeddings=tied), space, adapter=folder)
+    assert set(net.saved_tensors()) == {"lm_head.weight", "model.embed_tokens.weight"}
+    with torch.no_grad():
+        torch.testing.assert_close(net.model(input_ids=ids()).logits, want, atol=1e-5, rtol=1e-5)
+    config = net.space.max()
+    export_peft(net, config, tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / CONFIG_NAME).read_text())["modules_to_save"] == ["lm_head", "model.embed_tokens"]
+    torch.testing.assert_close(stock_logits(tmp_path / "peft", ids(), tied), want, atol=1e-5, rtol=1e-5)
+    export_merged(net, config, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids()).logits, want, atol=1e-5, rtol=1e-5)
+    again = SuperNetwork(tiny_model("llama", tie_word_embeddings=tied), space, adapter=net.save_adapter(tmp_path / "super"))
+    assert again.fingerprint() == net.fingerprint()
+    mode_b = SearchSpace.from_dict({**QV_SPACE, "groups": {**QV_SPACE["groups"], "mlp": {"width": [1.0, 0.5], "channels": "mlp"}}})
+    pruned_net = SuperNetwork(tiny_model("llama", tie_word_embeddings=tied), mode_b, adapter=folder)
+    small = {**pruned_net.space.min()}
+    export_pruned(pruned_net, small, tmp_path / "pruned")
+    pruned = load_pruned(tmp_path / "pruned").eval()
+    with pruned_net.activated(small), torch.no_grad():
+        torch.testing.assert_close(pruned(input_ids=ids()).logits, pruned_net.model(input_ids=ids()).logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(pruned.lm_head.weight, net.saved_tensors()["lm_head.weight"])
+    plain = SuperNetwork(tiny_model("llama", tie_word_embeddings=tied), space, adapter=folder)
+    with torch.no_grad():
+        plain.saved_parameters["lm_head.weight"][0].weight.mul_(2)
+    assert plain.fingerprint() != net.fingerprint()  # the modules_to_save weights count in the fingerprint
+
+
+def test_layers_to_transform_is_represented_by_the_tensors_themselves(tmp_path):
+    folder = stock_peft_folder(tmp_path / "stock", layers_to_transform=[0, 2], layers_pattern="layers")
+    space = SearchSpace.from_dict({**QV_SPACE, "groups": {"qv": {**QV_SPACE["groups"]["qv"], "layers": [0, 2]}}})
+    net = SuperNetwork(tiny_model("llama"), space, adapter=folder)
+    assert sorted(n for n, m in net.elastic.items() if m.lora_A is not None) == [
+        f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 2) for p in ("q", "v")]
+    with torch.no_grad():
+        torch.testing.assert_close(net.model(input_ids=ids()).logits, stock_logits(folder, ids()), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"target_modules": ["q_proj", "v_proj", "embed_tokens"]}, "lora_embedding_A"),
+    ({"lora_bias": True}, "lora_bias"),
+    ({"use_dora": True}, "use_dora"),
+    ({"layer_replication": [[0, 2], [1, 4]]}, "layer_replication"),
+    ({"trainable_token_indices": [5, 6]}, "trainable_token_indices"),
+])
+def test_tensors_and_fields_lorasearch_cannot_represent_are_refused_naming_the_key(tmp_path, config, key):
+    folder = stock_peft_folder(tmp_path / "stock", **config)
+    with pytest.raises(AdapterError) as exc:
+        SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(QV_SPACE), adapter=folder)
+    one_line_error(exc, key, "fix")
+
+
+def test_an_unknown_tensor_is_refused_naming_it(adapter):
+    edit_tensors(adapter, lambda t: t.update({"base_model.model.model.norm.lora_magnitude_vector": torch.ones(64)}))
+    with pytest.raises(AdapterError) as exc:
+        load(adapter)
+    one_line_error(exc, "model.norm.lora_magnitude_vector", "fix")
+
+
+def test_an_adapter_of_a_base_rewritten_at_initialisation_is_refused(adapter):
+    edit_config(adapter, init_lora_weights="pissa")
+    with pytest.raises(AdapterError) as exc:
+        load(adapter)
+    one_line_error(exc, "init_lora_weights", "pissa", "fix")
+
+
+# ------------------------------------------------------------------------- rank_pattern modules
+def test_a_rank_pattern_module_is_elastic_in_a_group_that_starts_at_its_own_rank(tmp_path):
+    from peft import PeftModel
+
+    from lorasearch.export.exporters import export_peft
+
+    folder = stock_peft_folder(tmp_path / "stock", rank_pattern={"layers.0.self_attn.q_proj": 2})
+    q0 = "model.layers.0.self_attn.q_proj"
+    with pytest.raises(SpaceError) as exc:  # one group for every q_proj and v_proj: its 4 is above q0's 2
+        SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(QV_SPACE), adapter=folder)
+    one_line_error(exc, "groups.qv.rank", q0, "start at 4", "trained rank is 2", "fix: make 2 the first rank choice",
+                   "separate groups")
+    space = SearchSpace.from_dict({  # the fix the message names: q0 in a group of its own that starts at 2
+        "name": "qv", "adapter": {"rank": 4, "alpha": 8},
+        "groups": {"q0": {"modules": ["self_attn.q_proj"], "layers": [0], "rank": [2, 1]},
+                   "q": {"modules": ["self_attn.q_proj"], "layers": [1, 2, 3], "rank": [4, 2]},
+                   "v": {"modules": ["self_attn.v_proj"], "rank": [4, 2]}},
+    })
+    net = SuperNetwork(tiny_model("llama"), space, adapter=folder)
+    with torch.no_grad():
+        torch.testing.assert_close(net.model(input_ids=ids()).logits, stock_logits(folder, ids()), atol=1e-5, rtol=1e-5)
+    config = {**net.space.max(), "q0.0": 1, "q.2": 2}
+    net.activate(config)
+    assert net.elastic[q0].active_rank == 1 and net.elastic[q0].max_rank == 2
+    export_peft(net, config, tmp_path / "sub")
+    stock = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "sub").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stock(input_ids=ids()).logits, net.model(input_ids=ids()).logits, atol=1e-5, rtol=1e-5)
+    fresh = {**space.to_dict(), "groups": {"q0": {"modules": ["self_attn.q_proj"], "layers": [0], "rank": [2, 1]}}}
+    with pytest.raises(SpaceError) as exc:  # fresh adapters are trained at adapter.rank
+        SuperNetwork(tiny_model("llama"), SearchSpace.from_dict(fresh))
+    one_line_error(exc, "groups.q0.rank", "start at 2", "trained rank is 4", "fix")

@@ -14,13 +14,22 @@ pytestmark = pytest.mark.slow
 
 def test_the_gpu_check_runs_on_the_cpu_with_tiny_models(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--tiny",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_tiny.json").read_text())
     assert results["device"] == "cpu"
     assert results["training"]["ratio_nls_over_peft"] > 0
     assert results["evaluation"]["evaluations_per_hour"] > 0
     assert results["end_to_end"]["evaluations"] == 8
+    path = results["gpu_path"]
+    assert path["training"]["steps"] == 3 and path["training"]["dtype"] == "float32"
+    assert path["sparsify"]["sparsity"] == pytest.approx(0.5, abs=0.01) and path["qa_step"]["finite"]
+    assert path["reorder"]["max_logit_change"] < 1e-4  # reordering keeps the max subnet's function
+    assert set(path["latency"]["seconds"]) == {"max", "heuristic", "min"}
+    assert len(path["preflight"]) == 4  # training, sparsify, quantize, the QA step
+    assert path["preflight"][0].startswith("preflight: one training step of 8 x ")
+    two = results["end_to_end"]["two_processes"]
+    assert two["evaluations"] == 8 and two["largest_accuracy_difference"] == 0.0  # CPU workers: bit for bit
     assert (tmp_path / "gpu_tiny.md").read_text().startswith("# GPU check")
 
 

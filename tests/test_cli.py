@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers import cli_error, run_cli
@@ -127,8 +129,10 @@ def test_without_a_terminal_search_prints_and_logs_a_line_per_evaluation(tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("evaluation ")]
-    assert [line.split(":")[0] for line in lines] == [f"evaluation {k} of 8" for k in range(1, 9)]
-    assert "accuracy" in lines[0] and " Gmacs" in lines[0] and "(8 items)" in lines[0]
+    # numbered by eval_id, as results.csv numbers them; [k/N] counts the budget
+    ids = pd.read_csv(out / "results.csv")["eval_id"].tolist()
+    assert [line.split(":")[0] for line in lines] == [f"evaluation {i} [{i + 1}/8]" for i in sorted(ids)]
+    assert "accuracy" in lines[0] and "GMACs" in lines[0] and "Gmacs" not in lines[0] and "(8 items)" in lines[0]
     logged = (out / "progress.log").read_text().splitlines()
     assert logged == lines
 
@@ -149,3 +153,22 @@ def test_threads_apply_to_the_command_and_are_restored_after_it():
     finally:
         cost.CostModel = cost_model
     assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_without_a_terminal_no_line_is_wrapped(tmp_path):
+    """A path longer than any terminal comes out on one line, so it can be copied from a log."""
+    out = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns-" * 3) / "space.yaml"
+    out.parent.mkdir()
+    source = Path(__file__).parent / "fixtures" / "reference" / "sqft_elastic_adapter_config.json"
+    done = subprocess.run([sys.executable, "-m", "lorasearch.cli", "space", "import", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {out} (" in done.stdout and len(done.stdout.strip().splitlines()) == 1
+
+
+def test_version():
+    done = subprocess.run([sys.executable, "-m", "lorasearch.cli", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    from lorasearch import __version__
+
+    assert done.returncode == 0 and done.stdout.strip() == f"lorasearch {__version__}"

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
+
+from helpers import DEVICES, HAS_COMPRESSED_TENSORS
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.compress import CompressError, QALoRALinear, SparseLoRALinear, apply_adapter_mode, sparsify
 from lorasearch.compress.quant import (
+    PREQUANT_FILE,
     QUANT_FILE,
     load_quantized,
     pack_int4,
@@ -19,14 +25,17 @@ from lorasearch.compress.quant import (
     save_quantized,
     unpack_int4,
 )
-from lorasearch.compress.sparsity import SPARSITY_FILE, prune_mask, save_sparse
+from lorasearch.compress.sparsity import SPARSITY_FILE, prune_mask, save_sparse, sparsity_report
 from lorasearch.cost import CostModel
 from lorasearch.data import synthetic_task
-from lorasearch.export.exporters import export_merged
+from lorasearch.errors import ExportError, LoraSearchError, LoraSearchWarning
+from lorasearch.export.exporters import export_merged, export_peft
 from lorasearch.models.anatomy import decoder_linears
 from lorasearch.models.calibration import calibration_tokens
 from lorasearch.models.loading import byte_tokenizer, tiny_model
+from lorasearch.network.elastic import ElasticLoRALinear
 from lorasearch.runs import NetworkSettings, build_network
+from lorasearch.runs.compressing import quantize_base
 
 ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 MLP = ["mlp.up_proj", "mlp.down_proj"]
@@ -168,12 +177,50 @@ def test_quantized_folder_round_trips(tmp_path):
     save_quantized(model, byte_tokenizer(), tmp_path / "q")
     assert json.loads((tmp_path / "q" / QUANT_FILE).read_text())["group_size"] == 32
     loaded = load_quantized(tmp_path / "q")
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "q") if HAS_COMPRESSED_TENSORS else None
     for name, layer in decoder_linears(model).items():
         assert torch.equal(loaded.model.get_submodule(name).weight, layer.weight)
-        assert torch.equal(plain.get_submodule(name).weight, layer.weight)
+        assert plain is None or torch.equal(plain.get_submodule(name).weight, layer.weight)
         assert loaded.model.get_submodule(name).quant_grid.group_size == 32
         assert torch.equal(layer.weight == 0, loaded.model.get_submodule(name).weight == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_by_layer_work_on_a_device_keeps_the_model_in_cpu_memory_and_gives_the_cpus_result(device):
+    """Wanda and the INT4 grid computed block by block on ``device`` (a GPU), the model staying in CPU memory."""
+    model, cpu_model = tiny_model("llama"), None
+    sparsify(model, byte_tokenizer(), method="wanda", ratio=0.5, records=synthetic_task(60), n_samples=8, seq_len=32,
+             device=torch.device(device))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    cpu_model, _ = sparse_model(0.5)
+    for name, layer in decoder_linears(model).items():
+        assert torch.all((layer.weight == 0).sum(1) == layer.in_features // 2), name
+        same = (layer.weight == 0) == (decoder_linears(cpu_model)[name].weight == 0)
+        assert same.float().mean() > 0.99, name  # a near-tie of two scores may fall the other way on a GPU
+    reference = copy.deepcopy(model)
+    quantize_model(model, 4, 32, device=torch.device(device))
+    quantize_model(reference, 4, 32)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    for name, layer in decoder_linears(model).items():
+        assert torch.equal(layer.weight, decoder_linears(reference)[name].weight), name  # round-to-nearest is exact
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qa_sparsepeft_trains_and_merges_on_a_device(device, tmp_path):
+    net = sparse_net("qa", quant=True)
+    net.model.to(device)
+    config, x = net.space.heuristic(), inputs().to(device)
+    net.train_adapters()
+    with net.activated(config):
+        net.model(input_ids=x).logits.square().mean().backward()
+        with torch.no_grad():
+            unmerged = net.model(input_ids=x).logits.cpu()
+    grads = [p.grad for p in net.adapter_parameters()]
+    assert all(g is not None and g.device.type == device for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    export_merged(net, config, tmp_path / "m")
+    loaded = load_quantized(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=x.cpu()).logits, unmerged, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------- SparsePEFT
@@ -324,3 +371,218 @@ def test_macs_effective_objective_is_registered():
     cost = CostModel(net, seq_len=8, reference="analytic")
     objective = build_objective("macs_effective", ObjectiveContext(net=net, cost=cost))
     assert objective.direction == "min" and objective.measure(net.space.max()).value == cost.effective_macs(net.space.max())
+
+
+# ------------------------------------------------- QA-SparsePEFT on W^p: equations 3 and 4 by hand
+def qa_layer(float_base: bool = True, dropout: float = 0.0, seed: int = 0):
+    """A 4x64 sparse INT4 linear (group 32) as QA-SparsePEFT: ``W^p``, its grid and codes, and a rank-4
+    adapter with B = I and scale 1, so that ``L = A`` exactly; ``L`` is 0.4 steps on every entry."""
+    gen = torch.Generator().manual_seed(seed)
+    wp = torch.randn(4, 64, generator=gen)
+    wp[torch.rand(4, 64, generator=gen) < 0.5] = 0.0
+    grid, codes = quantize_weight(wp, 4, 32)
+    layer = torch.nn.Linear(64, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(grid.dequantize(codes))
+    layer.quant_grid = grid
+    if float_base:
+        layer.prequant_weight = wp.clone()
+    module = ElasticLoRALinear(layer, rank=4, alpha=4, dropout=dropout)  # scale alpha / r = 1
+    steps = grid.scales.repeat_interleave(32, dim=1)
+    signs = torch.where(torch.rand(4, 64, generator=gen) < 0.5, -1.0, 1.0)
+    lora = 0.4 * steps * signs
+    with torch.no_grad():
+        module.lora_B.weight.copy_(torch.eye(4))
+        module.lora_A.weight.copy_(lora)
+    QALoRALinear.convert(module)
+    return module, wp, grid, codes, lora
+
+
+def equation_3(w, lora, mask, grid):
+    """clamp(round((W + L * M) / s) + z, 0, 2^n - 1), written out per element."""
+    s = grid.scales.repeat_interleave(grid.group_size, dim=1)
+    z = grid.zeros.float().repeat_interleave(grid.group_size, dim=1)
+    return torch.clamp(torch.round((w + lora * mask) / s) + z, 0, 2**grid.bits - 1), s, z
+
+
+def test_qa_quantizes_the_float_weights_plus_adapter_as_equation_3():
+    module, wp, grid, codes, lora = qa_layer()
+    assert module.qa_base == "float" and torch.equal(module.mask, wp != 0)
+    want, s, z = equation_3(wp, lora, wp != 0, grid)
+    got = module.merged_codes()
+    assert torch.equal(got.float(), want)
+    flipped = int((got != codes).sum())
+    assert flipped > 20, flipped  # entries of 0.4 steps move codes of W^p near a rounding edge
+    assert torch.equal(want != codes.float(), got != codes)  # exactly the codes equation 3 flips
+    assert torch.all(got[wp == 0] == grid.zeros.repeat_interleave(32, dim=1)[wp == 0])  # zeros stay zeros
+    # equation 4: the merged weight is s (q - z)
+    assert torch.equal(module.merged_weight(), s * (want - z))
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(module(x), x @ (s * (want - z)).T, atol=1e-6, rtol=1e-6)
+
+
+def test_qa_without_a_float_base_is_the_dequantised_fallback_where_small_entries_change_nothing():
+    module, wp, grid, codes, lora = qa_layer(float_base=False)
+    assert module.qa_base == "dequantized"
+    deq = grid.dequantize(codes)
+    want, _, _ = equation_3(deq, lora, deq != 0, grid)
+    assert torch.equal(want, codes.float())  # |L| < s / 2 on s (q - z): round() lands on q again
+    assert torch.equal(module.merged_codes(), codes)
+
+
+def test_straight_through_gradient_is_exactly_the_upstream_gradient():
+    _, _, grid, _, _ = qa_layer()
+    w = (torch.randn(4, 64) * 3).requires_grad_()  # some entries fall outside the grid and are clamped
+    assert (grid.quantize(w.detach()) == 0).any() and (grid.quantize(w.detach()) == 15).any()
+    upstream = torch.randn(4, 64)
+    out = grid.fake_quantize(w)
+    assert torch.equal(out.detach(), grid.dequantize(grid.quantize(w.detach())))  # the value is exactly on the grid
+    out.backward(upstream)
+    assert torch.equal(w.grad, upstream)
+
+
+def test_qa_adapter_gradient_is_the_weight_gradient_through_the_mask():
+    module, wp, grid, _, _ = qa_layer()
+    module.lora_A.weight.requires_grad_(True)
+    x, upstream = torch.randn(5, 64), torch.randn(5, 4)
+    module(x).backward(upstream)
+    leaf = module.merged_weight().clone().requires_grad_()  # the weight the forward used, as a leaf
+    torch.nn.functional.linear(x, leaf).backward(upstream)
+    # L = s B A with B = I and s = 1: dLoss/dA = (dLoss/dW ⊙ M), the STE passing dLoss/dW through unchanged
+    torch.testing.assert_close(module.lora_A.weight.grad, leaf.grad * (wp != 0), atol=0, rtol=0)
+
+
+def test_qa_applies_adapter_dropout_like_sparsepeft():
+    module, wp, grid, codes, lora = qa_layer(dropout=0.5)
+    want, s, z = equation_3(wp, lora, wp != 0, grid)
+    quantized, base = s * (want - z), grid.dequantize(codes)
+    x = torch.randn(6, 64)
+    module.train()
+    torch.manual_seed(3)
+    y = module(x)
+    torch.manual_seed(3)
+    dropped = torch.nn.functional.dropout(x, 0.5, training=True)
+    torch.testing.assert_close(y, x @ base.T + dropped @ (quantized - base).T, atol=1e-5, rtol=1e-5)
+    module.eval()
+    torch.testing.assert_close(module(x), x @ quantized.T, atol=1e-6, rtol=1e-6)
+
+
+def test_quantize_keeps_the_float_weights_and_qa_trains_on_them(tmp_path):
+    model, _ = sparse_model(0.5)
+    before = {n: m.weight.detach().clone() for n, m in decoder_linears(model).items()}
+    save_sparse(model, byte_tokenizer(), tmp_path / "sparse", sparsity_report(model))
+    space().save(tmp_path / "space.yaml")
+    quantize_base(NetworkSettings(model=str(tmp_path / "sparse")), tmp_path / "q", group_size=32)
+    assert json.loads((tmp_path / "q" / QUANT_FILE).read_text())["float_base"] == PREQUANT_FILE
+    stored = load_file(str(tmp_path / "q" / PREQUANT_FILE))
+    assert set(stored) == set(before) and all(torch.equal(stored[n], w) for n, w in before.items())
+    settings = NetworkSettings(model=str(tmp_path / "q"), space=str(tmp_path / "space.yaml"), adapter_mode="qa")
+    net = build_network(settings)
+    assert net.adapter_metadata["qa_base"] == "float"
+    q0 = net.elastic["model.layers.0.self_attn.q_proj"]
+    assert torch.equal(q0.float_weight, before["model.layers.0.self_attn.q_proj"])
+    assert not any(hasattr(m, "prequant_weight") for m in net.model.modules())  # nothing else holds a copy
+    train_adapters(net)
+    net.save_adapter(tmp_path / "adapter")
+    again = build_network(NetworkSettings(model=str(tmp_path / "q"), adapter=str(tmp_path / "adapter")))
+    assert again.adapter_mode == "qa" and again.adapter_metadata["qa_base"] == "float"
+    assert again.fingerprint() == net.fingerprint()
+    dense = build_network(NetworkSettings(model=str(tmp_path / "q"), space=str(tmp_path / "space.yaml")))
+    assert not any(hasattr(m, "prequant_weight") for m in dense.model.modules())  # W^p only loads for QA
+    # the float base gone, the adapter trained on it is refused; a fresh QA run falls back with a warning
+    (tmp_path / "q" / PREQUANT_FILE).unlink()
+    with pytest.raises(CompressError, match="trained against the weights from before quantization"):
+        build_network(NetworkSettings(model=str(tmp_path / "q"), adapter=str(tmp_path / "adapter")))
+    with pytest.warns(LoraSearchWarning, match="de-quantised base"):
+        fallback = build_network(settings)
+    assert fallback.adapter_metadata["qa_base"] == "dequantized" and fallback.fingerprint() != net.fingerprint()
+
+
+def test_float_weights_that_do_not_round_to_the_codes_are_refused(tmp_path):
+    model, _ = sparse_model(0.5)
+    quantize_model(model, 4, 32)
+    save_quantized(model, byte_tokenizer(), tmp_path / "q")
+    stored = load_file(str(tmp_path / "q" / PREQUANT_FILE))
+    stored["model.layers.1.mlp.up_proj"] = stored["model.layers.1.mlp.up_proj"] * 2
+    save_file(stored, str(tmp_path / "q" / PREQUANT_FILE))
+    with pytest.raises(CompressError) as exc:
+        load_quantized(tmp_path / "q", float_base=True)
+    assert "model.layers.1.mlp.up_proj" in str(exc.value) and "fix" in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ------------------------------------------------------------------ exports that keep what was searched
+@pytest.mark.parametrize("mode", ["sparse", "qa"])
+def test_peft_export_of_masked_adapters_is_refused_naming_merged(mode, tmp_path):
+    net = sparse_net(mode, quant=mode == "qa")
+    with pytest.raises(ExportError) as exc:
+        export_peft(net, net.space.heuristic(), tmp_path / "peft")
+    message = str(exc.value)
+    assert "\n" not in message and "--format peft" in message and "fix: use --format merged" in message
+    assert not (tmp_path / "peft").exists()
+
+
+def test_peft_export_of_a_dense_adapter_on_a_sparse_base_is_what_stock_peft_computes(tmp_path):
+    net = sparse_net("dense")
+    config = net.space.heuristic()
+    export_peft(net, config, tmp_path / "peft")
+    base, _ = sparse_model(0.5)  # the same seeded model and calibration: the same sparse base
+    stock = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    x = inputs()
+    with net.activated(config), torch.no_grad():
+        torch.testing.assert_close(stock(input_ids=x).logits, net.model(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- one builder
+def test_from_pretrained_gives_build_networks_network_or_refuses_in_one_line(tmp_path):
+    model, report = sparse_model(0.5)
+    save_sparse(model, byte_tokenizer(), tmp_path / "sparse", report)
+    quantize_base(NetworkSettings(model=str(tmp_path / "sparse")), tmp_path / "q", group_size=32)
+    space().save(tmp_path / "space.yaml")
+    x = inputs()
+    for mode, base in (("dense", "sparse"), ("sparse", "sparse"), ("qa", "q")):
+        built = build_network(NetworkSettings(model=str(tmp_path / base), space=str(tmp_path / "space.yaml"),
+                                              adapter_mode=mode))
+        train_adapters(built)
+        adapter = built.save_adapter(tmp_path / f"adapter-{mode}")
+        if mode == "dense":  # a plain adapter on a sparse base: the same network through both doors
+            other = SuperNetwork.from_pretrained(str(tmp_path / base), tmp_path / "space.yaml", adapter)
+            again = build_network(NetworkSettings(model=str(tmp_path / base), adapter=str(adapter)))
+            assert other.fingerprint() == again.fingerprint()
+            with torch.no_grad():
+                torch.testing.assert_close(other.model(input_ids=x).logits, again.model(input_ids=x).logits, atol=0, rtol=0)
+            continue
+        with pytest.raises(LoraSearchError) as exc:
+            SuperNetwork.from_pretrained(str(tmp_path / base), tmp_path / "space.yaml", adapter)
+        message = str(exc.value)
+        assert "\n" not in message and "lorasearch_adapter_mode.json" in message and f"a {mode} adapter" in message
+        assert "fix: use lorasearch.build_network(lorasearch.NetworkSettings(" in message
+        again = build_network(NetworkSettings(model=str(tmp_path / base), adapter=str(adapter)))
+        assert again.adapter_mode == mode and again.fingerprint() == built.fingerprint()
+        with torch.no_grad():
+            torch.testing.assert_close(again.model(input_ids=x).logits, built.model(input_ids=x).logits, atol=0, rtol=0)
+    with pytest.raises(LoraSearchError) as exc:  # an INT4 base with fresh adapters would lose its grid
+        SuperNetwork.from_pretrained(str(tmp_path / "q"), tmp_path / "space.yaml")
+    assert "lorasearch_quant.json: an INT-quantized base" in str(exc.value) and "build_network" in str(exc.value)
+
+
+def zero_share(model) -> float:
+    weights = [m.weight for m in decoder_linears(model).values()]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_merging_a_dense_adapter_into_a_sparse_base_warns_and_records_the_sparsity(tmp_path):
+    import warnings
+
+    dense = sparse_net("dense")
+    with pytest.warns(LoraSearchWarning, match="fill the sparse base's zeros"):
+        export_merged(dense, dense.space.max(), tmp_path / "dense")
+    recorded = json.loads((tmp_path / "dense" / "subnet.json").read_text())["sparsity"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")
+    assert recorded["base"] == pytest.approx(zero_share(sparse_model(0.5)[0]))
+    assert recorded["merged"] == pytest.approx(zero_share(merged)) and recorded["merged"] < recorded["base"] - 0.2
+    sparse = sparse_net("sparse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SparsePEFT keeps the zeros: nothing to warn about
+        export_merged(sparse, sparse.space.max(), tmp_path / "sparse")
+    recorded = json.loads((tmp_path / "sparse" / "subnet.json").read_text())["sparsity"]
+    assert recorded["merged"] == recorded["base"] == pytest.approx(zero_share(AutoModelForCausalLM.from_pretrained(tmp_path / "sparse")))

@@ -10,13 +10,16 @@ from pathlib import Path
 import helpers
 import pytest
 import torch
+import yaml
 from helpers import run_cli
 from transformers import AutoModelForCausalLM
 
-from lorasearch.compress.quant import load_quantized
+from lorasearch.compress.quant import PREQUANT_FILE, load_quantized
 from lorasearch.compress.sparsity import SPARSITY_FILE
 from lorasearch.data import synthetic_task
 from lorasearch.models.anatomy import decoder_linears
+from lorasearch.models.loading import load_model
+from lorasearch.network.supernet import ADAPTER_MODE_FILE
 
 pytestmark = pytest.mark.slow  # the fast subset: pytest -m 'not slow'
 
@@ -69,9 +72,12 @@ def test_sqft_sparsepeft_pipeline_keeps_the_sparsity(bases, tmp_path):
 
 def test_sqft_qa_sparsepeft_pipeline_yields_a_sparse_int4_model(bases, tmp_path):
     run = train_search(bases, tmp_path, "int4", "qa")
+    assert (bases["int4"] / PREQUANT_FILE).is_file()  # quantize kept W^p, and QA trained against it
+    assert yaml.safe_load((tmp_path / "train" / "train_run.yaml").read_text())["qa_base"] == "float"
+    assert json.loads((tmp_path / "train" / "adapter" / ADAPTER_MODE_FILE).read_text())["qa_base"] == "float"
     run_cli("export", run, "--pick", "heuristic", "--format", "merged", "--out", tmp_path / "merged")
     merged = load_quantized(tmp_path / "merged").model
-    base = AutoModelForCausalLM.from_pretrained(bases["int4"])
+    base = load_model(str(bases["int4"])).model  # read by lorasearch: no compressed-tensors needed
     for name, mask in zeros(base).items():
         layer = merged.get_submodule(name)
         assert torch.all(layer.weight[mask] == 0), name

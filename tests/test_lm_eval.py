@@ -254,6 +254,32 @@ def test_a_failed_download_is_a_one_line_error(net, tmp_path, monkeypatch):
     assert "\n" not in message and "fix: check the network" in message
 
 
+@pytest.mark.parametrize("reachable", [False, True])
+def test_tasks_load_from_the_local_cache_only_when_the_hub_cannot_be_reached(net, tmp_path, monkeypatch, reachable):
+    """Without a network, a hub task fails at once (offline mode) instead of retrying for a minute."""
+    import datasets.config
+    import huggingface_hub.constants
+    from lm_eval.tasks import TaskManager
+
+    import lorasearch.evaluate.harness as harness
+
+    for module, name in ((huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+                         (datasets.config, "HF_DATASETS_OFFLINE")):
+        monkeypatch.setattr(module, name, False)  # as in a shell without the offline variables
+    monkeypatch.setattr(harness, "use_local_files_only", lambda: not reachable)
+    seen = []
+    real = TaskManager.load
+
+    def load(self, specs):
+        seen.append((huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE))
+        return real(self, specs)
+
+    monkeypatch.setattr(TaskManager, "load", load)
+    LMEvalEvaluator(net, str(write_task(RECORDS, tmp_path, "syn")))
+    assert seen and all(flags == (not reachable, not reachable) for flags in seen)
+    assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE) == (False, False)
+
+
 @pytest.mark.slow
 def test_a_hub_task_offline_and_an_unknown_name_are_one_line_errors(net):
     """Both need lm-eval's own task index (seconds to build)."""

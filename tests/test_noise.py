@@ -84,3 +84,20 @@ def test_the_report_and_summary_name_the_points_that_stand_apart(capsys):
         assert f"evaluations {', '.join(map(str, steps))}" in out
     if result.noise_notes() and len(steps) > 1:
         assert "What the items do resolve" in report_markdown(result)
+
+
+@pytest.mark.parametrize("max_right, min_right, words", [
+    (5, 6, "is below the min config's by 0.100 ±"),   # max 0.5, min 0.6: a gap of -0.1
+    (6, 5, "exceeds the min config's by 0.100 ±"),
+])
+def test_the_warning_says_below_rather_than_exceeds_by_a_negative_gap(max_right, min_right, words):
+    import pandas as pd
+
+    from lorasearch.results.noise import extremes_warning
+
+    items = {0: [1.0] * max_right + [0.0] * (10 - max_right), 1: [1.0] * min_right + [0.0] * (10 - min_right)}
+    items[1] = items[1][::-1]  # different items right, so the paired error is large
+    rows = {label: pd.Series({"eval_id": i, "accuracy": sum(items[i]) / 10, "accuracy_items": 10})
+            for label, i in (("max", 0), ("min", 1))}
+    warning = extremes_warning(rows, items)
+    assert warning is not None and words in warning and "by -" not in warning

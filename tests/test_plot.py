@@ -104,6 +104,30 @@ def _by_gid(ax, gid):
     return found[0]
 
 
+def test_the_knee_and_the_exports_of_a_run_are_marked_on_its_pareto_figure(run_dirs, tmp_path):
+    import json
+    import shutil
+
+    from lorasearch.results.pick import pick_config
+
+    folder = tmp_path / "nsga2"
+    shutil.copytree(run_dirs / "nsga2", folder)
+    copy = load_run(folder)
+    knee = int(pick_config(copy.table, "knee", specs=copy.specs)[0]["eval_id"])
+    other = int(copy.table["eval_id"].iloc[-1]) if int(copy.table["eval_id"].iloc[-1]) != knee else 0
+    export = folder / "exports" / "config-x"
+    export.mkdir(parents=True)
+    (export / "subnet.json").write_text(json.dumps({"provenance": {"eval_id": other, "pick": f"row {other}"}}))
+    info = pareto_info(load_run(folder))
+    assert {(p.eval_id, p.label) for p in info.picked} == {(knee, "knee"), (other, f"row {other}")}
+    row = copy.table.set_index("eval_id").loc[knee]
+    marked = next(p for p in info.picked if p.eval_id == knee)
+    assert (marked.x, marked.y) == pytest.approx((row["macs"] / 1e9, row["accuracy"]))
+    ax = pareto_figure(load_run(folder)).axes[0]
+    np.testing.assert_allclose(_by_gid(ax, f"picked-{knee}").get_offsets(), [[marked.x, marked.y]])
+    assert _by_gid(ax, f"label-picked-{knee}").get_text() == f"knee (eval {knee})"
+
+
 def test_the_pareto_axes_draw_exactly_the_info(run):
     info = pareto_info(run)
     fig = pareto_figure(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import MODE_B, TINY_SPACE, assert_good_error, cli_error, run_cli
+from helpers import DEVICES, MODE_B, TINY_SPACE, assert_good_error, cli_error, run_cli
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -120,6 +120,21 @@ def test_scores_are_the_output_energy_of_each_unit():
 
 
 # ------------------------------------------------------------------------------ the super-network
+@pytest.mark.parametrize("device", DEVICES)
+def test_reordering_on_a_device_keeps_the_function_and_saves_a_permutation_the_cpu_reads(device, tmp_path):
+    net = mode_b_net("llama")
+    net.model.to(device)
+    x = ids().to(device)
+    before = net_logits(net, net.space.max(), x)
+    result = reorder_network(net, records(), samples=4, seq_len=32)
+    torch.testing.assert_close(net_logits(net, net.space.max(), x), before, atol=1e-4, rtol=0)
+    folder = net.save_adapter(tmp_path / "adapter")  # written in the base's original order, read on the CPU
+    reloaded = build_network(NetworkSettings(model="tiny-llama", adapter=str(folder), device="cpu"))
+    assert reloaded.permutation is not None and set(reloaded.permutation.indices) == set(result.permutation.indices)
+    for config in configs(net):
+        torch.testing.assert_close(net_logits(reloaded, config, x.cpu()), net_logits(net, config, x).cpu(), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family", SEPARATE)
 def test_reordered_network_keeps_the_max_config_and_puts_importance_first(family):
     net = mode_b_net(family)

@@ -117,6 +117,16 @@ def test_the_report_holds_settings_noise_hypervolume_and_figures(run_dir):
     assert "<table>" in html and 'src="plots/pareto.png"' in html
 
 
+def test_the_report_names_the_knee(run_dir, tmp_path):
+    from lorasearch.results.pick import pick_config
+
+    run = load_run(run_dir)
+    knee = pick_config(run.table, "knee", specs=run.specs)[0]
+    text = write_report(run_dir, tmp_path / "r.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("**Knee**"))
+    assert f"evaluation {int(knee['eval_id'])}" in line and f"accuracy {knee['accuracy']:.3f}" in line
+
+
 def test_a_report_elsewhere_links_the_figures_relative_to_itself(run_dir, tmp_path):
     path = write_report(run_dir, out=tmp_path / "reports" / "nsga2.md", html=False)
     link = next(line for line in path.read_text().splitlines() if line.startswith("![Pareto front]"))

@@ -168,5 +168,7 @@ def test_evaluation_batches_by_tokens_on_a_gpu_and_by_count_on_the_cpu():
 
     assert batching(TaskSettings(), torch.device("cpu")) == {"batch_size": 8, "max_batch_tokens": None}
     assert batching(TaskSettings(), torch.device("cuda")) == {"batch_size": None, "max_batch_tokens": GPU_BATCH_TOKENS}
+    big = load_model("tiny-llama").model  # a tiny model on a large free memory: the cap
+    assert batching(TaskSettings(), torch.device("cuda"), big, free_bytes=2**34)["max_batch_tokens"] == GPU_BATCH_TOKENS
     given = TaskSettings(batch_size=4, max_batch_tokens=512)
     assert batching(given, torch.device("cuda")) == {"batch_size": 4, "max_batch_tokens": 512}

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import yaml
 import pytest
 from helpers import Surrogate, kill_at_lines, make_space, objectives
 
@@ -175,11 +176,30 @@ def test_bad_settings_are_refused(tmp_path):
 def test_resume_against_a_changed_run_is_refused(tmp_path):
     space = make_space()
     run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r", log=None)
-    with pytest.raises(LoraSearchError, match=r"search.budget: 10 there, 12 now"):
-        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=12, population=5),
+    with pytest.raises(LoraSearchError, match=r"search.population: 5 there, 4 now"):
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=4),
+                   out_dir=tmp_path / "r", resume=True, log=None)
+    with pytest.raises(LoraSearchError, match=r"--budget 8 is below the run's budget 10; fix"):
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=8, population=5),
                    out_dir=tmp_path / "r", resume=True, log=None)
     with pytest.raises(LoraSearchError, match="already holds a search"):
         run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r", log=None)
+
+
+def test_a_resume_with_a_larger_budget_extends_the_run_to_what_a_longer_run_finds(tmp_path):
+    space = make_space()
+    first = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=13, population=5),
+                       out_dir=tmp_path / "r", log=None)
+    assert len(first.table) == 13
+    extended = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5),
+                          out_dir=tmp_path / "r", resume=True, log=None)
+    longer = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5), log=None)
+    cols = ["eval_id", "genes", "accuracy", "macs", "generation", "is_pareto"]
+    pd.testing.assert_frame_equal(extended.table[cols], longer.table[cols])
+    assert yaml.safe_load((tmp_path / "r" / "run.yaml").read_text())["search"]["budget"] == 31
+    again = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5),
+                       out_dir=tmp_path / "r", resume=True, log=None)  # the stored budget is now 31
+    assert len(again.table) == 31
 
 
 def test_unwritable_or_full_output_gives_one_clear_line(tmp_path, monkeypatch):

@@ -418,12 +418,18 @@ def test_non_descending_or_repeated_width_list(choices):
     assert_good_error(exc, "w.yaml", "groups.mlp.width", "descending")
 
 
-def test_rank_group_must_start_at_adapter_rank():
+def test_rank_group_must_start_at_the_trained_rank_of_fresh_adapters():
+    """The file alone cannot tell: a loaded adapter's modules have their own ranks (PEFT's rank_pattern),
+    so the first choice is checked against each module's trained rank when the network is built."""
+    from lorasearch import SuperNetwork
+    from lorasearch.models.loading import tiny_model
+
     data = rank_space()
     data["groups"]["attn"]["rank"] = [6, 4]
+    space = SearchSpace.from_dict(data, source="rank.yaml")
     with pytest.raises(SpaceError) as exc:
-        SearchSpace.from_dict(data, source="rank.yaml")
-    assert_good_error(exc, "rank.yaml", "groups.attn.rank", "adapter.rank=8", "start the list with 8")
+        SuperNetwork(tiny_model("llama"), space)  # fresh adapters are trained at adapter.rank = 8
+    assert_good_error(exc, "rank.yaml", "groups.attn.rank", "start at 6", "trained rank is 8", "make 8 the first rank choice")
 
 
 def test_rank_group_needs_adapter_rank():

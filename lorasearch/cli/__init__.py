@@ -6,7 +6,9 @@ Every error a user can cause ends in one line and a non-zero exit, never a trace
   words, naming the option, with a pointer to ``--help`` (exit 2);
 * bad input (a file, a field, a setting) as ``error: FILE: FIELD: problem; fix: ...`` (exit 2);
 * what lorasearch handled but the user should know (`LoraSearchWarning`: a torn log line cut off,
-  a pickle file read) as one ``warning: ...`` line each.
+  a pickle file read) as one ``warning: ...`` line each;
+* Ctrl-C (SIGINT) exits 130 and SIGTERM 143; ``search`` and ``train`` then say in one line how to
+  resume the run (`lorasearch.cli.invocation`), other commands say ``interrupted``.
 
 Set ``LORASEARCH_DEBUG=1`` to see tracebacks of unexpected failures.
 """
@@ -19,9 +21,10 @@ import warnings
 
 import typer
 
-from ..errors import LoraSearchError, LoraSearchWarning
+from ..errors import Interrupted, LoraSearchError, LoraSearchWarning, Terminated
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
+from .invocation import INVOCATION, SIGINT_EXIT, SIGTERM_EXIT, sigterm_raises
 
 __all__ = ["app", "main"]
 
@@ -29,7 +32,9 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
     debug = bool(os.environ.get("LORASEARCH_DEBUG"))
-    with warnings.catch_warnings():
+    argv = list(sys.argv[1:] if argv is None else argv)
+    INVOCATION[:] = argv
+    with warnings.catch_warnings(), sigterm_raises():
         warnings.simplefilter("always", LoraSearchWarning)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         _run(argv, debug)
@@ -47,14 +52,20 @@ def _one_line_warnings(show):
     return showwarning
 
 
-def _run(argv: list[str] | None, debug: bool) -> None:
+def _run(argv: list[str], debug: bool) -> None:
     try:
-        app(args=argv, prog_name="lorasearch", standalone_mode=False)
+        # Without standalone mode, typer hands back the code of an Exit (130 for Ctrl-C) instead of exiting.
+        code = app(args=argv, prog_name="lorasearch", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = SIGINT_EXIT
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
     except typer.TyperException as exc:  # usage errors: typer's bundled click raises these
         _usage_error(exc)
     except LoraSearchError as exc:
@@ -71,6 +82,10 @@ def _run(argv: list[str] | None, debug: bool) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"internal error: {type(exc).__name__}: {first} (set LORASEARCH_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == SIGINT_EXIT:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 def _usage_error(exc: typer.TyperException) -> None:

@@ -14,8 +14,17 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LoraSearchError
-from ..runs import BackendSettings, NetworkSettings, SearchSettings, SparsifySettings, TaskSettings, TrainArgs
+from ..runs import (
+    BackendSettings,
+    NetworkSettings,
+    QuantizeSettings,
+    SearchSettings,
+    SparsifySettings,
+    TaskSettings,
+    TrainArgs,
+)
 from .app import app, console, space_app
+from .invocation import INVOCATION, options_given, resumable, with_flag
 from .options import settings_options, with_threads
 from .printing import print_configs, print_search_summary, print_space
 
@@ -29,6 +38,9 @@ ModelConfig = Annotated[Optional[Path], typer.Option(
 SubnetConfig = Annotated[str, typer.Option("--config", help="The subnet: max, min, heuristic, or a JSON file with a config.")]
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence the MAC count models.")]
 Deployment = Annotated[str, typer.Option(help="What the MACs model: unmerged (adapters beside the base) or merged.")]
+AnyBase = Annotated[bool, typer.Option("--force", help=(
+    "Use an adapter trained on another base model than --model (its adapter_config.json names it); "
+    "without --force that is refused."))]
 
 
 def deprecated(old: str, new: str) -> None:
@@ -96,11 +108,13 @@ def space_import(
 def quickstart(
     model: Annotated[str, typer.Option("--model", "-m", help="The model (default: SmolLM2-135M if installed).")] = "default",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/quickstart"),
+    device: Annotated[str, typer.Option(help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (the base's dtype).")] = "auto",
 ) -> None:
     """Run the main job on the embedded default model: space -> super-network -> subnet configs."""
     from ..runs.quickstart import run_quickstart
 
-    run_quickstart(model=model, out=out, console=console)
+    run_quickstart(model=model, out=out, console=console, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- one subnet
@@ -113,20 +127,21 @@ def eval_command(
     task: TaskSettings,
     config: SubnetConfig = "max",
     seq_len: SeqLen = 128,
+    force: AnyBase = False,
 ) -> None:
     """Score one subnet and print its accuracy, MACs and parameters."""
     from ..runs import score_subnet
 
-    scored = score_subnet(network, task, config, seq_len)
+    scored = score_subnet(network, task, config, seq_len, any_base=force)
     result, params = scored.result, scored.params
     se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""
     console.print(f"{result.metric}: {result.score:.4f}{se} on {result.n} items ({result.seconds:.1f} s)")
     for deployment, gmacs in scored.gmacs.items():
-        console.print(f"MACs ({deployment}, {seq_len} tokens): {gmacs:.4f} G")
+        console.print(f"MACs ({deployment}, {seq_len} tokens): {gmacs:.4f} GMACs")
     console.print(f"parameters: {params.total:,} total, {params.trainable:,} trainable, {params.base:,} base")
     if scored.effective_gmacs is not None:
         console.print(f"sparse base: {params.nonzero:,} non-zero base parameters "
-                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {scored.effective_gmacs:.4f} G")
+                      f"({1 - params.nonzero / params.base:.1%} zeros); effective MACs (merged): {scored.effective_gmacs:.4f} GMACs")
 
 
 @app.command("cost")
@@ -141,6 +156,7 @@ def cost_command(
     counter: Annotated[str, typer.Option(help="closed (closed form) or fvcore (trace the subnet).")] = "closed",
     backend: Annotated[Optional[str], typer.Option(hidden=True, help="Deprecated spelling of --counter.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the breakdown as CSV.")] = None,
+    force: AnyBase = False,
 ) -> None:
     """Print the per-module MACs (unmerged and merged) and parameters of one subnet."""
     from ..runs import cost_breakdown
@@ -148,7 +164,8 @@ def cost_command(
     if backend is not None:
         deprecated("cost --backend", "--counter")
         counter = backend
-    report = cost_breakdown(with_model_config(network, model_config), config, seq_len, deployment, counter)
+    report = cost_breakdown(with_model_config(network, model_config), config, seq_len, deployment, counter,
+                            any_base=force)
     if csv:
         report.table.to_csv(csv, index=False)
     print(report.table.to_string(index=False, max_rows=80))
@@ -177,16 +194,19 @@ def train_command(
     overwrite: Annotated[bool, typer.Option(help="Replace whatever --out holds.")] = False,
     force: Annotated[bool, typer.Option(help=(
         "With --resume: continue even though the model, the task records or the starting adapter changed since "
-        "the run began (the adapter then trains on both; train_run.yaml records it)."))] = False,
+        "the run began (the adapter then trains on both; train_run.yaml records it). Also: start from an --adapter "
+        "trained on another base model."))] = False,
 ) -> None:
     """Train an elastic super-adapter with NLS (Shears/SQFT; LoNAS for Mode B spaces)."""
     from ..runs import prepare_training
 
     network = dataclasses.replace(network, seed=args.seed)  # one --seed seeds the adapters and the run
-    trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
-                               val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
-                               force=force, log=console.print)
-    result = trainer.train(progress=True)
+    again = with_flag([a for a in INVOCATION if a != "--overwrite"], "--resume")
+    with resumable(out / "train_run.yaml", again):
+        trainer = prepare_training(network, [str(t) for t in task], args, out, target=target, max_length=max_length,
+                                   val_size=val_size, max_records=max_records, resume=resume, overwrite=overwrite,
+                                   force=force, log=console.print)
+        result = trainer.train(progress=True)
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; last loss {result.final_loss:.4f}")
     console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
 
@@ -251,7 +271,7 @@ def sparsify_command(
     if batch_size is not None:
         deprecated("sparsify --batch-size", "--calibration-batch")
         settings = dataclasses.replace(settings, calibration_batch=batch_size)
-    report = sparsify_base(network, settings, out)
+    report = sparsify_base(network, settings, out, log=console.print)
     print(report.to_string(index=False, max_rows=40))
     console.print(f"wrote {out} ({report['sparsity'].iloc[-1]:.1%} of the decoder linears' weights are zero)")
 
@@ -259,20 +279,24 @@ def sparsify_command(
 @app.command("quantize")
 @with_threads
 @settings_options(NetworkSettings, "network", only=MODEL_FIELDS, short=SHORT)
+@settings_options(QuantizeSettings, "settings")
 def quantize_command(
     network: NetworkSettings,
+    settings: QuantizeSettings,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the quantized base.")],
-    bits: Annotated[int, typer.Option(help="Bits per weight (asymmetric, integer zero point).")] = 4,
-    group_size: Annotated[int, typer.Option(help="Inputs per quantization group; must divide every input size.")] = 128,
 ) -> None:
-    """Quantize a base's decoder linears group-wise to INT (round-to-nearest) and save codes, scales, zeros.
+    """Quantize a base's decoder linears group-wise to INT and save a compressed-tensors checkpoint.
 
-    A sparse base (from lorasearch sparsify) stays sparse.
+    --method rtn (the default) rounds to nearest; --method gptq runs llm-compressor's GPTQ layer by layer
+    on --calibration texts. The folder loads in stock transformers (with compressed-tensors) and vLLM. A
+    sparse base stays sparse. Round-to-nearest keeps the weights from before quantization beside the codes:
+    QA-SparsePEFT (--adapter-mode qa) trains against them (the paper's equation 3).
     """
     from ..runs import quantize_base
 
-    sparsity = quantize_base(network, out, bits, group_size)
-    console.print(f"wrote {out} (INT{bits}, group size {group_size}, {sparsity:.1%} zeros in the decoder linears)")
+    sparsity = quantize_base(network, out, settings=settings, log=console.print)
+    console.print(f"wrote {out} (INT{settings.bits} {settings.method}, group size {settings.group_size}, "
+                  f"{sparsity:.1%} zeros in the decoder linears)")
 
 
 # ------------------------------------------------------------------------------------ search
@@ -291,6 +315,9 @@ def search_command(
     constraint: Annotated[list[str], typer.Option(help="e.g. macs<=2.5e8 (repeatable).")] = [],  # noqa: B006
     seq_len: SeqLen = 128,
     deployment: Deployment = "unmerged",
+    cost_reference: Annotated[str, typer.Option(help=(
+        "analytic (MACs in closed form from the shapes) or fvcore (one fvcore trace of the full model adds what "
+        "only fvcore counts; a module it counts otherwise is a warning)."))] = "analytic",
     run_file: Annotated[Optional[Path], typer.Option(help="Start a new run from a run.yaml (with --out).")] = None,
     config: Annotated[Optional[Path], typer.Option(hidden=True, help="Deprecated spelling of --run-file.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
@@ -302,11 +329,12 @@ def search_command(
     ))] = None,
     force: Annotated[bool, typer.Option(help=(
         "With --resume: continue even though the adapter, model, task records or evaluator changed since the run "
-        "began (the front then mixes evaluations of both; run.yaml records it). A changed space is always refused."
+        "began (the front then mixes evaluations of both; run.yaml records it). A changed space is always refused. "
+        "Also: search an --adapter trained on another base model than --model."
     ))] = False,
 ) -> None:
     """Search a super-adapter's subnets for the Pareto front of accuracy and cost."""
-    from ..runs import SearchRun, run_from_file
+    from ..runs import RESUME_OPTIONS, SearchRun, resumed_run, run_from_file
 
     where = BackendSettings(backend, workers, ray_address)
     where.check()
@@ -314,7 +342,12 @@ def search_command(
         deprecated("search --config", "--run-file")
         run_file = run_file or config
     if resume is not None:
-        plan, out = run_from_file(resume / "run.yaml"), resume
+        values = {**dataclasses.asdict(network), **dataclasses.asdict(task), **dataclasses.asdict(settings),
+                  "objectives": [o.strip() for o in objectives.split(",") if o.strip()], "constraint": list(constraint),
+                  "seq_len": seq_len, "deployment": deployment, "cost_reference": cost_reference, "run_file": run_file,
+                  "out": str(out) if out is not None else None}
+        given = {name: values.get(name) for name in options_given(INVOCATION) if name not in RESUME_OPTIONS}
+        plan, out = resumed_run(resume, given), resume
     elif run_file is not None:
         plan = run_from_file(run_file)
     else:
@@ -323,18 +356,20 @@ def search_command(
             task=dataclasses.replace(task, seed=settings.seed),  # one --seed: the subset and the strategy
             settings=settings,
             objectives=[o.strip() for o in objectives.split(",") if o.strip()],
-            constraints=list(constraint), seq_len=seq_len, deployment=deployment,
+            constraints=list(constraint), seq_len=seq_len, deployment=deployment, cost_reference=cost_reference,
         )
     if storage is not None:
         plan.storage = storage  # a resume with another storage than run.yaml's is refused
     if out is None:
         raise LoraSearchError("--out: missing; fix: name a run directory, e.g. --out runs/search1")
-    if force and resume is None:
-        raise LoraSearchError("--force: only means something with --resume; fix: drop it, or pass --resume RUN_DIR")
+    if force and resume is None and plan.network.adapter is None:
+        raise LoraSearchError("--force: only means something with --resume or an --adapter; fix: drop it, or pass "
+                              "--resume RUN_DIR")
     # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
     progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
-    result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
-                         force=force)
+    with resumable(out / "run.yaml", ["search", "--resume", str(out)]):
+        result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
+                             force=force)
     print_search_summary(result)
 
 
@@ -374,10 +409,14 @@ def export_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the run's model.")] = None,
     adapter: Annotated[Optional[Path], typer.Option(help="Override the run's adapter.")] = None,
     space: Annotated[Optional[Path], typer.Option(help="Override the run's space file.")] = None,
+    force: AnyBase = False,
+    device: Annotated[Optional[str], typer.Option(
+        help="Override the run's device (cpu, cuda, cuda:N); drops its device map.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Override the run's dtype (fp32, bf16, fp16, auto).")] = None,
 ) -> None:
     """Export a subnet of a search: its config, a stock-PEFT sub-adapter, a merged or a pruned model."""
     from ..runs import export_run
 
     path = export_run(run_dir, pick, format, out, model=model, adapter=str(adapter) if adapter else None,
-                      space=str(space) if space else None)
+                      space=str(space) if space else None, force=force, log=console.print, device=device, dtype=dtype)
     console.print(f"wrote {path}")

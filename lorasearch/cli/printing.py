@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from ..runs import front_summary, reference_configs
+from ..runs import front_summary, knee_summary, reference_configs
 from .app import console
 
 if TYPE_CHECKING:
@@ -97,5 +97,8 @@ def print_search_summary(result: SearchResult) -> None:
     warning = result.noise_warning()
     if warning:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    knee = knee_summary(result)
+    if knee:
+        console.print(knee, highlight=False)
     if result.out_dir is not None:
         console.print(f"run directory: {result.out_dir}")

@@ -3,17 +3,22 @@ and the checks and files of a merged export of a sparse or quantized base."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import CompressError
+from ..errors import CompressError, ExportError, LoraSearchWarning
 from ..io import atomic_write_json
+from ..models.anatomy import decoder_linears
+from ..models.loading import save_model_folder
 from ..network.supernet import SuperNetwork
 from .masked import QALoRALinear, SparseLoRALinear, adapter_folder_mode, check_mode
-from .quant import GRID_ATTR, write_quant_files
+from .quant import GRID_ATTR, write_quantized_folder
 from .sparsity import SPARSITY_FILE, sparsity_report
+
+SPARSE_BASE = 0.01  # a base with at least this share of zero weights counts as sparse
 
 
 def resolve_mode(mode: str | None, adapter: str | Path | None) -> tuple[str, dict[str, Any] | None]:
@@ -40,14 +45,50 @@ def check_mergeable(net: SuperNetwork) -> None:
             m.check_mask(name)
 
 
-def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -> None:
-    """Beside a merged export: the INT codes and grids (QA) and the sparsity report (sparse modes)."""
+def check_peft_exportable(net: SuperNetwork) -> None:
+    """Refuse a PEFT export of SparsePEFT / QA-SparsePEFT adapters: stock PEFT would apply their delta
+    dense (without the mask) and off the INT grid, so it would compute another model than the one searched."""
+    masked = [n for n, m in net.elastic.items() if isinstance(m, SparseLoRALinear) and m.active_rank]
+    if masked:
+        what = "quantized on the base's INT grid and masked" if net.adapter_mode == "qa" else "masked"
+        raise ExportError(
+            f"--format peft: the {net.adapter_mode} adapters (e.g. {masked[0]}) are {what} by the base's zeros, which "
+            "a stock PEFT LoRA cannot express (PEFT would apply them dense and compute another model); "
+            "fix: use --format merged, which keeps the zeros and the grid"
+        )
+
+
+def merge_sparsity(net: SuperNetwork, merged: nn.Module) -> dict[str, float]:
+    """The share of zero weights in the decoder linears before (``base``) and after (``merged``) merging,
+    with a `LoraSearchWarning` when dense adapters filled a sparse base's zeros."""
+    shares = {"base": _zero_share(net.model), "merged": _zero_share(merged)}
+    dense = [n for n, m in net.elastic.items() if m.active_rank and not isinstance(m, SparseLoRALinear)]
+    if dense and shares["base"] >= SPARSE_BASE and shares["merged"] < shares["base"]:
+        warnings.warn(LoraSearchWarning(
+            f"--format merged: the dense adapters (e.g. {dense[0]}) fill the sparse base's zeros: {shares['base']:.1%} "
+            f"of the decoder weights were zero, {shares['merged']:.1%} are after merging (in subnet.json); fix: train "
+            "with --adapter-mode sparse (SparsePEFT) to keep them, or export --format peft"), stacklevel=3)
+    return shares
+
+
+def _zero_share(model: nn.Module) -> float:
+    weights = [m.weight for m in decoder_linears(model).values()]  # elastic bases included, adapters not
+    total = sum(w.numel() for w in weights)
+    return float(sum(int((w == 0).sum()) for w in weights) / total) if total else 0.0
+
+
+def save_merged_model(folder: Path, net: SuperNetwork, model: nn.Module, tokenizer: Any = None) -> None:
+    """Save a merged export's model into ``folder``: a QA-SparsePEFT merge as a compressed-tensors INT
+    checkpoint on the base's grid (its codes are equation 3's), any other as a float checkpoint; sparse
+    modes add the sparsity report (a sparse model is written dense, its zeros recorded there)."""
     modules = dict(model.named_modules())
     qa = {n: m for n, m in net.elastic.items() if isinstance(m, QALoRALinear)}
     for name, m in qa.items():
         setattr(modules[name], GRID_ATTR, m.grid)
     if qa:
-        write_quant_files(folder, model, {"adapter_mode": "qa"})
+        write_quantized_folder(folder, model, tokenizer, {"adapter_mode": "qa", "method": "qa-sparsepeft merge"})
+    else:
+        save_model_folder(folder, model, tokenizer)
     if any(isinstance(m, SparseLoRALinear) for m in net.elastic.values()):
         report = sparsity_report(model)
         atomic_write_json(folder / SPARSITY_FILE, {
@@ -55,4 +96,3 @@ def write_compression_files(folder: Path, net: SuperNetwork, model: nn.Module) -
             "sparsity": float(report["sparsity"].iloc[-1]),
             "layers": report.iloc[:-1][["module", "nonzero", "numel", "sparsity"]].to_dict("records"),
         })
-

@@ -259,6 +259,30 @@ class CachedEvaluator:
         if batch:
             yield batch
 
+    # ------------------------------------------------------------------ preflight
+    def largest_batch(self) -> list[int] | None:
+        """The subset's most costly batch under the batch limits (the first one a full evaluation runs);
+        None for an evaluator that batches its requests itself."""
+        return next(self._batches(range(self.n_items), self._cost))
+
+    def batch_tokens(self, batch: Sequence[int]) -> int:
+        """Tokens ``batch`` puts through a forward, padding (and per-option context copies) included."""
+        return len(batch) * max(self._cost(i) for i in batch)
+
+    def run_batch(self, batch: Sequence[int], config: Mapping[str, Any]) -> None:
+        """Run ``batch`` under ``config`` as an evaluation would, scoring nothing into the caches (a
+        long command's preflight: does the largest batch fit the device?)."""
+        with _evaluating(self.net, config):
+            self._run(batch)
+
+    def _cost(self, i: int) -> int:
+        """Tokens item ``i`` puts through a forward (what the token budget counts)."""
+        raise NotImplementedError
+
+    def _run(self, batch: Sequence[int]) -> None:
+        """One batch through the model as `_score` runs it (the active config, under inference mode)."""
+        raise NotImplementedError
+
     @property
     def _device(self) -> torch.device:
         return next(self.net.model.parameters()).device
@@ -452,6 +476,12 @@ class MultipleChoiceEvaluator(CachedEvaluator):
     def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
         return _accuracy_result(values, predictions, mode=self.mode, truncated=self.truncated)
 
+    def _cost(self, i: int) -> int:
+        return self._item_cost(i)
+
+    def _run(self, batch: Sequence[int]) -> None:
+        self.option_scores(batch)
+
     def _item_cost(self, i: int) -> int:
         """Tokens one item puts through a forward: its context (copied per option in text mode)."""
         item = self.items[i]
@@ -464,8 +494,12 @@ class MultipleChoiceEvaluator(CachedEvaluator):
         with self._bar(len(indices), f"mc-label ({len(indices)} questions)") as bar:
             for batch in self._batches(indices, self._item_cost):
                 logprobs = self._forward([self.items[i].context for i in batch], keep=1)[:, -1]
-                for row, i in enumerate(batch):
-                    scores[i] = logprobs[row, self.items[i].candidates].tolist()
+                rows = [row for row, i in enumerate(batch) for _ in self.items[i].candidates]
+                labels = [c for i in batch for c in self.items[i].candidates]
+                picked = logprobs[torch.tensor(rows, device=logprobs.device), torch.tensor(labels, device=logprobs.device)]
+                values = iter(picked.tolist())  # gathered on the device, copied once per batch
+                for i in batch:
+                    scores[i] = [next(values) for _ in self.items[i].candidates]
                 bar.update(len(batch))
         return scores
 
@@ -509,13 +543,15 @@ class MultipleChoiceEvaluator(CachedEvaluator):
             position_ids=positions,
             **_cache_argument(self.net.model, cache),
         ).logits
-        rest = torch.log_softmax(logits[:, :-1].float(), dim=-1) if width > 1 else None
+        # Each row's summed log-probability, gathered on the device in float64 and copied once per
+        # batch (a copy per option would wait for the GPU once per option).
+        total = first[owner, cont_ids[:, 0]].double()
+        if width > 1:
+            rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, cont_ids[:, 1:, None])[..., 0]
+            total = total + torch.where(cont_mask[:, 1:].bool(), rest, 0.0).double().sum(-1)
         totals: list[list[float]] = [[] for _ in items]
-        for r, (k, cont) in enumerate(rows):
-            total = first[k, cont[0]].item()
-            if len(cont) > 1:
-                total += rest[r, : len(cont) - 1].gather(-1, cont_ids[r, 1 : len(cont), None]).sum().item()
-            totals[k].append(total)
+        for (k, _), value in zip(rows, total.tolist()):
+            totals[k].append(value)
         return totals
 
 
@@ -580,13 +616,25 @@ class ExactMatchEvaluator(CachedEvaluator):
         indices = range(len(self.prompts)) if indices is None else indices
         texts: dict[int, str] = {}
         with self._bar(len(indices), f"generate ({len(indices)} problems)") as bar:
-            for batch in self._batches(indices, lambda i: len(self.prompts[i]) + self.max_new_tokens):
+            for batch in self._batches(indices, self._cost):
                 ids, mask = _left_pad([self.prompts[i] for i in batch], _pad_id(tok), self._device)
                 out = self.net.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                new_tokens = out[:, ids.shape[1]:].tolist()  # copied from the device once per batch
                 for row, i in enumerate(batch):
-                    texts[i] = tok.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
+                    texts[i] = tok.decode(new_tokens[row], skip_special_tokens=True)
                 bar.update(len(batch))
         return [texts[i] for i in indices]
+
+    def _cost(self, i: int) -> int:
+        return len(self.prompts[i]) + self.max_new_tokens
+
+    def _run(self, batch: Sequence[int]) -> None:
+        """A forward over the prompts followed by ``max_new_tokens`` tokens each: at least the memory of
+        the last step of their generation, in one pass instead of ``max_new_tokens``."""
+        pad = _pad_id(self.tokenizer)
+        seqs = [self.prompts[i] + [pad] * self.max_new_tokens for i in batch]
+        ids, mask = _left_pad(seqs, pad, self._device)
+        self.net.model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), logits_to_keep=1)
 
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         predicted = [extract_number(t) for t in self.generations(indices)]
@@ -633,11 +681,17 @@ class LossEvaluator(CachedEvaluator):
 
     itemwise = False  # the loss is token-weighted, not a mean over items
 
+    def _cost(self, i: int) -> int:
+        return len(self.examples[i][0])
+
+    def _run(self, batch: Sequence[int]) -> None:
+        self._batch_nll(batch)
+
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         """Per item: (summed negative log-likelihood, scored tokens)."""
         values: dict[int, tuple[float, int]] = {}
         with self._bar(len(indices), f"loss ({len(indices)} items)") as bar:
-            for batch in self._batches(indices, lambda i: len(self.examples[i][0])):
+            for batch in self._batches(indices, self._cost):
                 for i, value in zip(batch, self._batch_nll(batch)):
                     values[i] = value
                 bar.update(len(batch))
@@ -661,7 +715,8 @@ class LossEvaluator(CachedEvaluator):
         rows = keep.nonzero()[:, 0]
         sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
         counts = keep.sum(-1)
-        return [(float(sums[r]), int(counts[r])) for r in range(len(batch))]
+        totals, tokens = torch.stack([sums, counts.to(sums.dtype)]).tolist()  # copied from the device once per batch
+        return [(total, int(n)) for total, n in zip(totals, tokens)]
 
     def _aggregate(self, values: Sequence[Any], predictions: Sequence[Any]) -> EvalResult:
         total, tokens = sum(v[0] for v in values), sum(v[1] for v in values)

@@ -45,6 +45,7 @@ import yaml
 
 from ..data import TEXT_TEMPLATE, DataError, Record, parse_choices, subset
 from ..io import atomic_write_text
+from ..models.hub import hub_offline, use_local_files_only
 from .evaluators import CachedEvaluator, EvalError, EvalResult
 
 if TYPE_CHECKING:
@@ -160,6 +161,10 @@ class LMEvalEvaluator(CachedEvaluator):
             return part if known else replace(part, seconds=whole.seconds, scored=whole.scored)
         return super().score_items(config, stop)
 
+    def largest_batch(self) -> None:
+        """None: lm-eval batches its own requests, so there is no batch of ours to try first."""
+        return None
+
     def _score(self, indices: range) -> tuple[list[Any], list[Any]]:
         run = indices if self.chunked else range(self.n_items)
         samples: dict[str, list[int]] = {}
@@ -252,7 +257,7 @@ def _load_tasks(specs: Sequence[str], include: str | Path | None) -> tuple[Any, 
     for spec in specs:
         if spec.endswith(_YAML_SUFFIXES) and not Path(spec).is_file():
             raise EvalError(f"lm-eval task {spec}: no such file; fix: give the path of a task YAML or a task name")
-    with _lm_eval_logs(False), _global_generators_kept():
+    with _lm_eval_logs(False), _global_generators_kept(), _datasets_offline(use_local_files_only()):
         manager = TaskManager(include_path=include, include_defaults=False)
         needs_index = any(not _is_yaml_path(s) and s not in manager.all_tasks for s in specs)
         if needs_index:
@@ -408,6 +413,25 @@ def _global_generators_kept() -> Iterator[None]:
         torch.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def _datasets_offline(enabled: bool) -> Iterator[None]:
+    """With no hub to reach (`lorasearch.models.hub.use_local_files_only`), ``datasets`` and
+    ``huggingface_hub`` read the local cache only: a task whose data is not there fails at once, in one
+    line, instead of after a minute of retries and a resolver error per retry."""
+    if not enabled:
+        yield
+        return
+    import datasets.config
+
+    before = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    try:
+        with hub_offline():
+            yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = before
 
 
 @contextlib.contextmanager

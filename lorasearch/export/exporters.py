@@ -13,8 +13,13 @@ so a crash leaves no half-written export; an existing folder is refused):
   Mode B widths cannot be expressed by PEFT: a config that shrinks a width is refused. A reordered
   network (`lorasearch.train.reorder`) writes its sub-adapter in the base's original channel order
   (``lora_B`` rows and ``lora_A`` columns inverse-permuted), so it applies to the unpermuted base.
+  SparsePEFT and QA-SparsePEFT adapters are refused (stock PEFT would apply their delta without the
+  mask and off the INT grid): their subnet exports as ``merged``. The ``modules_to_save`` weights of
+  a loaded adapter are written as PEFT writes them (every other format has them in the model).
 * ``merged``: the active adapters folded into the base weights, saved with ``save_pretrained``
-  (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only. A
+  (and the tokenizer); ``AutoModelForCausalLM.from_pretrained`` loads it. Full widths only.
+  ``subnet.json`` records the share of zero decoder weights before and after merging: SparsePEFT and
+  QA-SparsePEFT keep a sparse base's zeros, dense adapters fill them (with a warning). A
   reordered network's merged (and pruned) model keeps the reordered channels: the same function,
   the weights' rows and columns in importance order.
 * ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels, attention heads and
@@ -41,7 +46,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..compress.adapter_modes import check_mergeable, write_compression_files
+from ..compress.adapter_modes import check_mergeable, check_peft_exportable, merge_sparsity, save_merged_model
 from ..errors import ExportError
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf, save_model_folder
@@ -118,11 +123,13 @@ def _write_export(
     provenance: Provenance,
     objectives: Objectives,
     write: Callable[[Path], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """What every format shares: a staged folder, the format's own files (``write``), subnet.json."""
+    """What every format shares: a staged folder, the format's own files (``write``), subnet.json
+    (with the format's ``extra`` fields)."""
     net = None if isinstance(net_or_space, SearchSpace) else net_or_space
     space = net_or_space if net is None else net.space
-    document = subnet_document(space, config, net=net, objectives=objectives, provenance=provenance)
+    document = {**subnet_document(space, config, net=net, objectives=objectives, provenance=provenance), **dict(extra or {})}
     with staged(out, ExportError) as tmp:
         if write is not None:
             write(tmp)
@@ -142,13 +149,16 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
                 provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
     """Write the sub-adapter of ``config`` as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
 
-    Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``) or
-    leaves no module with a rank above 0. The tensors are in the base's original channel order, also
-    for a reordered network, so the folder applies to the unpermuted base model.
+    Raises `ExportError` when ``config`` shrinks a width (PEFT cannot express it: use ``pruned``),
+    leaves no module with a rank above 0, or has SparsePEFT / QA-SparsePEFT adapters (their masked,
+    quantized delta is no plain LoRA: use ``merged``). The tensors are in the base's original channel
+    order, also for a reordered network, so the folder applies to the unpermuted base model; the
+    ``modules_to_save`` weights of a loaded adapter are written beside them.
     """
     refuse_existing(out, ExportError)
     with net.activated(config):
         _refuse_shrunk(net, "peft", "--format pruned (a physically smaller model) or a config at full width")
+        check_peft_exportable(net)
         modules = sub_adapter(net)
     if net.permutation is not None:
         modules = unpermute_adapter(modules, net.permutation)
@@ -158,8 +168,8 @@ def export_peft(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     elastic = list(net.elastic.values())
 
     def write(folder: Path) -> None:
-        write_adapter(folder, modules, base_model=net.model_spec,
-                      use_rslora=any(m.use_rslora for m in elastic), dropout=_dropout(elastic))
+        write_adapter(folder, modules, base_model=net.model_spec, use_rslora=any(m.use_rslora for m in elastic),
+                      dropout=_dropout(elastic), saved=net.saved_tensors())
 
     return _write_export(out, net, config, provenance, objectives, write)
 
@@ -200,20 +210,24 @@ def export_merged(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
                   provenance: Provenance = None, *, objectives: Objectives = None) -> Path:
     """Fold the active adapters into a copy of the base weights and ``save_pretrained`` it (with the tokenizer).
 
-    Sparse and quantized bases keep their zeros and INT grid (their files are written beside the
-    weights). Raises `ExportError` when ``config`` shrinks a width: use `export_pruned` for that.
+    Sparse and quantized bases keep their zeros and INT grid with SparsePEFT / QA-SparsePEFT
+    adapters (a QA-SparsePEFT merge is written as a compressed-tensors INT4 checkpoint on the base's
+    grid); dense adapters fill a sparse base's zeros,
+    with a `LoraSearchWarning`. ``subnet.json`` records the share of zero decoder weights before and
+    after merging (``sparsity``). Raises `ExportError` when ``config`` shrinks a width: use
+    `export_pruned` for that.
     """
     refuse_existing(out, ExportError)
     with net.activated(config):
         _refuse_shrunk(net, "merged", "--format pruned, which removes the dropped channels and heads")
         check_mergeable(net)
         model = merged_copy(net)
+        sparsity = merge_sparsity(net, model)
 
     def write(folder: Path) -> None:
-        save_model_folder(folder, model, net.tokenizer)
-        write_compression_files(folder, net, model)
+        save_merged_model(folder, net, model, net.tokenizer)
 
-    return _write_export(out, net, config, provenance, objectives, write)
+    return _write_export(out, net, config, provenance, objectives, write, {"sparsity": sparsity})
 
 
 def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
@@ -255,28 +269,47 @@ def require_mode_b(space: SearchSpace) -> None:
         )
 
 
-def merged_copy(net: SuperNetwork) -> nn.Module:
-    """A copy of the model whose elastic layers are plain ``nn.Linear`` of the active sizes, adapters
-    merged, without the decoder blocks the active config skips (the others numbered 0..k-1)."""
+def merged_copy(net: SuperNetwork, device: torch.device | str = "cpu") -> nn.Module:
+    """A copy of the model on ``device`` (the CPU by default) whose elastic layers are plain ``nn.Linear``
+    of the active sizes, adapters merged, without the decoder blocks the active config skips (the
+    others numbered 0..k-1).
+
+    The copy is built layer by layer: each merged weight is computed where its layer lives and moved
+    to ``device`` at once, and every other tensor is copied straight to ``device``, so the model's own
+    device (a GPU) holds at most one layer's merged weight beside the model, never a second copy of
+    it. Raises `ExportError` for a model whose weights are not all here (offloaded by accelerate).
+    """
+    device = torch.device(device)
+    absent = [n for n, m in net.elastic.items() if m.base_layer.weight.device.type == "meta"]
+    if absent:
+        raise ExportError(f"{absent[0]}: the base weights are offloaded (--device-map) or absent, so they cannot be "
+                          "merged; fix: export with --device cpu (the run's device map is then dropped)")
     skipped = {id(m) for name in net.skipped_blocks() for m in net.blocks[name].modules()}
-    plain = {id(m): _plain_linear(m) for m in net.elastic.values() if id(m) not in skipped}
-    # Seeding deepcopy's memo makes the copy use the new linears in place of the elastic
-    # wrappers, so the wrapped base weights are never copied a second time (skipped blocks are
-    # copied as they are and dropped right after).
-    model = copy.deepcopy(net.model, memo=plain).eval()
+    memo: dict[int, Any] = {id(m): _plain_linear(m, device) for m in net.elastic.values() if id(m) not in skipped}
+    inside = {id(t) for m in net.elastic.values() for t in (*m.parameters(), *m.buffers())}
+    for tensor in (*net.model.parameters(), *net.model.buffers()):
+        if id(tensor) not in inside and id(tensor) not in memo:
+            memo[id(tensor)] = _copy_to(tensor, device)
+    # Seeding deepcopy's memo makes the copy take these tensors and the new linears in place of the
+    # originals and the elastic wrappers, so nothing of the model is copied on its own device (the
+    # elastic layers of skipped blocks are copied as they are and dropped right after).
+    model = copy.deepcopy(net.model, memo=memo).eval()
     drop_skipped_blocks(model)
     forget_dequantized_gguf(model)
     return model
 
 
+def _copy_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    copied = tensor.detach().to(device, copy=True)
+    return nn.Parameter(copied, requires_grad=False) if isinstance(tensor, nn.Parameter) else copied
+
+
 @torch.no_grad()
-def _plain_linear(m: ElasticLoRALinear) -> nn.Linear:
+def _plain_linear(m: ElasticLoRALinear, device: torch.device) -> nn.Linear:
     o, i = m.active_out, m.active_in
     base = m.base_layer
     weight = m.merged_weight()  # SparsePEFT / QA-SparsePEFT modules keep the mask and the INT grid
-    layer = torch.nn.utils.skip_init(
-        nn.Linear, i, o, bias=base.bias is not None, device=weight.device, dtype=weight.dtype
-    )
+    layer = torch.nn.utils.skip_init(nn.Linear, i, o, bias=base.bias is not None, device=device, dtype=weight.dtype)
     layer.weight.copy_(weight)
     if base.bias is not None:
         layer.bias.copy_(base.bias[:o])

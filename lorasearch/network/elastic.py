@@ -9,8 +9,11 @@ The scale is ``alpha / r_max`` (``alpha / sqrt(r_max)`` with rsLoRA) for every s
 reference trains and evaluates its super-adapters.
 
 The adapter may keep another dtype than the base (fp32 adapters over a bf16 base, as PEFT does by
-default): its branch runs in the adapter's dtype on an input cast to it, and its output is cast
-back to the base's before the two are added.
+default): in training (and wherever gradients are on) its branch runs in the adapter's dtype on an
+input cast to it, and the sum is cast back to the base's dtype, PEFT's own order. Evaluation (eval
+mode, no gradient) takes a cheaper path to the same function (`_add_low_rank`): the branch
+accumulated into the base's output in place, by one ``addmm`` in the base's dtype where the dtypes
+agree and on a GPU, so an elastic subnet costs little more than the same subnet merged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,24 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _add_low_rank(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``y + scaling * (x A^T) B^T``, added into ``y`` in place, for evaluation (no gradient, eval mode).
+
+    Where the adapter and the base share a dtype, and on a GPU, the branch runs in the base's dtype:
+    casting the small ``A`` and ``B`` costs ``r * (in + out)`` element copies where casting the input
+    would cost ``tokens * in``; the scale goes into the second matmul, which accumulates straight into
+    ``y`` (one ``addmm``: no ``tokens x out`` temporary, no separate scale or add). On the CPU an fp32
+    adapter over a bf16/fp16 base keeps its branch in fp32, PEFT's way (a CPU's low-precision matmuls
+    are slow, its input cast is not), and only the sum lands in ``y`` in place.
+    """
+    if a.dtype == y.dtype or y.device.type != "cpu":
+        low = F.linear(x, a.to(y.dtype))
+        y.view(-1, y.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), b.to(y.dtype).t(), alpha=scaling)
+    else:
+        y.add_(F.linear(F.linear(x.to(a.dtype), a), b), alpha=scaling)
+    return y
 
 
 class ElasticLoRALinear(nn.Module):
@@ -33,6 +54,9 @@ class ElasticLoRALinear(nn.Module):
         use_rslora: use rank-stabilised scaling.
         adapter_dtype: the adapter's dtype (default: the base's). Fresh adapters are initialised on
             the CPU, so a seed gives the same adapter on every device.
+        adapter_device: where the adapter lives (default: the base weight's device). A base without
+            weights (the meta device: shapes only, or offloaded by accelerate) may still have a
+            real adapter, e.g. on the CPU or on the device its layer runs on.
     """
 
     def __init__(
@@ -43,6 +67,7 @@ class ElasticLoRALinear(nn.Module):
         dropout: float = 0.0,
         use_rslora: bool = False,
         adapter_dtype: torch.dtype | None = None,
+        adapter_device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -54,7 +79,7 @@ class ElasticLoRALinear(nn.Module):
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank) if rank else 0.0
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if rank:
-            device = base_layer.weight.device
+            device = torch.device(adapter_device) if adapter_device is not None else base_layer.weight.device
             kw = {"device": device if device.type == "meta" else "cpu", "dtype": adapter_dtype or base_layer.weight.dtype}
             self.lora_A = nn.Linear(self.in_features, rank, bias=False, **kw)
             self.lora_B = nn.Linear(rank, self.out_features, bias=False, **kw)
@@ -103,9 +128,12 @@ class ElasticLoRALinear(nn.Module):
                 a = a[:r, :i]
             if r != self.max_rank or o != self.out_features:
                 b = b[:o, :r]
-            h = self.lora_dropout(x)
-            delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
-            y = (y + delta).to(y.dtype)  # PEFT's order: add in the adapter's dtype, cast back
+            if self.training or torch.is_grad_enabled() or torch.jit.is_tracing():
+                h = self.lora_dropout(x)
+                delta = F.linear(F.linear(h.to(a.dtype), a), b) * self.scaling  # .to() is free when dtypes agree
+                y = (y + delta).to(y.dtype)  # PEFT's order: add in the adapter's dtype, cast back
+            else:
+                y = _add_low_rank(y, x, a, b, self.scaling)
         return y
 
     @property

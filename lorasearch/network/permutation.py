@@ -116,14 +116,13 @@ def permute_linear(module: nn.Module, dim: str, index: torch.Tensor) -> None:
     """Reorder one dimension of a linear layer in place: its weight (and bias), and its LoRA tensors
     when it is an elastic module (``lora_B`` rows for ``out``, ``lora_A`` columns for ``in``)."""
     base = getattr(module, "base_layer", module)
-    index = index.to(base.weight.device)
     axis = 0 if dim == "out" else 1
-    _reorder(base.weight, axis, index)
+    _reorder(base.weight, axis, index.to(base.weight.device))
     if dim == "out" and base.bias is not None:
-        _reorder(base.bias, 0, index)
+        _reorder(base.bias, 0, index.to(base.bias.device))
     adapter = getattr(module, "lora_B" if dim == "out" else "lora_A", None)
-    if adapter is not None:
-        _reorder(adapter.weight, axis, index)
+    if adapter is not None:  # may live elsewhere than the base (a base on the meta device, a real adapter)
+        _reorder(adapter.weight, axis, index.to(adapter.weight.device))
 
 
 def permute_modules(linears: Mapping[str, nn.Module], permutation: ChannelPermutation) -> None:

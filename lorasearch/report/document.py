@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ..errors import LoraSearchError
 from ..io import atomic_write_text
+from ..results.pick import pick_config, pick_summary
 from ..results.run import SearchResult, as_run
 from ..space import config_summary
 from .figures import RunLike, default_axes, hypervolume_info, objective_axis, plot_run
@@ -58,6 +60,7 @@ def report_markdown(run: SearchResult, figures: Mapping[str, str] | None = None)
         "## Pareto front",
         _front_intro(run),
         markdown_table(front_table(run)),
+        _knee_line(run),
         "## Reference configs",
         markdown_table(front_table(run, run.table[run.table["source"].isin(RELATIVE_TO + ("min",))])),
         "## Noise",
@@ -230,6 +233,17 @@ def _front_intro(run: SearchResult) -> str:
         "The non-dominated feasible evaluations, cheapest first. *vs max* and *vs heuristic* give each "
         "value's change in percent against the max config and the heuristic (midpoint) config." + note
     )
+
+
+def _knee_line(run: SearchResult) -> str:
+    """The knee, what ``export --pick knee`` takes (circled on the Pareto figure)."""
+    try:
+        row, _ = pick_config(run.table, "knee", specs=run.specs)
+    except LoraSearchError:
+        return "No knee: the run has fewer than two objectives or no feasible evaluation."
+    return ("**Knee** (the front point, other than its ends, that keeps the largest share of the front's score range "
+            "for the smallest share of its cost range; `lorasearch export RUN_DIR --pick knee` takes it, the Pareto "
+            f"figure circles it): {pick_summary(row, 'knee', run.specs).removeprefix('--pick knee: ')}.")
 
 
 def _noise_section(run: SearchResult) -> str:

@@ -12,6 +12,7 @@ MACs model (merged or unmerged), as the objective's unit in run.yaml says.
 
 from __future__ import annotations
 
+import json
 import math
 from functools import wraps
 from pathlib import Path
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import LoraSearchError
+from ..results.pick import pick_config
 from ..results.run import SearchResult, as_run
 from ..results.table import ObjectiveSpec, hypervolume, pareto_mask, to_minimisation
 
@@ -45,6 +47,7 @@ OKABE_ITO = {
 RUN_COLOURS = ("blue", "vermillion", "green", "orange", "purple", "sky", "black")
 FRONT_COLOUR = OKABE_ITO["blue"]
 FADED = "#8c8c8c"
+PICK_COLOUR = OKABE_ITO["purple"]
 REFERENCE_STYLE = {  # source -> (marker, colour, size)
     "max": ("^", OKABE_ITO["vermillion"], 90),
     "heuristic": ("*", OKABE_ITO["green"], 190),
@@ -87,12 +90,22 @@ class Reference(NamedTuple):
     eval_id: int
 
 
+class Picked(NamedTuple):
+    """A picked subnet (the knee, or an export of the run) at its plotted position."""
+
+    label: str
+    x: float
+    y: float
+    eval_id: int
+
+
 class ParetoInfo(NamedTuple):
     """What the Pareto figure draws, in plotted units.
 
     ``front`` is the non-dominated set over the two plotted objectives (feasible rows only),
     sorted by x; ``step`` the vertices of its attainment staircase; ``dominated`` the other
-    feasible evaluations; ``heuristic_y`` the height of the heuristic's horizontal line.
+    feasible evaluations; ``heuristic_y`` the height of the heuristic's horizontal line;
+    ``picked`` the subnets ``export --pick knee`` (and any earlier export of the run) takes away.
     """
 
     title: str
@@ -107,6 +120,7 @@ class ParetoInfo(NamedTuple):
     step: np.ndarray
     references: list[Reference]
     heuristic_y: float | None
+    picked: tuple[Picked, ...] = ()
 
 
 class ProgressionInfo(NamedTuple):
@@ -262,6 +276,27 @@ def _title(run: SearchResult, *parts: str) -> str:
     return " · ".join([head, *parts])
 
 
+def picked_subnets(run: SearchResult) -> dict[int, str]:
+    """The subnets taken from a run, by eval_id: the knee (what the quickstart and ``export`` take by
+    default) and every export found in ``RUN_DIR/exports/*/subnet.json``, labelled by its pick."""
+    picks: dict[int, list[str]] = {}
+    try:
+        row, _ = pick_config(run.table, "knee", specs=run.specs)
+        picks.setdefault(int(row["eval_id"]), []).append("knee")
+    except LoraSearchError:
+        pass  # fewer than two objectives, or no feasible evaluation: no knee to show
+    for file in sorted(run.path.glob("exports/*/subnet.json")) if run.path is not None else []:
+        try:
+            provenance = json.loads(file.read_text()).get("provenance") or {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(provenance.get("eval_id"), int) and provenance.get("pick"):
+            labels = picks.setdefault(provenance["eval_id"], [])
+            if provenance["pick"] not in labels:
+                labels.append(str(provenance["pick"]))
+    return {eval_id: ", ".join(labels) for eval_id, labels in picks.items()}
+
+
 def pareto_info(run: SearchResult, x: str | None = None, y: str | None = None) -> ParetoInfo:
     """The data of the Pareto figure of ``run`` over objectives ``x`` and ``y`` (see `default_axes`)."""
     x, y = _pick_axes(run, x, y)
@@ -284,7 +319,15 @@ def pareto_info(run: SearchResult, x: str | None = None, y: str | None = None) -
         step=staircase(_xy(front, ax_x, ax_y), ax_x.direction),
         references=references,
         heuristic_y=heuristic,
+        picked=_picked(run, ax_x, ax_y),
     )
+
+
+def _picked(run: SearchResult, x: Axis, y: Axis) -> tuple[Picked, ...]:
+    rows = run.table.set_index(run.table["eval_id"].astype(int))
+    return tuple(Picked(label, float(rows.at[eval_id, x.name]) / x.scale, float(rows.at[eval_id, y.name]) / y.scale,
+                        eval_id)
+                 for eval_id, label in picked_subnets(run).items() if eval_id in rows.index)
 
 
 def _pick_axes(run: SearchResult, x: str | None, y: str | None) -> tuple[str, str]:
@@ -519,9 +562,20 @@ def draw_pareto(info: ParetoInfo, ax: Axes | None = None) -> Figure:
     bars.lines[0].set_gid("front-points")
     _draw_heuristic_line(ax, info.heuristic_y, info.y)
     _draw_references(ax, info.references, info.x, info.y)
+    _draw_picked(ax, info.picked)
     _finish_axes(ax, info.title, info.x.label, info.y.label)
     _legend_below(fig, ax)
     return fig
+
+
+def _draw_picked(ax: Axes, picked: Sequence[Picked]) -> None:
+    """A ring around each picked subnet, labelled with its pick and eval_id."""
+    for i, pick in enumerate(picked):
+        ax.scatter([pick.x], [pick.y], s=260, facecolors="none", edgecolors=PICK_COLOUR, linewidths=2.0, zorder=8,
+                   label="picked (the knee; exports of the run)" if i == 0 else None, gid=f"picked-{pick.eval_id}")
+        ax.annotate(f"{pick.label} (eval {pick.eval_id})", (pick.x, pick.y), xytext=(10, -14), textcoords="offset points",
+                    fontsize=8.5, color=PICK_COLOUR, zorder=9, gid=f"label-picked-{pick.eval_id}",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 @_styled

@@ -94,8 +94,9 @@ def extremes_warning(reference: Mapping[str, pd.Series], items: Mapping[int, Seq
     gap, se, kind = difference(top, bottom, items, name)
     if se != se or gap >= Z * se:
         return None
-    return (f"the front is within noise: the max config's {name} exceeds the min config's by {gap:+.3f} ± {se:.3f} "
-            f"({kind}), less than {Z:g} standard errors, so these {_items(top, name)} items cannot tell the subnets "
+    compared = f"exceeds the min config's by {gap:.3f}" if gap >= 0 else f"is below the min config's by {-gap:.3f}"
+    return (f"the front is within noise: the max config's {name} {compared} ± {se:.3f} "
+            f"({kind}), less than {Z:g} standard errors above it, so these {_items(top, name)} items cannot tell the subnets "
             f"apart and the ratios below are not real; fix: score more items (--limit) or train longer")
 
 

@@ -1,9 +1,17 @@
 """Picking one subnet from a search's results table.
 
-* ``knee``: the Pareto-front point with the smallest sum of objectives normalised to [0, 1] over the
-  front (0 = best). With two objectives the front's extremes normalise to (0, 1) and (1, 0), so this
-  is the point farthest from the line joining the extremes, on the side of the ideal point: the
-  usual knee. Ties go to the point nearest the ideal point, then to the lowest eval_id.
+* ``knee``: the compromise of the Pareto front. Each objective is normalised to [0, 1] over the front
+  (0 = the front's best value); the *ends* are the points best in some objective (with accuracy and
+  MACs: the most accurate and the cheapest), every other point is *interior*. The knee is the
+  interior point with the smallest sum of normalised objectives; with accuracy and MACs, the one
+  whose share of the front's accuracy range kept minus its share of the front's MAC range spent is
+  largest. With two objectives the ends sit at (0, 1) and (1, 0), so this is the interior point
+  farthest on the ideal side of the line joining the ends (a front that bulges), or, when every
+  interior point lies beyond that line (a front that sags), the one nearest to it. Why: the rule is
+  free of units, needs no noise model, works for any number of objectives, and hands back an end
+  only when the front has no interior point (one or two points). A rule over all points would not:
+  each end sums to exactly 1, so on a sagging front an end would win. Ties go to the point nearest
+  the ideal point, then to the lowest eval_id.
 * ``max-accuracy-under-macs X``: the most accurate evaluation with ``macs <= X`` (``X`` may carry a
   K/M/G/T suffix); ``max-SCORE-under-COST X`` works for any two columns.
 * ``heuristic``, ``max``, ``min``: the row evaluated as that reference config (else the config
@@ -83,9 +91,50 @@ def knee_index(points: np.ndarray) -> int:
     """Index of the knee of a front of minimisation points (one row per point); see the module docstring."""
     points = np.asarray(points, dtype=float)
     lo, hi = points.min(axis=0), points.max(axis=0)
-    z = (points - lo) / np.where(hi > lo, hi - lo, 1.0)
-    order = np.lexsort((np.arange(len(z)), np.linalg.norm(z, axis=1), np.round(z.sum(axis=1), 12)))
-    return int(order[0])
+    spread = hi > lo
+    z = (points - lo) / np.where(spread, hi - lo, 1.0)
+    interior = ~np.any((z == 0) & spread, axis=1)  # best in no objective that varies over the front
+    candidates = np.flatnonzero(interior) if interior.any() else np.arange(len(z))
+    order = np.lexsort((candidates, np.linalg.norm(z[candidates], axis=1), np.round(z[candidates].sum(axis=1), 12)))
+    return int(candidates[order[0]])
+
+
+def objective_text(name: str, value: float) -> str:
+    """One measured objective in words: ``14.56 GMACs`` (``macs_merged``: ``GMACs (merged)``), else ``name value``."""
+    if name.startswith("macs"):
+        kind = name.removeprefix("macs").lstrip("_")
+        return f"{gmacs_text(value)} GMACs" + (f" ({kind})" if kind else "")
+    if name == "params":
+        return f"{value / 1e6:.2f} M parameters"
+    return f"{name} {value:.3f}" if abs(value) < 10 else f"{name} {value:.4g}"
+
+
+def gmacs_text(macs: float) -> str:
+    """MACs in GMACs with two decimals (``11.00``), or three significant digits below 1 G (``0.0176``)."""
+    g = macs / 1e9
+    return f"{g:.2f}" if abs(g) >= 1 else f"{g:.3g}"
+
+
+def pick_summary(row: pd.Series | None, pick: str, specs: Sequence[ObjectiveSpec] = ()) -> str:
+    """One line on what a pick chose: the evaluation, its objectives, and in words when it is the max,
+    min or heuristic config (for a knee at an end: that the front has no point between its ends)."""
+    pick = " ".join(str(pick).split())
+    if row is None:
+        return f"--pick {pick}: the {pick} config of the space (not evaluated by the search)"
+    label = reference_label(row)
+    what = f"evaluation {int(row['eval_id'])}" + (f", the {label} config" if label else "")
+    if pick == "knee" and label in ("max", "min"):
+        what += " (the front has no point between its ends, so the knee is one of them)"
+    measured = [objective_text(s.name, float(row[s.name])) for s in specs if s.name in row.index and pd.notna(row[s.name])]
+    return f"--pick {pick}: {what}" + (f": {', '.join(measured)}" if measured else "")
+
+
+def reference_label(row: pd.Series | None) -> str | None:
+    """``max``, ``min`` or ``heuristic`` when the row is that reference config (first label found), else None."""
+    if row is None or "source" not in row.index:
+        return None
+    labels = str(row["source"]).split("+")
+    return next((label for label in ("max", "min", "heuristic") if label in labels), None)
 
 
 def _feasible(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,12 +20,21 @@ settings dataclasses the CLI derives options from (`TrainArgs`, `SearchSettings`
 from ..search.backends import BackendSettings
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
-from .compressing import SparsifySettings, quantize_base, sparsify_base
+from ..version import __version__
+from .compressing import QuantizeSettings, SparsifySettings, quantize_base, sparsify_base
 from .exporting import export_run, load_results, picked_subnet
-from .inspecting import front_summary, import_space_file, load_space, plot_runs, reference_configs, report_run
+from .inspecting import (
+    front_summary,
+    import_space_file,
+    knee_summary,
+    load_space,
+    plot_runs,
+    reference_configs,
+    report_run,
+)
 from .network_objectives import ObjectiveContext, build_objective, network_objectives, standard_objectives
 from .scoring import cost_breakdown, score_subnet
-from .searching import NetworkRecipe, SearchRun, run_from_file, search_network
+from .searching import RESUME_OPTIONS, NetworkRecipe, SearchRun, resumed_run, run_from_file, search_network
 from .settings import (
     NetworkSettings,
     TaskSettings,
@@ -39,6 +48,8 @@ from .recovering import prepare_recovery, read_recovery
 from .training import prepare_training
 
 __all__ = [
+    "RESUME_OPTIONS",
+    "__version__",
     "BackendSettings",
     "NetworkRecipe",
     "NetworkSettings",
@@ -55,6 +66,7 @@ __all__ = [
     "export_run",
     "front_summary",
     "import_space_file",
+    "knee_summary",
     "load_results",
     "load_space",
     "load_task",
@@ -63,11 +75,13 @@ __all__ = [
     "picked_subnet",
     "prepare_recovery",
     "prepare_training",
+    "QuantizeSettings",
     "quantize_base",
     "read_recovery",
     "reference_configs",
     "report_run",
     "resolve_config",
+    "resumed_run",
     "run_from_file",
     "score_subnet",
     "search_network",

@@ -13,7 +13,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
@@ -22,10 +22,10 @@ from ..export.exporters import EXPORTERS, FORMATS, require_mode_b
 from ..fingerprints import changed_fingerprint
 from ..io import refuse_existing
 from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
-from ..results.pick import config_of, pick_config, registered_specs, row_objectives
+from ..results.pick import config_of, pick_config, pick_summary, registered_specs, row_objectives
 from ..results.run import RUN_FILE, SearchResult, load_run
 from ..space import Config, SearchSpace
-from .settings import NetworkSettings, build_network, settings_from_dict
+from .settings import RECORDED_IN, NetworkSettings, build_network, located_settings, recorded_path, settings_from_dict
 
 _LAYER_KEY = re.compile(r"^[^.]+\.(\d+)(?:\.|$)")
 
@@ -47,11 +47,20 @@ def export_run(
     model: str | None = None,
     adapter: str | Path | None = None,
     space: SearchSpace | str | Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """Pick a subnet from a search's run directory and export it; the whole of ``lorasearch export``.
 
-    ``model``, ``adapter`` and ``space`` override the run's ``run.yaml`` entries; ``net`` skips
-    loading altogether. ``out`` defaults to ``RUN_DIR/exports/FORMAT-evalN``.
+    ``model``, ``adapter``, ``space``, ``device`` and ``dtype`` override the run's ``run.yaml`` entries
+    (a run recorded on ``cuda:3`` exports on another machine with ``device="cpu"``; a device given
+    here also drops the run's ``device_map``); ``net`` skips loading altogether. ``out`` defaults to
+    ``RUN_DIR/exports/FORMAT-evalN``. ``force`` accepts a ``model`` other than the base the adapter was
+    trained on (see `build_network`). ``log`` gets one line saying what was picked
+    (`lorasearch.results.pick.pick_summary`). Merged and pruned models are built layer by layer in CPU
+    memory (`lorasearch.export.exporters.merged_copy`), never as a second copy on the device.
     """
     if fmt not in FORMATS:
         close = difflib.get_close_matches(fmt, FORMATS, n=1)
@@ -61,7 +70,7 @@ def export_run(
         refuse_existing(out, ExportError)  # before loading a model
     run_dir = Path(run_dir)
     result = load_results(run_dir)
-    settings = recorded_network(result, run_dir, model=model, adapter=adapter, space=space)
+    settings = recorded_network(result, run_dir, model=model, adapter=adapter, space=space, device=device, dtype=dtype)
     space = net.space if net is not None else _space_of(settings, space, result, run_dir)
     if space is None:
         raise ExportError(f"{run_dir / RUN_FILE}: run.space is not recorded; fix: pass --space")
@@ -70,13 +79,15 @@ def export_run(
     if net is None and fmt != "config":
         if settings.model is None:
             raise ExportError(f"{run_dir / RUN_FILE}: run.model is not recorded; fix: pass --model")
-        net = build_network(settings, space=space)
+        net = build_network(settings, space=space, any_base=force)
         if adapter is None:
             _refuse_a_changed_adapter(net, result, run_dir)
     target = net if net is not None else _expanded(space, result.table)
     row, config = pick_config(result.table, pick, target.space if net is not None else target, result.specs)
-    provenance = _provenance(run_dir, settings, space, row, pick, net)
+    if log is not None:
+        log(pick_summary(row, pick, result.specs))
     out = Path(out) if out is not None else run_dir / "exports" / f"{fmt}-{_label(row, pick)}"
+    provenance = export_provenance(out, run_dir, settings, space, row, pick, net)
     return EXPORTERS[fmt](target, config, out, provenance, objectives=row_objectives(row, result.specs))
 
 
@@ -91,10 +102,11 @@ class PickedSubnet:
     provenance: dict[str, Any]
 
 
-def picked_subnet(run_dir: str | Path, pick: str, *, model: str | None = None,
+def picked_subnet(run_dir: str | Path, pick: str, out: str | Path, *, model: str | None = None,
                   adapter: str | Path | None = None) -> PickedSubnet:
     """Rebuild a search run's network (``model`` and ``adapter`` override ``run.yaml``'s) and pick one of its
-    subnets, as `export_run` does; an adapter rewritten since the search is refused unless ``adapter`` is given."""
+    subnets, as `export_run` does; an adapter rewritten since the search is refused unless ``adapter`` is given.
+    The provenance records its paths relative to ``out``, the folder the subnet's files go to."""
     run_dir = Path(run_dir)
     result = load_results(run_dir)
     settings = recorded_network(result, run_dir, model=model, adapter=adapter)
@@ -107,7 +119,7 @@ def picked_subnet(run_dir: str | Path, pick: str, *, model: str | None = None,
     if adapter is None:
         _refuse_a_changed_adapter(net, result, run_dir)
     row, config = pick_config(result.table, pick, net.space, result.specs)
-    return PickedSubnet(net, config, row, settings, _provenance(run_dir, settings, space, row, pick, net))
+    return PickedSubnet(net, config, row, settings, export_provenance(Path(out), run_dir, settings, space, row, pick, net))
 
 
 def _refuse_a_changed_adapter(net: SuperNetwork, result: SearchResult, run_dir: Path) -> None:
@@ -126,6 +138,8 @@ def recorded_network(
     model: str | None = None,
     adapter: str | Path | None = None,
     space: SearchSpace | str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> NetworkSettings:
     """The network settings a run recorded (``run.network``; flat ``run.model`` etc. in hand-written
     files), with relative paths resolved against the run directory and the given overrides applied."""
@@ -133,23 +147,16 @@ def recorded_network(
     recorded = dict(info.pop("network", None) or {})
     fields = {f.name for f in dataclasses.fields(NetworkSettings)}
     recorded.update({k: v for k, v in info.items() if k in fields and k not in recorded})
-    overrides = {"model": model, "adapter": adapter, "space": space if not isinstance(space, SearchSpace) else None}
+    overrides = {"model": model, "adapter": adapter, "space": space if not isinstance(space, SearchSpace) else None,
+                 "device": device, "dtype": dtype}
     recorded.update({k: str(v) for k, v in overrides.items() if v is not None})
+    if device is not None:
+        recorded["device_map"] = None  # the model goes where it is told
     if isinstance(recorded.get("space"), Mapping):
         recorded.pop("space")  # a space stored inside run.yaml: read by _space_of
-    for key in ("model", "adapter", "space"):
-        recorded[key] = _resolve(recorded.get(key), run_dir)
-    return settings_from_dict(NetworkSettings, recorded, f"{run_dir / RUN_FILE}: run.network")
-
-
-def _resolve(value: Any, run_dir: Path) -> Any:
-    """A path recorded relative to the run directory, when it exists there and not here."""
-    if not isinstance(value, str):
-        return value
-    path = Path(value)
-    if path.is_absolute() or path.exists() or not (run_dir / path).exists():
-        return value
-    return str(run_dir / path)
+    given = {k for k, v in overrides.items() if v is not None}
+    located = located_settings({k: v for k, v in recorded.items() if k not in given}, run_dir, info.get(RECORDED_IN))
+    return settings_from_dict(NetworkSettings, {**recorded, **located}, f"{run_dir / RUN_FILE}: run.network")
 
 
 def _space_of(settings: NetworkSettings, given: Any, result: SearchResult, run_dir: Path) -> SearchSpace | None:
@@ -176,16 +183,17 @@ def _expanded(space: SearchSpace, table: pd.DataFrame) -> SearchSpace:
     return space.with_num_layers(max(layers) + 1) if layers else space
 
 
-def _provenance(run_dir: Path, settings: NetworkSettings, space: SearchSpace, row: pd.Series | None, pick: str,
-                net: SuperNetwork | None) -> dict[str, Any]:
+def export_provenance(out: Path, run_dir: Path, settings: NetworkSettings, space: SearchSpace, row: pd.Series | None,
+                      pick: str, net: SuperNetwork | None) -> dict[str, Any]:
+    """Where an export of a run comes from (``subnet.json``'s ``provenance``), its paths relative to ``out``."""
     return {
-        "run": str(run_dir),
+        "run": recorded_path(str(run_dir), out),
         "pick": pick,
         "eval_id": int(row["eval_id"]) if row is not None else None,
         "source": str(row["source"]) if row is not None and "source" in row.index else None,
-        "model": (net.model_spec if net is not None else None) or settings.model,
-        "adapter": settings.adapter,
-        "space": settings.space or space.name,
+        "model": recorded_path((net.model_spec if net is not None else None) or settings.model, out),
+        "adapter": recorded_path(settings.adapter, out),
+        "space": recorded_path(settings.space, out) if settings.space else space.name,
     }
 
 

@@ -15,6 +15,8 @@ from ..io import refuse_existing
 from ..network.supernet import SuperNetwork
 from ..report.document import summary_table, write_report
 from ..report.figures import comparison_figure, plot_run, save_figure
+from ..errors import LoraSearchError
+from ..results.pick import pick_config, pick_summary
 from ..results.run import SearchResult
 from ..space import Config, SearchSpace, config_summary
 from .settings import NetworkSettings, build_network
@@ -78,3 +80,12 @@ def report_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def front_summary(result: SearchResult) -> pd.DataFrame:
     """The front as the search summary prints it."""
     return summary_table(result)
+
+
+def knee_summary(result: SearchResult) -> str | None:
+    """What ``export --pick knee`` would take from the run, in one line (None when there is no knee)."""
+    try:
+        row, _ = pick_config(result.table, "knee", specs=result.specs)
+    except LoraSearchError:
+        return None
+    return pick_summary(row, "knee", result.specs)

@@ -125,7 +125,7 @@ def network_objectives(
     *,
     seq_len: int = 128,
     deployment: str = "unmerged",
-    cost_reference: str = "fvcore",
+    cost_reference: str = "analytic",
     extra_objectives: dict[str, Objective] | None = None,
 ) -> tuple[list[Objective], list[Objective], list[Constraint]]:
     """The objectives, the extra constraint metrics and the parsed constraints of a search.

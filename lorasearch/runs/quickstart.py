@@ -2,12 +2,17 @@
 
 1. load the embedded default (SmolLM2-135M when installed, else tiny-llama) and its shipped Mode B
    space (MLP widths and attention heads, so that the subnets' costs span a real range);
-2. train a super-adapter briefly with NLS on the synthetic task the project generates;
-3. search its subnets with NSGA-II on a held-out slice large enough to tell them apart
-   (option-text accuracy against merged MACs, what a pruned model costs);
+2. train a super-adapter briefly with NLS (one random subnet per step) on the synthetic task the
+   project generates;
+3. search its subnets with NSGA-II on a held-out slice large enough to tell the max and min configs
+   apart (option-text accuracy against merged MACs, what a pruned model costs);
 4. draw the Pareto plot and write the report;
-5. export the knee subnet as ``subnet.json`` and as the physically pruned model, and say what was
-   found and how to load it.
+5. export the knee subnet (`lorasearch.results.pick`: an interior point of the front whenever there is
+   one) as ``subnet.json`` and as the physically pruned model, and say what was found and how to
+   load it.
+
+The run records the model by its name (``default``) and its paths relative to the run folders, so the
+quickstart's folder can be moved as a whole.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from rich.console import Console
 
 from ..errors import LoraSearchError, SpaceError
 from ..export.exporters import export_config, export_peft, export_pruned
-from ..models.loading import default_model_spec, smollm2_gguf
+from ..models.loading import DEFAULT_MODEL, resolved_model_spec, smollm2_gguf
 from ..report.document import write_report
 from ..report.figures import plot_run
-from ..results.pick import pick_config, row_objectives
+from ..results.pick import gmacs_text, pick_config, pick_summary, row_objectives
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from .searching import SearchRun
-from .settings import NetworkSettings, TaskSettings
+from .settings import NetworkSettings, TaskSettings, recorded_path
 from .training import prepare_training
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -48,7 +53,9 @@ class QuickstartPlan:
     validation: int
 
 
-SMALL = QuickstartPlan("smollm2-135m-lonas.yaml", steps=60, lr=1e-3, budget=32, population=8, records=650, validation=250)
+# 24 configs on 160 held-out items: the max and min configs still differ by far more than 2 paired standard
+# errors, and the search takes about half of what 32 configs on 250 items took (see benchmarks/RESULTS.md).
+SMALL = QuickstartPlan("smollm2-135m-lonas.yaml", steps=60, lr=1e-3, budget=24, population=8, records=560, validation=160)
 TINY = QuickstartPlan("tiny-llama.yaml", steps=60, lr=3e-3, budget=30, population=10, records=400, validation=120)
 
 
@@ -70,15 +77,18 @@ def _claim(out: Path) -> None:
     (out / MARKER).write_text("made by lorasearch quickstart; rerunning replaces this folder\n")
 
 
-def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), console: Console | None = None) -> Path:
-    """Run the main job into ``out`` and return it."""
-    console = console or Console()
-    spec = default_model_spec() if model == "default" else model
-    plan = SMALL if smollm2_gguf() is not None and spec == str(smollm2_gguf()) else TINY
+def run_quickstart(model: str = DEFAULT_MODEL, out: Path = Path("runs/quickstart"), console: Console | None = None, *,
+                   device: str = "auto", dtype: str = "auto") -> Path:
+    """Run the main job into ``out`` and return it; ``device`` and ``dtype`` place the model (as
+    ``--device`` and ``--dtype`` of every command)."""
+    console = console or Console(soft_wrap=True)
+    gguf = smollm2_gguf()
+    plan = SMALL if gguf is not None and resolved_model_spec(model) == str(gguf) else TINY
     out = Path(out)
+    network = NetworkSettings(model=model, space=str(shipped_space(plan.space)), device=device, dtype=dtype)
+    network.check()  # a bad device or dtype: one line before the folder is touched
     _claim(out)
     console.rule("1. super-network")
-    network = NetworkSettings(model=spec, space=str(shipped_space(plan.space)))
     args = TrainArgs(steps=plan.steps, batch_size=8, lr=plan.lr, warmup_steps=5, sampler="random", checkpoint_every=plan.steps)
     console.rule("2. NLS training on the synthetic task")
     trainer = prepare_training(network, [], args, out / "train", target="text", max_length=64, val_size=plan.validation,
@@ -88,12 +98,12 @@ def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), 
 
     console.rule("3. NSGA-II search")
     search = SearchRun(
-        network=NetworkSettings(model=spec, adapter=str(trained.adapter_dir)),
+        network=NetworkSettings(model=model, adapter=str(trained.adapter_dir), device=device, dtype=dtype),
         task=TaskSettings(task=str(out / "train" / "validation.jsonl"), evaluator="text", limit=plan.validation),
         settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
         deployment="merged",  # what the pruned model of a Mode B subnet costs
     )
-    result, net = search.run(out / "search", log=console.print)
+    result, net = search.run(out / "search", log=console.print, built=trainer.net)  # the trained network, not loaded again
 
     console.rule("4. plots and report")
     for path in plot_run(out / "search"):
@@ -103,13 +113,15 @@ def run_quickstart(model: str = "default", out: Path = Path("runs/quickstart"), 
 
     console.rule("5. export")
     row, config = pick_config(result.table, "knee", net.space)
-    provenance = {"run": str(out / "search"), "pick": "knee", "eval_id": int(row["eval_id"])}
     objectives = row_objectives(row, result.specs)
-    export_config(net, config, out / "exports" / "config", provenance, objectives=objectives)
     # A Mode B subnet with narrower layers is no PEFT adapter: it becomes a physically smaller model.
     fmt, export = ("pruned", export_pruned) if net.space.mode == "B" else ("peft", export_peft)
-    exported = export(net, config, out / "exports" / fmt, provenance, objectives=objectives)
-    _say_what_was_found(console, result, row, exported, fmt, spec, report)
+    for name, write in (("config", export_config), (fmt, export)):
+        folder = out / "exports" / name
+        provenance = {"run": recorded_path(str(out / "search"), folder), "pick": "knee", "eval_id": int(row["eval_id"]),
+                      "model": model}
+        exported = write(net, config, folder, provenance, objectives=objectives)
+    _say_what_was_found(console, result, row, exported, fmt, model, report)
     return out
 
 
@@ -119,7 +131,7 @@ def _say_what_was_found(console: Console, result, row, exported: Path, fmt: str,
     n_items = int(front["accuracy_items"].max()) if "accuracy_items" in front else 0
     console.rule("found")
     console.print(
-        f"{len(front)} Pareto subnets from {front['macs'].min() / 1e9:.2f} to {front['macs'].max() / 1e9:.2f} GMACs "
+        f"{len(front)} Pareto subnets from {gmacs_text(front['macs'].min())} to {gmacs_text(front['macs'].max())} GMACs "
         f"(merged, 128 tokens), accuracy {front['accuracy'].min():.3f} to {front['accuracy'].max():.3f} "
         f"on {n_items} held-out items", highlight=False)
     warning = result.noise_warning()
@@ -130,12 +142,14 @@ def _say_what_was_found(console: Console, result, row, exported: Path, fmt: str,
         console.print(f"the max config beats the min config by more than 2 paired standard errors; {len(steps)} front "
                       f"points stand apart (each more than 2 standard errors above the last): evaluations "
                       f"{', '.join(map(str, steps))}", highlight=False)
-    console.print(f"knee subnet: evaluation {int(row['eval_id'])}, {row['macs'] / 1e9:.2f} GMACs, accuracy "
-                  f"{row['accuracy']:.3f}, exported to {exported}", highlight=False)
+    top = result.reference("max")
+    cheaper = f", {top['macs'] / row['macs']:.2f}x fewer MACs than the max config" if top is not None and row["macs"] < top["macs"] else ""
+    knee = pick_summary(row, "knee", result.specs).removeprefix("--pick knee: ")
+    console.print(f"knee subnet: {knee}{cheaper}; exported to {exported}", highlight=False)
     if fmt == "pruned":
         console.print(f"load it:  from lorasearch import load_pruned; model = load_pruned({str(exported)!r})", highlight=False)
     else:
-        console.print(f"load it:  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({spec!r}), "
-                      f"{str(exported)!r})", highlight=False)
+        console.print(f"load it:  from lorasearch import load_model; from peft import PeftModel; "
+                      f"model = PeftModel.from_pretrained(load_model({spec!r}).model, {str(exported)!r})", highlight=False)
     console.print(f"the whole front: {report.with_suffix('.html')}; another subnet: lorasearch export "
                   f"{result.out_dir} --pick 'row N' --format {fmt}", highlight=False)

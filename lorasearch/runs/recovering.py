@@ -31,13 +31,14 @@ from ..errors import LoraSearchError
 from ..export.exporters import EXPORTERS, FORMATS, SUBNET_FILE, subnet_document
 from ..fingerprints import model_fingerprint, records_fingerprint
 from ..io import FolderLock, atomic_write_json, read_document, read_jsonl
+from ..models.loading import resolved_model_spec
 from ..network.supernet import SuperNetwork
 from ..space import Config, config_summary, space_fingerprint
 from ..train.recovery import FrozenTeacher, SubnetSampler, check_recovery_args
 from ..train.targets import encode_records
 from ..train.trainer import NLSTrainer, TrainArgs
 from .exporting import picked_subnet
-from .settings import settings_dict
+from .settings import RECORDED_IN, located_path, recorded_path, recorded_settings
 from .training import load_training_records
 
 RECOVERY_FILE = "recovery.json"
@@ -121,6 +122,8 @@ def recovery_data(adapter: str | Path | None, tasks: Sequence[str] = (), **given
     if run_file is not None and run_file.is_file():
         document = read_document(run_file, what="training run file") or {}
         recorded = {k: document.get(k) for k in ("tasks", "max_records", "val_size", "target", "max_length")}
+        if isinstance(recorded["tasks"], list):  # recorded relative to the training run's folder
+            recorded["tasks"] = [located_path(t, run_file.parent, document.get(RECORDED_IN)) for t in recorded["tasks"]]
         recorded["seed"] = (document.get("args") or {}).get("seed", 0)
         source = str(run_file)
     elif not tasks:
@@ -164,7 +167,7 @@ def prepare_recovery(
     if fmt is not None and fmt not in FORMATS:
         raise LoraSearchError(f"--format {fmt!r}: unknown; fix: use one of {', '.join(FORMATS)}")
     with FolderLock(out):  # the trainer takes the lock over in prepare()
-        picked = picked_subnet(run_dir, pick, model=model, adapter=str(adapter) if adapter else None)
+        picked = picked_subnet(run_dir, pick, out, model=model, adapter=str(adapter) if adapter else None)
         net, config = picked.net, picked.config
         data = recovery_data(picked.settings.adapter, tasks, max_records=max_records, val_size=val_size,
                              target=target, max_length=max_length)
@@ -172,12 +175,12 @@ def prepare_recovery(
         train, _ = train_val_split(records, data.val_size if data.val_size < 1 else int(data.val_size), data.seed) \
             if data.val_size else (records, [])
         examples = encode_records(net.tokenizer, train, data.target, data.max_length)
-        run_info = {"network": settings_dict(picked.settings), "space_fingerprint": space_fingerprint(net.space),
-                    "recovery": {"run": str(run_dir), "pick": pick, "config": config,
+        run_info = {"network": recorded_settings(picked.settings, out), "space_fingerprint": space_fingerprint(net.space),
+                    "recovery": {"run": recorded_path(str(run_dir), out), "pick": pick, "config": config,
                                  "data": dataclasses.asdict(data)}}
         trainer = NLSTrainer(net, examples, dataclasses.replace(args, reorder=False), out, run_info=run_info,
                              sampler=SubnetSampler(config), teacher=FrozenTeacher(net) if args.distill else None)
-        fingerprints = {"model": model_fingerprint(picked.settings.model, picked.settings.gguf_file),
+        fingerprints = {"model": model_fingerprint(resolved_model_spec(picked.settings.model), picked.settings.gguf_file),
                         "task": records_fingerprint(records), "adapter": net.fingerprint()}
         trainer.prepare(resume=resume, overwrite=overwrite, force=force, fingerprints=fingerprints)
     log(f"recovering {config_summary(config)} ({pick}) for {args.steps} steps on {len(examples)} training examples "

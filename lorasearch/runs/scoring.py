@@ -29,9 +29,11 @@ class SubnetScore:
     """Merged GMACs of the non-zero base weights, for a base with at least 1 % zeros (else None)."""
 
 
-def score_subnet(network: NetworkSettings, task: TaskSettings, config: str = "max", seq_len: int = 128) -> SubnetScore:
-    """Score the subnet ``config`` (max, min, heuristic or a JSON file) of the network the settings build."""
-    net = build_network(network)
+def score_subnet(network: NetworkSettings, task: TaskSettings, config: str = "max", seq_len: int = 128, *,
+                 any_base: bool = False) -> SubnetScore:
+    """Score the subnet ``config`` (max, min, heuristic or a JSON file) of the network the settings build
+    (``any_base``: accept an adapter trained on another base, see `build_network`)."""
+    net = build_network(network, any_base=any_base)
     chosen = resolve_config(net.space, config)
     result = build_evaluator(net, task)(chosen)
     cost = CostModel(net, seq_len=seq_len, reference="analytic")
@@ -56,11 +58,11 @@ class CostReport:
 
 
 def cost_breakdown(network: NetworkSettings, config: str = "max", seq_len: int = 128, deployment: str = "unmerged",
-                   counter: str = "closed") -> CostReport:
+                   counter: str = "closed", *, any_base: bool = False) -> CostReport:
     """Per-module MACs (unmerged and merged) of one subnet, with fvcore's count beside when ``counter="fvcore"``."""
     if counter not in COUNTERS:
         raise LoraSearchError(f"--counter: unknown {counter!r}; fix: use closed or fvcore")
-    net = build_network(network, with_tokenizer=False)
+    net = build_network(network, with_tokenizer=False, any_base=any_base)
     chosen = resolve_config(net.space, config)
     cost = CostModel(net, seq_len=seq_len, deployment=deployment, reference="analytic")
     if counter == "fvcore" and cost.on_meta:

@@ -4,29 +4,38 @@ plain settings ``run.yaml`` stores (build, search, resume)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..compress.adapter_modes import resolve_mode
+from ..cost import REFERENCES
 from ..errors import LoraSearchError
 from ..evaluate.evaluators import Evaluator
 from ..fingerprints import evaluator_fingerprint, model_fingerprint, records_fingerprint
 from ..io import FolderLock
+from ..models.loading import model_identity, resolved_model_spec
+from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
-from ..results.run import SearchResult, read_run_document
+from ..results.run import RUN_FILE, SearchResult, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
 from ..search.engine import SearchSettings, run_search
-from ..search.objectives import Constraint, Objective
+from ..search.objectives import Constraint, Objective, parse_constraint
 from ..search.shared_study import check_shareable
 from ..search.workers import WorkerSetup
 from .network_objectives import network_objectives
 from .settings import (
+    PATH_FIELDS,
+    RECORDED_IN,
     NetworkSettings,
     TaskSettings,
     absolute_paths,
     build_evaluator,
     build_network,
     load_task,
+    located_settings,
+    recorded_settings,
     settings_dict,
     settings_from_dict,
 )
@@ -41,7 +50,7 @@ def search_network(
     settings: SearchSettings | None = None,
     seq_len: int = 128,
     deployment: str = "unmerged",
-    cost_reference: str = "fvcore",
+    cost_reference: str = "analytic",
     extra_objectives: Mapping[str, Objective] | None = None,
     out_dir: str | Path | None = None,
     run_info: Mapping[str, Any] | None = None,
@@ -60,7 +69,10 @@ def search_network(
         constraints: e.g. ``"macs<=2.5e8"``; the metric is measured even if it is no objective.
         settings: strategy, budget, population, seed, operators.
         seq_len, deployment: what the MAC objective models (tokens per sequence; merged or unmerged).
-        cost_reference: ``fvcore`` (one trace checks the closed form) or ``analytic``.
+        cost_reference: ``analytic`` (the closed form from the shapes; the tests hold it equal to fvcore's
+            count on every tiny family) or ``fvcore`` (one trace of the full model adds what only fvcore
+            counts, such as ops of modules the closed form does not model; a module it counts otherwise
+            is a warning).
         extra_objectives: user objectives by name (any callable ``config -> float``).
         out_dir, run_info, resume, log: see `lorasearch.search.run_search`.
         backend: an `EvaluationBackend` (default: evaluate here); ``ProcessBackend`` and
@@ -71,11 +83,22 @@ def search_network(
         net, evaluator, objectives, constraints, seq_len=seq_len, deployment=deployment,
         cost_reference=cost_reference, extra_objectives=dict(extra_objectives or {}),
     )
-    info = {"seq_len": seq_len, "deployment": deployment, **dict(run_info or {})}
+    info = {"seq_len": seq_len, "deployment": deployment, "cost_reference": cost_reference, **dict(run_info or {})}
     return run_search(
         net.space, chosen, settings or SearchSettings(), constraints=parsed, metrics=metrics,
         out_dir=out_dir, run_info=info, resume=resume, log=log, backend=backend, **engine_kw,
     )
+
+
+def preflight_evaluation(net: SuperNetwork, evaluator: Evaluator) -> PreflightReport | None:
+    """The evaluator's largest batch under the max subnet, once, on the network's device (a search's
+    preflight); None for a network without weights (a driver's) or an evaluator that batches itself."""
+    batch = evaluator.largest_batch() if hasattr(evaluator, "largest_batch") else None
+    if net.device.type == "meta" or batch is None:
+        return None
+    what = f"the largest evaluation batch ({len(batch)} items, {evaluator.batch_tokens(batch)} tokens, max subnet)"
+    return run_preflight(what, net.device, lambda: evaluator.run_batch(batch, net.space.max()),
+                         "lower --max-batch-tokens or --batch-size, use a smaller --dtype, or another --device")
 
 
 @dataclass
@@ -92,12 +115,16 @@ class NetworkRecipe:
     constraints: list[str]
     seq_len: int = 128
     deployment: str = "unmerged"
+    any_base: bool = False
+    cost_reference: str = "analytic"
 
     def __call__(self) -> WorkerSetup:
-        net = build_network(self.network)
+        net = build_network(self.network, any_base=self.any_base)
         evaluator = build_evaluator(net, self.task)
+        preflight_evaluation(net, evaluator)  # a worker that cannot run the largest batch stops at once
         chosen, metrics, _ = network_objectives(net, evaluator, self.objectives, self.constraints,
-                                                seq_len=self.seq_len, deployment=self.deployment)
+                                                seq_len=self.seq_len, deployment=self.deployment,
+                                                cost_reference=self.cost_reference)
         return WorkerSetup(chosen + metrics, net.fingerprint())
 
 
@@ -112,20 +139,63 @@ class SearchRun:
     constraints: list[str] = field(default_factory=list)
     seq_len: int = 128
     deployment: str = "unmerged"
+    cost_reference: str = "analytic"
+    """analytic (MACs in closed form from the shapes) or fvcore (one fvcore trace of the full model adds
+    what only fvcore counts); run files from before this setting resume with fvcore, what they used."""
     storage: str | None = None
     """An optuna storage URL shared with other search processes (tpe and optuna-nsga2 only)."""
+    recorded: dict[str, Any] | None = field(default=None, repr=False)
+    """The ``run`` section of the run.yaml this run was read from, with ``folder``: its run directory (a
+    resume there records the section as it is); None for a run built from settings."""
 
-    def recipe(self) -> NetworkRecipe:
+    def option_values(self, out: str | Path | None = None) -> dict[str, Any]:
+        """The run's settings by the names of the ``search`` command's options (``objectives``,
+        ``constraint``, ``limit``, ``model``, ...; ``out`` when given)."""
+        values = {**settings_dict(self.network), **settings_dict(self.task), **dataclasses.asdict(self.settings),
+                  "objectives": list(self.objectives), "constraint": list(self.constraints),
+                  "seq_len": self.seq_len, "deployment": self.deployment, "cost_reference": self.cost_reference}
+        if out is not None:
+            values["out"] = str(out)
+        return values
+
+    def recipe(self, any_base: bool = False) -> NetworkRecipe:
         """The workers' recipe, with file paths made absolute (workers may start elsewhere) and the
         device left to each worker: the one GPU it sees, else the CPU (unless the run says cpu)."""
         network, task = absolute_paths(self.network, self.task)
         network = replace(network, device="cpu" if network.device == "cpu" else "auto")
         return NetworkRecipe(network, task, list(self.objectives), list(self.constraints),
-                             self.seq_len, self.deployment)
+                             self.seq_len, self.deployment, any_base, self.cost_reference)
 
-    def run_info(self) -> dict[str, Any]:
-        """The ``run`` section of run.yaml: the settings a resume must find unchanged."""
-        info = {"network": settings_dict(self.network), "task": settings_dict(self.task)}
+    def driver_network(self, backend: BackendSettings, any_base: bool = False) -> SuperNetwork:
+        """The network this process builds: the whole one when it evaluates (the local backend); with
+        parallel workers only its shapes (the base on the meta device, the adapter on the CPU), which is
+        all the driver uses (the costs in closed form, the tokenizer, the fingerprint), unless the
+        search needs weights here (`driver_needs_shapes_only`)."""
+        if backend.kind == "local" or not self.driver_needs_shapes_only():
+            return build_network(self.network, any_base=any_base)
+        return build_network(self.network, any_base=any_base, shapes_only=True)
+
+    def driver_needs_shapes_only(self) -> bool:
+        """Whether a parallel search's driver can do without the model's weights: not with
+        ``--cost-reference fvcore`` (it traces the model), ``macs_effective`` (it counts zeros), a
+        SparsePEFT/QA adapter mode (its masks and grids come from the weights) or, in a shared study
+        (which fixes its bounds before the first batch, measuring the costs here), ``latency``."""
+        metrics = set(self.objectives) | {parse_constraint(c).metric for c in self.constraints}
+        weighed = {"macs_effective", "latency"} if self.storage else {"macs_effective"}
+        dense = resolve_mode(self.network.adapter_mode, self.network.adapter)[0] == "dense"
+        return self.cost_reference == "analytic" and dense and not metrics & weighed
+
+    def run_info(self, out: str | Path | None = None) -> dict[str, Any]:
+        """The ``run`` section of run.yaml: the settings a resume must find unchanged. With ``out`` (the
+        run directory), paths are recorded relative to it, and where it lies as ``recorded_in``; a
+        resume in the folder the run was read from keeps the recorded section as it is."""
+        if self.recorded is not None and out is not None and _same_folder(self.recorded["folder"], out):
+            info = {k: v for k, v in self.recorded.items() if k in ("network", "task", RECORDED_IN)}
+        elif out is not None:
+            info = {"network": recorded_settings(self.network, out), "task": recorded_settings(self.task, out),
+                    RECORDED_IN: str(Path(out).resolve())}
+        else:
+            info = {"network": settings_dict(self.network), "task": settings_dict(self.task)}
         if self.storage:
             info["storage"] = self.storage
         return info
@@ -137,47 +207,59 @@ class SearchRun:
         """
         return {
             "adapter": network,
-            "model": model_fingerprint(self.network.model, self.network.gguf_file),
+            "model": model_fingerprint(resolved_model_spec(self.network.model), self.network.gguf_file),
             "task": records_fingerprint(records),
             "evaluator": evaluator_fingerprint(evaluator),
         }
 
     def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
             backend: BackendSettings | None = None, progress: Callable[[str], None] | None = None,
-            force: bool = False) -> tuple[SearchResult, SuperNetwork]:
-        """Build the network and evaluator, then search into ``out``; returns (result, network).
+            force: bool = False, built: SuperNetwork | None = None) -> tuple[SearchResult, SuperNetwork]:
+        """Build the network and evaluator, then search into ``out``; returns (result, network), the
+        network being shapes only (`driver_network`) when a parallel backend did the evaluating.
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
         ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
         gets them too). ``out`` is locked from before the model loads to the end (a second process
         is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
-        the run began.
+        the run began, and accepts an adapter trained on another base model than the run's. ``built`` is
+        the network these settings build, built already (the quickstart's freshly trained one, whose
+        fingerprint equals that of its saved adapter loaded again), so the model is not loaded twice.
+        Before the search, the evaluator's largest batch runs once on the device
+        (`preflight_evaluation`; each worker does the same), and ``log`` gets its time and memory.
         """
         backend = backend or BackendSettings()
         backend.check()
         self.settings.check()
+        if self.cost_reference not in REFERENCES:
+            raise LoraSearchError(f"--cost-reference {self.cost_reference!r}: unknown; fix: use analytic or fvcore")
         if self.network.device_map and backend.kind != "local":
             raise LoraSearchError(f"--backend {backend.kind}: a model spread with --device-map takes every GPU; "
                                   "fix: search with the local backend")
         if self.storage:
             check_shareable(self.settings.strategy)
         with FolderLock(out):
-            return self._run(out, resume, log, backend, progress, force)
+            return self._run(out, resume, log, backend, progress, force, built)
 
     def _run(self, out: str | Path, resume: bool, log: Callable[[str], None] | None, backend: BackendSettings,
-             progress: Callable[[str], None] | None, force: bool) -> tuple[SearchResult, SuperNetwork]:
-        net = build_network(self.network)
+             progress: Callable[[str], None] | None, force: bool,
+             built: SuperNetwork | None) -> tuple[SearchResult, SuperNetwork]:
+        net = built if built is not None else self.driver_network(backend, any_base=force)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
+        report = preflight_evaluation(net, evaluator)
+        if report is not None and log is not None:
+            log(report.line())
         fingerprint = net.fingerprint()
         with contextlib.ExitStack() as stack:
             workers = None
             if backend.kind != "local":  # the local backend is the engine's default
-                parallel = make_backend(backend, recipe=self.recipe(), fingerprint=fingerprint)
+                parallel = make_backend(backend, recipe=self.recipe(any_base=force), fingerprint=fingerprint)
                 workers = stack.enter_context(parallel)
             result = search_network(
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
-                seq_len=self.seq_len, deployment=self.deployment, out_dir=out, run_info=self.run_info(),
+                seq_len=self.seq_len, deployment=self.deployment, cost_reference=self.cost_reference,
+                out_dir=out, run_info=self.run_info(out),
                 resume=resume, log=log, backend=workers, optuna_storage=self.storage, progress=progress,
                 fingerprints=self.fingerprints(fingerprint, evaluator, records), force=force,
             )
@@ -185,7 +267,8 @@ class SearchRun:
 
 
 def run_from_file(path: str | Path) -> SearchRun:
-    """Read a run.yaml (a run directory's, or one written by hand in the same shape)."""
+    """Read a run.yaml (a run directory's, or one written by hand in the same shape); its relative paths
+    are found from the file's folder (`lorasearch.runs.settings.located_path`)."""
     path = Path(path)
     document = read_run_document(path)
     run, search = document.get("run") or {}, dict(document.get("search") or {})
@@ -193,13 +276,68 @@ def run_from_file(path: str | Path) -> SearchRun:
     constraints = list(search.pop("constraints", []))
     if not isinstance(run, Mapping):
         raise LoraSearchError(f"{path}: run: must be a mapping; fix: compare with a run.yaml that lorasearch wrote")
+    folder, recorded_in = path.parent, run.get(RECORDED_IN)
     return SearchRun(
-        network=settings_from_dict(NetworkSettings, run.get("network"), f"{path}: run.network"),
-        task=settings_from_dict(TaskSettings, run.get("task"), f"{path}: run.task"),
+        network=settings_from_dict(NetworkSettings, located_settings(run.get("network"), folder, recorded_in),
+                                   f"{path}: run.network"),
+        task=settings_from_dict(TaskSettings, located_settings(run.get("task"), folder, recorded_in), f"{path}: run.task"),
         settings=settings_from_dict(SearchSettings, search, f"{path}: search"),
         objectives=objectives,
         constraints=constraints,
         seq_len=int(run.get("seq_len", 128)),
         deployment=str(run.get("deployment", "unmerged")),
+        cost_reference=str(run.get("cost_reference", "fvcore")),  # what runs from before the setting used
         storage=run.get("storage"),
+        recorded={**dict(run), "folder": str(folder)},
     )
+
+
+RESUME_OPTIONS = ("resume", "threads", "force", "backend", "workers", "ray_address", "storage")
+"""Options that mean something with ``search --resume`` besides ``--budget``: how to run, not what."""
+
+
+def resumed_run(run_dir: str | Path, given: Mapping[str, Any]) -> SearchRun:
+    """The run in ``run_dir`` for ``search --resume``, with the options given beside ``--resume``
+    (by field name: ``budget``, ``limit``, ``model``, ``objectives``, ``out``, ...).
+
+    A larger ``budget`` extends the run (the engine refuses a smaller one); any other option that
+    differs from what the run recorded is refused in one line naming it, since a resumed run keeps its
+    settings. An option repeated with the recorded value is accepted.
+    """
+    run_dir = Path(run_dir)
+    plan = run_from_file(run_dir / RUN_FILE)
+    recorded = plan.option_values(run_dir)
+    for name, value in given.items():
+        if name == "budget":
+            plan.settings.budget = int(value)
+            continue
+        if name not in recorded:
+            raise LoraSearchError(f"--{name.replace('_', '-')}: cannot change on --resume; fix: drop it, or start a "
+                                  "new run with --out")
+        if not _same_value(name, recorded[name], value):
+            raise LoraSearchError(
+                f"--{name.replace('_', '-')} {_shown(value)}: the run in {run_dir} has {_shown(recorded[name])}, and a "
+                f"resumed run keeps its settings (only --budget may grow); fix: drop --{name.replace('_', '-')}, or "
+                "start a new run with another --out"
+            )
+    return plan
+
+
+def _same_value(name: str, recorded: Any, given: Any) -> bool:
+    if recorded == given:
+        return True
+    if name == "model":
+        return model_identity(str(recorded)) == model_identity(str(given))
+    if name in PATH_FIELDS + ("out",) and isinstance(recorded, str) and isinstance(given, str):
+        return Path(recorded).exists() and Path(given).exists() and Path(recorded).resolve() == Path(given).resolve()
+    return False
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

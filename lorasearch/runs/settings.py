@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
+from torch import nn
 
 from ..compress.adapter_modes import resolve_mode
 from ..compress.masked import apply_adapter_mode
@@ -28,13 +30,15 @@ from ..evaluate import registry
 from ..evaluate.evaluators import Evaluator
 from ..evaluate.harness import LM_EVAL_PREFIX, LMEvalEvaluator, parse_lm_eval
 from ..io import parse_json, read_text
-from ..models.loading import load_model, resolve_device, resolve_dtype
+from ..models.anatomy import bytes_per_token
+from ..models.loading import load_model, load_shapes, resolve_device, resolve_dtype
 from ..network.permutation import PERMUTATION_FILE
 from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
 from ..space import Config, SearchSpace
 
 ADAPTER_DTYPES = ("fp32", "base")
-GPU_BATCH_TOKENS = 32768
+GPU_BATCH_TOKENS = 32768  # the most tokens per evaluation batch on a GPU
+MEMORY_SHARE = 0.8  # of the free device memory an evaluation batch may fill
 Settings = TypeVar("Settings")
 
 
@@ -73,13 +77,14 @@ class NetworkSettings:
         return {"gguf_file": self.gguf_file, "dtype": self.dtype or "auto", "device": self.device,
                 "device_map": self.device_map, "trust_remote_code": self.trust_remote_code}
 
-    def check(self) -> None:
-        """One-line errors for values that cannot work, before anything loads."""
+    def check(self, *, device: bool = True) -> None:
+        """One-line errors for values that cannot work, before anything loads; ``device=False`` leaves
+        out whether the device is present (a driver that builds shapes only runs nothing on it)."""
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise LoraSearchError(f"--adapter-dtype {self.adapter_dtype!r}: unknown; fix: use fp32 or base")
         if self.device_map not in (None, "auto"):
             raise LoraSearchError(f"--device-map {self.device_map!r}: unknown; fix: use auto, or leave it out")
-        resolve_dtype(self.dtype, resolve_device(self.device))
+        resolve_dtype(self.dtype, resolve_device(self.device) if device else torch.device("cpu"))
 
 
 @dataclass
@@ -98,8 +103,9 @@ class TaskSettings:
     batch_size: int | None = None
     """Most sequences per forward pass (default: 8 on the CPU, no limit on a GPU: the token budget decides)."""
     max_batch_tokens: int | None = None
-    """Most tokens per forward pass, padding and per-option context copies included (default: 32768 on
-    a GPU, no limit on the CPU)."""
+    """Most tokens per forward pass, padding and per-option context copies included (default on a GPU:
+    min(32768, 0.8 * free memory / bytes per token), the key/value cache, one layer's activations and
+    the fp32 logits of a token; no limit on the CPU)."""
     max_new_tokens: int = 256
     """Exact match only: generation limit."""
     metric: str | None = None
@@ -127,6 +133,62 @@ def settings_from_dict(cls: type[Settings], data: Mapping[str, Any] | None, sour
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise LoraSearchError(f"{source}: unknown field {key!r}; {hint}fix: compare with a run.yaml that lorasearch wrote")
     return cls(**data)
+
+
+# ------------------------------------------------------------------------------- recorded paths
+PATH_FIELDS = ("model", "space", "adapter", "task", "lm_eval_include")
+"""The settings fields that may name a file or folder."""
+RECORDED_IN = "recorded_in"
+"""A run file's note of the folder its relative paths were recorded from (where the run then lay)."""
+
+
+def recorded_path(value: Any, folder: str | Path) -> Any:
+    """A path as a run file records it: relative to ``folder`` (the run's own) when it names an existing
+    file or folder, so that a run moved together with its inputs still finds them; else as it is
+    (model names such as ``default`` or a hub name)."""
+    if not isinstance(value, str) or not value or not Path(value).exists():
+        return value
+    return os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+
+
+def recorded_settings(settings: Any, folder: str | Path) -> dict[str, Any]:
+    """`settings_dict` with every path field recorded relative to ``folder`` (`recorded_path`)."""
+    return {k: recorded_path(v, folder) if k in PATH_FIELDS else v for k, v in settings_dict(settings).items()}
+
+
+def located_path(value: Any, folder: str | Path, recorded_in: str | Path | None = None) -> Any:
+    """A path read from a run file in ``folder``, as a path from here: relative to the run folder, else to
+    where the run was recorded (a run moved without its inputs), else as written. Files of earlier
+    versions (no ``recorded_in``) recorded paths as the command line gave them: those are tried from
+    here first."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    bases = [folder, recorded_in] if recorded_in else [Path.cwd(), folder]
+    for base in bases:
+        if base is not None and (Path(base) / value).exists():
+            return value if base == Path.cwd() else os.path.normpath(Path(base) / value)
+    return value
+
+
+def kept_as_recorded(current: Mapping[str, Any], stored: Mapping[str, Any] | None, folder: str | Path,
+                     recorded_in: str | Path | None = None) -> dict[str, Any]:
+    """``current`` (a settings mapping about to be recorded) with each path field that names the same
+    file or folder as ``stored``'s spelled as ``stored`` spells it, so that a resume of a run recorded
+    by an earlier version, or from elsewhere, compares equal."""
+    kept = dict(current)
+    for key in PATH_FIELDS:
+        old, new = (stored or {}).get(key), kept.get(key)
+        if isinstance(old, str) and isinstance(new, str) and old != new:
+            there, here = located_path(old, folder, recorded_in), located_path(new, folder, folder)
+            if Path(there).exists() and Path(here).exists() and Path(there).resolve() == Path(here).resolve():
+                kept[key] = old
+    return kept
+
+
+def located_settings(data: Mapping[str, Any] | None, folder: str | Path,
+                     recorded_in: str | Path | None = None) -> dict[str, Any]:
+    """A run file's settings mapping with its path fields located from here (`located_path`)."""
+    return {k: located_path(v, folder, recorded_in) if k in PATH_FIELDS else v for k, v in dict(data or {}).items()}
 
 
 def absolute_paths(network: NetworkSettings, task: TaskSettings) -> tuple[NetworkSettings, TaskSettings]:
@@ -163,7 +225,7 @@ def resolve_space(settings: NetworkSettings) -> SearchSpace:
 
 
 def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *,
-                  with_tokenizer: bool = True) -> SuperNetwork:
+                  with_tokenizer: bool = True, any_base: bool = False, shapes_only: bool = False) -> SuperNetwork:
     """Load the model and wrap it as the settings say: the one builder of a `SuperNetwork`.
 
     The model lands on the settings' device in their dtype (adapters in fp32 over a low-precision
@@ -171,14 +233,23 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
     permutation of a reordered adapter (``lorasearch_permutation.safetensors``) is applied to the
     freshly loaded base and the adapter together (in `SuperNetwork`), before the adapter modules
     take the adapter mode (dense, SparsePEFT or QA-SparsePEFT: asked for, else the one saved beside
-    the adapter), so masks are taken from the reordered base. ``space`` overrides the settings'
+    the adapter), so masks are taken from the reordered base. QA-SparsePEFT gets the weights from
+    before quantization where the quantized folder keeps them (``adapter_metadata["qa_base"]`` says
+    which base it uses). ``space`` overrides the settings'
     space (e.g. one stored in a run file); without a space or an adapter, the network is the plain
     base model (no elastic modules). ``with_tokenizer=False`` skips the tokenizer (counting costs
-    needs none).
+    needs none). An adapter trained on another base than ``settings.model`` is refused, naming both,
+    unless ``any_base`` (``--force``; see `SuperNetwork`). ``shapes_only=True`` builds the base on the
+    meta device from its config alone (no weight is read; `lorasearch.models.load_shapes`) with the
+    adapter's tensors on the CPU: the space, the costs in closed form, the tokenizer and the
+    fingerprint of the network the settings describe, what a parallel search's driver needs; masks
+    and grids of an adapter mode need weights and are left to the workers.
     """
-    settings.check()
+    settings.check(device=not shapes_only)
     if space is None:
         space = resolve_space(settings) if settings.space or settings.adapter else plain_space()
+    if shapes_only:
+        return _shapes_network(settings, space, with_tokenizer, any_base)
     mode, saved = resolve_mode(settings.adapter_mode, settings.adapter)
     quantized = is_quantized_folder(settings.model)
     if quantized and settings.adapter and (Path(settings.adapter) / PERMUTATION_FILE).is_file():
@@ -188,10 +259,20 @@ def build_network(settings: NetworkSettings, space: SearchSpace | None = None, *
         )
     loaded = load_model(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
     if quantized:
-        attach_grids(loaded.model, settings.model)
+        attach_grids(loaded.model, settings.model, float_base=mode == "qa")  # QA quantizes W^p + L^p
     net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
-                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base")
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", any_base=any_base)
     return apply_adapter_mode(net, mode, saved)
+
+
+def _shapes_network(settings: NetworkSettings, space: SearchSpace, with_tokenizer: bool, any_base: bool) -> SuperNetwork:
+    """The network of ``settings`` with its base on the meta device and real adapters on the CPU."""
+    loaded = load_shapes(settings.model, **settings.load_options(), with_tokenizer=with_tokenizer)
+    net = SuperNetwork(loaded.model, space, settings.adapter, tokenizer=loaded.tokenizer, model_spec=loaded.spec,
+                       seed=settings.seed, adapters_in_base_dtype=settings.adapter_dtype == "base", any_base=any_base,
+                       adapter_device="cpu")
+    net.adapter_mode = resolve_mode(settings.adapter_mode, settings.adapter)[0]
+    return net
 
 
 def plain_space() -> SearchSpace:
@@ -225,7 +306,7 @@ def build_evaluator(net: SuperNetwork, settings: TaskSettings, records: Sequence
         "exact": {"max_new_tokens": settings.max_new_tokens},
         "loss": {"metric": settings.metric or "neg_loss"},
     }[kind]
-    common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device)}
+    common = {"limit": settings.limit, "seed": settings.seed, **batching(settings, net.device, net.model)}
     return registry.EVALUATORS[kind](net, records, **options, **common)
 
 
@@ -250,13 +331,33 @@ def _check_options(settings: TaskSettings) -> None:
         raise LoraSearchError(f"--metric {settings.metric}: only for --evaluator lm-eval:TASK or loss; fix: drop it")
 
 
-def batching(settings: TaskSettings, device: torch.device) -> dict[str, int | None]:
+def batching(settings: TaskSettings, device: torch.device, model: nn.Module | None = None, *,
+             free_bytes: int | None = None) -> dict[str, int | None]:
     """The evaluator's batch limits: as given, else 8 sequences on the CPU (where bigger batches gain
-    nothing) and a budget of 32768 tokens on a GPU (enough to keep a large one busy)."""
-    on_gpu = device.type == "cuda"
-    if settings.batch_size is None and settings.max_batch_tokens is None:
-        return {"batch_size": None, "max_batch_tokens": GPU_BATCH_TOKENS} if on_gpu else {"batch_size": 8, "max_batch_tokens": None}
-    return {"batch_size": settings.batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    nothing) and a token budget on a GPU (`gpu_batch_tokens`)."""
+    if settings.batch_size is not None or settings.max_batch_tokens is not None:
+        return {"batch_size": settings.batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    if device.type != "cuda":
+        return {"batch_size": 8, "max_batch_tokens": None}
+    return {"batch_size": None, "max_batch_tokens": gpu_batch_tokens(device, model, free_bytes)}
+
+
+def gpu_batch_tokens(device: torch.device, model: nn.Module | None, free_bytes: int | None = None) -> int:
+    """Tokens per evaluation batch on a GPU, padding and per-option context copies included:
+
+    ``min(32768, floor(0.8 * free_bytes / bytes_per_token))``
+
+    ``free_bytes`` is the device's free memory once the model is loaded (``torch.cuda.mem_get_info``),
+    ``bytes_per_token`` the key/value cache, one layer's activations and the fp32 logits of a token
+    (`lorasearch.models.anatomy.bytes_per_token`); a fifth of the free memory is left to the
+    allocator's fragmentation. 32,768 tokens keep a large GPU busy. ``--max-batch-tokens`` (or
+    ``--batch-size``) overrides it.
+    """
+    if model is None:
+        return GPU_BATCH_TOKENS
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(GPU_BATCH_TOKENS, int(MEMORY_SHARE * free_bytes) // bytes_per_token(model)))
 
 
 def resolve_config(space: SearchSpace, choice: str | None) -> Config:

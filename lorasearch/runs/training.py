@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..compress.quant import GRID_ATTR
 from ..data import Record, load_records, subset, synthetic_task, train_val_split
 from ..errors import LoraSearchError, SpaceError
 from ..fingerprints import model_fingerprint, records_fingerprint
-from ..io import FolderLock, atomic_write_json, atomic_write_text
+from ..io import FolderLock, atomic_write_json, atomic_write_text, read_document
+from ..models.loading import resolve_device, resolved_model_spec, training_dtype
 from ..network.depth import BlockImportance
 from ..network.permutation import ChannelPermutation
 from ..network.supernet import SuperNetwork
@@ -21,9 +22,10 @@ from ..train.block_importance import measure_block_importance, needs_block_order
 from ..train.reorder import ReorderResult, network_unit_sets, reorder_network
 from ..train.targets import encode_records
 from ..train.trainer import NLSTrainer, TrainArgs
-from .settings import NetworkSettings, build_network, settings_dict
+from .settings import NetworkSettings, build_network, kept_as_recorded, recorded_path, recorded_settings
 
 VALIDATION_FILE = "validation.jsonl"
+TRAIN_RUN_FILE = "train_run.yaml"
 REORDER_FILE = "reorder.safetensors"  # the permutation this run applied before training (for --resume)
 REORDER_REPORT = "reorder.json"
 BLOCK_IMPORTANCE = "block_importance.json"  # the block order this run measured before training (for --resume)
@@ -66,7 +68,9 @@ def prepare_training(
     blocks kept (depth) gets its block importance measured the same way, unless the starting adapter
     records one (`lorasearch.train.block_importance`). ``out`` is locked from before the
     model loads until the training ends; a resume whose model, records or starting adapter changed is
-    refused unless ``force``.
+    refused unless ``force``, as is a starting adapter trained on another base model. ``--dtype auto``
+    trains in bf16 on a GPU that supports it (`lorasearch.models.loading.training_dtype`); over an fp16
+    base the loss is scaled (`lorasearch.train.trainer.loss_scaler`).
     """
     args.check()  # before the folder is made
     with FolderLock(out):  # the trainer takes the lock over in prepare()
@@ -79,8 +83,24 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
              overwrite: bool, force: bool, log: Callable[[str], None]) -> NLSTrainer:
     records = load_training_records(tasks, max_records, args.seed, synthetic_records)
     train, val = train_val_split(records, val_size if val_size < 1 else int(val_size), args.seed) if val_size else (records, [])
-    net = build_network(network)
+    dtype = training_dtype(network.dtype, resolve_device(network.device))
+    net = build_network(dataclasses.replace(network, dtype=dtype), any_base=force)
     args = dataclasses.replace(args, reorder=reorder_wanted(args.reorder, net))
+    examples = encode_records(net.tokenizer, train, target, max_length)
+    run_info = {
+        "network": _network_record(network, out),  # paths relative to the run folder, so it can move with them
+        "space_fingerprint": space_fingerprint(net.space),
+        "tasks": _tasks_record(tasks, out),
+        "max_records": max_records,
+        "val_size": val_size,
+        "target": target,
+        "max_length": max_length,
+    }
+    qa_base = (net.adapter_metadata or {}).get("qa_base")
+    if qa_base is not None:  # QA-SparsePEFT: on W^p (float) or on the de-quantised base (its fallback)
+        run_info["qa_base"] = qa_base
+    trainer = NLSTrainer(net, examples, args, out, run_info=run_info)
+    log(trainer.preflight().line())  # before anything long: one step of the largest batch on the device
     saved = Path(out) / REORDER_FILE
     reordered: ReorderResult | ChannelPermutation | None = None
     if args.reorder and resume and not overwrite and saved.is_file():
@@ -90,22 +110,11 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         reordered = reorder_network(net, train, samples=args.reorder_samples, seq_len=args.reorder_seq_len,
                                     batch_size=args.batch_size, seed=args.seed)
     measured = _block_order(net, train, args, Path(out) / BLOCK_IMPORTANCE, resume and not overwrite)
-    examples = encode_records(net.tokenizer, train, target, max_length)
-    run_info = {
-        "network": settings_dict(network),
-        "space_fingerprint": space_fingerprint(net.space),
-        "tasks": list(tasks),
-        "max_records": max_records,
-        "val_size": val_size,
-        "target": target,
-        "max_length": max_length,
-    }
     fingerprints = {
-        "model": model_fingerprint(network.model, network.gguf_file),
+        "model": model_fingerprint(resolved_model_spec(network.model), network.gguf_file),
         "task": records_fingerprint(records),
         "adapter": net.fingerprint() if network.adapter else None,  # the adapter training starts from
     }
-    trainer = NLSTrainer(net, examples, args, out, run_info=run_info)
     trainer.prepare(resume=resume, overwrite=overwrite, force=force, fingerprints=fingerprints)
     if val:
         atomic_write_text(Path(out) / VALIDATION_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in val))
@@ -117,6 +126,8 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         measured.save(Path(out) / BLOCK_IMPORTANCE)
         log(block_line(measured))
     log(f"{len(examples)} training examples, {len(val)} held out; {net!r}")
+    if resume:
+        log(resumed_line(trainer.step, args.steps))
     return trainer
 
 
@@ -140,6 +151,34 @@ def block_line(importance: BlockImportance) -> str:
     order = importance.order
     return (f"block importance ({importance.info.get('metric', '?')}): least important first "
             f"{', '.join(map(str, order[::-1][:4]))}; most important {', '.join(map(str, order[:3]))}")
+def resumed_line(step: int, steps: int) -> str:
+    """What a resumed training starts from: the newest whole checkpoint's step, or the start."""
+    if step == 0:
+        return f"resumed: no checkpoint was saved yet, so training starts at step 0 of {steps}"
+    if step >= steps:
+        return f"resumed: the checkpoint holds the last step ({step} of {steps}); the super-adapter is written again"
+    return f"resumed from the checkpoint at step {step} of {steps}; steps {step + 1}-{steps} are left"
+
+
+def _network_record(network: NetworkSettings, out: str | Path) -> dict:
+    """The network settings as train_run.yaml records them; a resumed run's paths as it spelled them."""
+    return kept_as_recorded(recorded_settings(network, out), _stored(out).get("network"), out)
+
+
+def _tasks_record(tasks: Sequence[str], out: str | Path) -> list[str]:
+    """The task files as train_run.yaml records them; a resumed run's paths as it spelled them."""
+    stored = _stored(out).get("tasks")
+    record = [recorded_path(t, out) for t in tasks]
+    if not isinstance(stored, list) or len(stored) != len(record):
+        return record
+    return [kept_as_recorded({"task": new}, {"task": old}, out)["task"] for new, old in zip(record, stored)]
+
+
+def _stored(out: str | Path) -> Mapping:
+    """The train_run.yaml already in ``out`` (empty when there is none)."""
+    stored_file = Path(out) / TRAIN_RUN_FILE
+    stored = read_document(stored_file, what="training run file") if stored_file.is_file() else None
+    return stored if isinstance(stored, Mapping) else {}
 
 
 def reorder_wanted(asked: bool | None, net: SuperNetwork) -> bool:

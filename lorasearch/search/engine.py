@@ -382,12 +382,13 @@ class SearchEngine:
         parts = []
         for o in self.objectives:
             value, stderr, items = values[o.name], values.get(f"{o.name}_stderr"), values.get(f"{o.name}_items")
-            text = f"{value / 1e9:.4g} G{o.name}" if o.unit.startswith("MACs") else f"{o.name} {value:.4g}"
+            text = f"{o.name} {value / 1e9:.4g} GMACs" if o.unit.startswith("MACs") else f"{o.name} {value:.4g}"
             text += f" ± {stderr:.3f}" if stderr is not None else ""
             text += f" ({items} items)" if items is not None else ""
             parts.append(text)
         stopped = f", stopped early (beaten by evaluation {record.get('dominated_by')})" if record.get(PARTIAL) else ""
-        line = (f"evaluation {self.evaluated} of {self.settings.budget}: {', '.join(parts)}{stopped}; "
+        # numbered by eval_id, as results.csv, the summary, the report and --pick 'row N' number them
+        line = (f"evaluation {record['eval_id']} [{self.evaluated}/{self.settings.budget}]: {', '.join(parts)}{stopped}; "
                 f"{record['seconds']:.1f} s, {time.perf_counter() - self.start_time:.0f} s in all")
         if self.rundir is not None:
             self.rundir.progress(line)

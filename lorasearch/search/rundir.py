@@ -10,7 +10,7 @@
     results.csv         every evaluation: config, genes, objectives, generation, source, seconds, is_pareto
     pareto.csv          the non-dominated evaluations
     hypervolume.csv     hypervolume per generation, over the fixed bounds stored in run.yaml
-    progress.log        one line per evaluation as it finishes ("evaluation k of N: ...")
+    progress.log        one line per evaluation as it finishes ("evaluation ID [k/N]: ...", ID the eval_id)
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class RunDirectory:
             raw = self.read_run()
             stored = _upgraded(raw)
             forced = _check_fingerprints(stored, run, self.run_file, force)
+            stored = _extended(stored, run, self.run_file)
             _refuse_changes(stored, run, self.run_file)
             kept = dict(stored.get(FINGERPRINTS) or {})
             current = dict(run.get(FINGERPRINTS) or {})
@@ -119,6 +120,22 @@ def _refuse_changes(stored: Mapping[str, Any], current: Mapping[str, Any], file:
             raise LoraSearchError(
                 f"{file}: the run changed ({change}); fix: resume with the same settings or start a new --out"
             )
+
+
+def _extended(stored: dict[str, Any], current: Mapping[str, Any], file: Path) -> dict[str, Any]:
+    """A resume with a larger budget extends the run: the stored budget is raised (a smaller one is refused).
+
+    The strategy replays from its seed, so the logged evaluations are the first ones of the longer
+    run and the extended run ends where a run started with the larger budget would.
+    """
+    old = (stored.get("search") or {}).get("budget")
+    new = (current.get("search") or {}).get("budget")
+    if old is None or new is None or new == old:
+        return stored
+    if new < old:
+        raise LoraSearchError(f"{file}: --budget {new} is below the run's budget {old}; fix: drop --budget to "
+                              f"finish the run, or give a larger one to extend it")
+    return {**stored, "search": {**stored["search"], "budget": new}}
 
 
 def _upgraded(stored: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ resumed run ends in exactly the state of an uninterrupted one, wherever it was k
 cut back to the checkpoint's step (to nothing before the first checkpoint), and a checkpoint
 written whole but not yet renamed into place is used.
 
+Over an fp16 base the loss is scaled (`loss_scaler`: `torch.amp.GradScaler`, its state in the
+checkpoint); bf16 and fp32 need no scaling.
+
 **In-place distillation** (``distill``, as in BigNAS and Once-for-All): on every micro-batch the max
 subnet's response logits, detached, are the teacher of the step's other subnets, whose loss is
 ``(1 - w) * cross-entropy + w * KL(teacher || subnet)`` on the response tokens (``w`` =
@@ -36,6 +39,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +65,7 @@ from ..io import (
     read_document,
     read_jsonl,
 )
+from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
 from ..space import Config, SearchSpace
 from .sampling import Sampler, make_sampler, resolve_sampler
@@ -265,6 +270,7 @@ class NLSTrainer:
         run_info: Mapping[str, Any] | None = None,
         sampler: Sampler | None = None,
         teacher: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+        loss_scaling: bool | None = None,
     ) -> None:
         name = sampler.name if sampler is not None else resolve_sampler(args.sampler, net.space)
         args = dataclasses.replace(args, sampler=name)  # run files record the real one
@@ -283,6 +289,7 @@ class NLSTrainer:
         self.pad_id = pad if pad is not None else 0
         self.step = 0
         self._resume_states: dict[str, Any] | None = None
+        self.scaler = loss_scaler(net, loss_scaling)
 
     # -- folder and checkpoints
     def prepare(self, *, resume: bool = False, overwrite: bool = False, force: bool = False,
@@ -368,7 +375,10 @@ class NLSTrainer:
         tensors = {f"{n}.{part}": getattr(m, part).weight.detach().cpu().contiguous()
                    for n, m in self.net.elastic.items() if m.lora_A is not None for part in ("lora_A", "lora_B")}
         save_file(tensors, str(tmp / "adapters.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        if self.scaler is not None:
+            states["scaler"] = self.scaler.state_dict()
+        torch.save(states, tmp / "optimizer.pt")
         for written in ("adapters.safetensors", "optimizer.pt"):
             fsync_file(tmp / written)
         state = {"step": self.step, "stats": self.stats.to_dict(), "rng": _rng_states()}
@@ -399,21 +409,54 @@ class NLSTrainer:
         if lock is not None:
             lock.release()
 
+    # -- before the loop
+    def preflight(self) -> PreflightReport:
+        """One training micro-batch (the ``batch_size`` longest examples, the max subnet: the most memory
+        a step will take) forward and backward on the training device, with the run's gradient
+        checkpointing and loss scaling; the gradients are dropped and no random number is drawn from
+        the run's streams, so training goes on exactly as without it. Raises `PreflightError`."""
+        net, args = self.net, self.args
+        longest = sorted(range(len(self.examples)), key=lambda i: -len(self.examples[i]["input_ids"]))[:args.batch_size]
+        batch = {k: v.to(self.device) for k, v in collate([self.examples[i] for i in longest], self.pad_id).items()}
+        width = batch["input_ids"].shape[1]
+
+        def step() -> None:
+            self._enter_training()
+            try:
+                with net.activated(net.space.max()):
+                    logits, targets = response_logits(net.model, batch)
+                    loss = F.cross_entropy(logits.float(), targets)
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            finally:
+                for p in net.adapter_parameters():
+                    p.grad = None
+                net.model.eval()
+
+        return run_preflight(f"one training step of {len(longest)} x {width} tokens (max subnet)", self.device, step,
+                             "lower --batch-size or --max-length, add --gradient-checkpointing, or use another --device "
+                             "or --dtype")
+
+    def _enter_training(self) -> None:
+        """Adapters trainable, train mode, gradient checkpointing as asked."""
+        self.net.train_adapters()
+        self.net.model.train()
+        if self.args.gradient_checkpointing:
+            self.net.model.gradient_checkpointing_enable()
+            self.net.model.enable_input_require_grads()
+
     # -- the loop
     def train(self, progress: bool = True) -> TrainResult:
         """Run (or finish) the training; return where the super-adapter was written."""
         net, args = self.net, self.args
-        net.train_adapters()
-        net.model.train()
-        if args.gradient_checkpointing:
-            net.model.gradient_checkpointing_enable()
-            net.model.enable_input_require_grads()
+        self._enter_training()
         params = net.adapter_parameters()
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
         if self._resume_states:
             optimizer.load_state_dict(self._resume_states["optimizer"])
             scheduler.load_state_dict(self._resume_states["scheduler"])
+            if self.scaler is not None and self._resume_states.get("scaler"):
+                self.scaler.load_state_dict(self._resume_states["scaler"])
         start, loss = time.perf_counter(), float("nan")
         with _progress(progress, args.steps, self.step) as bar:
             while self.step < args.steps:
@@ -455,15 +498,24 @@ class NLSTrainer:
                     kl = distillation_loss(logits, teacher) / args.grad_accum
                     loss = (1 - args.distill_weight) * task + args.distill_weight * kl
                     kls[n] += kl.item()
-                (loss / len(configs)).backward()
+                share = loss / len(configs)
+                (self.scaler.scale(share) if self.scaler is not None else share).backward()
                 losses[n] += task.item()
         for config, total in zip(configs, losses):
             self.stats.record(config, total)
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)  # clip the true gradients
         if args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.net.adapter_parameters(), args.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then halves
+            self.scaler.update()
+        else:
+            optimizer.step()
+        with warnings.catch_warnings():  # the schedule counts steps, taken or skipped by the scaler
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
         mean = float(np.mean(losses))
@@ -495,6 +547,32 @@ class NLSTrainer:
 
 
 # ---------------------------------------------------------------------------- helpers
+def loss_scaler(net: SuperNetwork, enabled: bool | None = None) -> torch.amp.GradScaler | None:
+    """Loss scaling for training over an fp16 base (``enabled=None``: exactly then), else None.
+
+    fp16 has five exponent bits: without scaling, the small gradients that flow back through an
+    fp16 base underflow to zero. The loss is scaled up before the backward pass, the gradients are
+    unscaled before clipping, and a step whose gradients overflowed is skipped while the scale halves
+    (`torch.amp.GradScaler`). bf16 has fp32's exponent range and needs none. The adapters must be
+    fp32 (the default): a scaler cannot unscale fp16 gradients.
+    """
+    dtype = base_dtype(net)
+    if not (dtype == torch.float16 if enabled is None else enabled):
+        return None
+    if any(p.dtype == torch.float16 for p in net.adapter_parameters()):
+        raise LoraSearchError("--dtype fp16 with --adapter-dtype base: fp16 adapters cannot be trained with loss "
+                              "scaling (their gradients cannot be unscaled); fix: use --adapter-dtype fp32 (the "
+                              "default) or --dtype bf16")
+    return torch.amp.GradScaler(net.device.type)
+
+
+def base_dtype(net: SuperNetwork) -> torch.dtype:
+    """The dtype the base computes in (its wrapped layers', else its first parameter's)."""
+    for module in net.elastic.values():
+        return module.base_layer.weight.dtype
+    return next(net.model.parameters()).dtype
+
+
 def _rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
