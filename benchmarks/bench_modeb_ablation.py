@@ -567,6 +567,8 @@ def parse_depth_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--recover-targets", nargs="+", choices=list(TARGETS), default=["1.3x"],
                    help="recover stage: the picks recovered (each plainly and with distillation)")
+    p.add_argument("--test-targets", nargs="+", choices=["heuristic", *TARGETS], default=["heuristic", *TARGETS],
+                   help="test stage: the subnets scored besides LoRA (default all)")
     for name, default in DEPTH_FULL.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {default} ({DEPTH_QUICK[name]} with --quick)")
     p.add_argument("--runs", type=Path, help="where stages keep their work (default ../lorasearch-runs/ablation-depth)")
@@ -716,9 +718,22 @@ def depth_rows(args: argparse.Namespace) -> dict[Path, dict[str, dict]]:
     return plans
 
 
+def test_order(args: argparse.Namespace, plans: dict[Path, dict[str, dict]]) -> list[tuple[Path, dict[str, dict]]]:
+    """The test stage's adapters, the rows that answer the issue's goal first (LoRA at the total steps, the
+    recovered subnets, the searched ones, LoRA at the NLS steps), each limited to ``--test-targets``."""
+    def rank(rows: dict[str, dict]) -> int:
+        row = next(iter(rows.values()))
+        if row["arm"] == "lora":
+            return 0 if row["steps"] != args.steps else 3
+        return 1 if row["variant"] != "searched" else 2
+    chosen = {adapter: {name: row for name, row in rows.items() if row["arm"] == "lora"
+                        or row["target"] in args.test_targets} for adapter, rows in plans.items()}
+    return sorted(((a, r) for a, r in chosen.items() if r), key=lambda item: rank(item[1]))
+
+
 def depth_test(args: argparse.Namespace) -> None:
     store = args.runs / "test.json"
-    for adapter, rows in depth_rows(args).items():
+    for adapter, rows in test_order(args, depth_rows(args)):
         done = load_json(store)
         if all(len(done.get(name, {}).get("tasks", {})) == len(TEST) for name in rows):
             continue
