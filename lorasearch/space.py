@@ -10,6 +10,7 @@ A space file (YAML or JSON, one schema) looks like::
       up:   {modules: [mlp.up_proj], rank: [32, 24, 16]}
       mlp:  {width: [1.0, 0.875, 0.75], channels: mlp}    # Mode B: MLP intermediate channels
       heads: {heads: [9, 6, 3]}                            # Mode B: whole attention heads
+      depth: {depth: [30, 28, 26, 24]}                     # Mode B: whole decoder blocks kept
 
 Each group has exactly one kind of choice list, written largest first:
 
@@ -23,6 +24,12 @@ Each group has exactly one kind of choice list, written largest first:
 * ``heads`` (Mode B): the number of query heads kept in the ``attention`` module (default
   ``self_attn``). Whole key/value groups go with them, so each value must be a multiple of
   ``num_attention_heads / num_key_value_heads``.
+* ``depth`` (Mode B): whole decoder blocks (the modules ``per_layer`` names). With ``share: global``
+  (the default for depth) one gene holds the number of blocks kept, as a count (first = every
+  block the group covers) or as fractions (first 1.0); the blocks dropped are the least important
+  ones in the order recorded beside the adapter (`lorasearch.network.depth`). With ``share: layer``
+  each block has its own keep gene whose choices are ``[1, 0]`` (keep, drop). A dropped block is
+  an identity on the residual stream. ``layers: [..]`` restricts which blocks may be dropped.
 
 ``share`` chooses who shares one gene: ``layer`` (the group's modules within one layer, default),
 ``global`` (all layers) or ``module`` (every listed module of every layer on its own; rank groups
@@ -53,7 +60,7 @@ from .errors import SpaceError, where
 from .io import atomic_write_text, parse_json, parse_yaml, read_text
 
 DEFAULT_PER_LAYER = "model.layers.{i}"
-KINDS = ("rank", "width", "heads")
+KINDS = ("rank", "width", "heads", "depth")
 SHARES = ("layer", "global", "module")
 CHANNEL_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "mlp": {"out": ("mlp.gate_proj", "mlp.up_proj"), "in": ("mlp.down_proj",)},
@@ -61,7 +68,7 @@ CHANNEL_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TOP_KEYS = {"name", "description", "source", "adapter", "per_layer", "num_layers", "groups"}
 _ADAPTER_KEYS = {"rank", "alpha", "dropout", "use_rslora", "targets"}
-_GROUP_KEYS = {"modules", "rank", "width", "heads", "channels", "attention", "share", "layers"}
+_GROUP_KEYS = {"modules", "rank", "width", "heads", "depth", "channels", "attention", "share", "layers"}
 
 Config = dict[str, Any]
 
@@ -307,8 +314,13 @@ class SearchSpace:
 
     @property
     def mode(self) -> str:
-        """``"A"`` for rank-only spaces, ``"B"`` when widths or heads are elastic."""
+        """``"A"`` for rank-only spaces, ``"B"`` when widths, heads or depth are elastic."""
         return "B" if any(g.kind != "rank" for g in self.groups) else "A"
+
+    @property
+    def depth_groups(self) -> tuple[Group, ...]:
+        """The groups that drop whole decoder blocks."""
+        return tuple(g for g in self.groups if g.kind == "depth")
 
     @property
     def rank_modules(self) -> tuple[str, ...]:
@@ -392,10 +404,10 @@ def _parse_group(name: str, raw: Any, source: str, adapter: AdapterSpec, per_lay
     _reject_unknown(raw, _GROUP_KEYS, source, f"{field_}.")
     kinds = [k for k in KINDS if k in raw]
     if len(kinds) != 1:
-        raise SpaceError(f"{source}: {field_}: give exactly one of rank, width or heads (got {kinds or 'none'})")
+        raise SpaceError(f"{source}: {field_}: give exactly one of rank, width, heads or depth (got {kinds or 'none'})")
     kind = kinds[0]
     choices = _parse_choices(raw[kind], kind, source, f"{field_}.{kind}")
-    share = raw.get("share", "layer" if per_layer else "global")
+    share = raw.get("share", default_share(kind, per_layer))
     if share not in SHARES:
         raise SpaceError(f"{source}: {field_}.share: {share!r} is not one of {', '.join(SHARES)}")
     if share == "layer" and per_layer is None:
@@ -412,7 +424,27 @@ def _parse_group(name: str, raw: Any, source: str, adapter: AdapterSpec, per_lay
         return _rank_group(group, raw, source, adapter)
     if kind == "width":
         return _width_group(group, raw, source)
+    if kind == "depth":
+        return _depth_group(group, source, per_layer)
     return replace(group, attention=str(raw.get("attention", "self_attn")))
+
+
+def default_share(kind: str, per_layer: str | None) -> str:
+    """Who shares a gene when the file does not say: one gene per layer, except for depth (one count)."""
+    return "layer" if per_layer and kind != "depth" else "global"
+
+
+def _depth_group(group: Group, source: str, per_layer: str | None) -> Group:
+    field_ = f"groups.{group.name}"
+    if per_layer is None:
+        raise SpaceError(f"{source}: {field_}.depth: drops whole blocks of per_layer, which is null; "
+                         "fix: set per_layer (e.g. model.layers.{i}) or remove the group")
+    if group.share == "layer" and list(group.choices) != [1, 0]:
+        raise SpaceError(f"{source}: {field_}.depth: with share: layer each block has a keep gene, so the choices "
+                         f"must be [1, 0] (keep, drop), not {list(group.choices)}; fix: use [1, 0] or share: global")
+    if group.share == "global" and not isinstance(group.choices[0], float) and 0 in group.choices:
+        raise SpaceError(f"{source}: {field_}.depth: {list(group.choices)} keeps 0 blocks; fix: keep at least 1")
+    return group
 
 
 def _rank_group(group: Group, raw: Mapping, source: str, adapter: AdapterSpec) -> Group:
@@ -448,11 +480,11 @@ def _width_group(group: Group, raw: Mapping, source: str) -> Group:
 def _parse_choices(raw: Any, kind: str, source: str, field_: str) -> tuple:
     if not isinstance(raw, list) or not raw:
         raise SpaceError(f"{source}: {field_}: must be a non-empty list, largest first; fix: e.g. [32, 24, 16]")
-    fractions = kind == "width" and all(isinstance(v, float) for v in raw)
+    fractions = kind in ("width", "depth") and all(isinstance(v, float) for v in raw)
     for v in raw:
-        ok = (isinstance(v, float) and 0 < v <= 1) if fractions else (_is_int(v) and v >= (0 if kind == "rank" else 1))
+        ok = (isinstance(v, float) and 0 < v <= 1) if fractions else (_is_int(v) and v >= (0 if kind in ("rank", "depth") else 1))
         if not ok:
-            want = "fractions in (0, 1]" if fractions else ("integers >= 0" if kind == "rank" else "positive integers")
+            want = "fractions in (0, 1]" if fractions else ("integers >= 0" if kind in ("rank", "depth") else "positive integers")
             raise SpaceError(f"{source}: {field_}: value {v!r} is not allowed here; fix: use {want}")
     if any(b >= a for a, b in zip(raw, raw[1:])):
         raise SpaceError(
@@ -504,7 +536,7 @@ def _group_to_dict(g: Group, per_layer: str | None) -> dict[str, Any]:
         }
     if g.kind == "heads" and g.attention != "self_attn":
         out["attention"] = g.attention
-    if g.share != ("layer" if per_layer else "global"):
+    if g.share != default_share(g.kind, per_layer):
         out["share"] = g.share
     if g.layers is not None:
         out["layers"] = list(g.layers)

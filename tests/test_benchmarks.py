@@ -45,3 +45,20 @@ def test_the_search_cost_benchmark_runs_its_synthetic_part_and_charges_every_ite
     assert len(decomposed["share_to_99"]) == 2 and decomposed["vs_tpe"]["compared"] > 0
     assert all(s["surrogate_checks"] >= 8 for s in decomposed["surrogate"])
     assert set(results["fidelity"]) == {"4", "8", "16"}
+
+
+def test_the_depth_and_recovery_ablation_runs_end_to_end_on_tiny_llama(tmp_path):
+    data = ROOT.parent / "shared" / "data" / "llm-adapters"
+    if not data.is_dir():
+        pytest.skip("needs ../shared/data/llm-adapters")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_modeb_ablation.py"), "--part", "depth",
+                           "--quick", "--model", "tiny-llama", "--runs", str(tmp_path), "--threads", "1",
+                           "--stages", "train", "searchset", "search", "recover", "test", "speed"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = json.loads((tmp_path / "test.json").read_text())
+    variants = {(e["arm"], e["variant"]) for e in test.values()}
+    assert {("lora", "-"), ("depth", "searched"), ("depth", "recovered"), ("depth", "recovered+KD"),
+            ("widths", "recovered")} <= variants
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["lora"]["speedup"]["1"] == 1.0 and any(s["layers"] < 4 for s in speed.values())

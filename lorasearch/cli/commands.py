@@ -211,6 +211,45 @@ def train_command(
     console.print(f"super-adapter: {result.adapter_dir} (stock PEFT loads it at the max config)")
 
 
+RECOVERY_SKIPS = ("sampler", "sandwich_k", "reorder", "reorder_samples", "reorder_seq_len")
+
+
+@app.command("recover")
+@with_threads
+@settings_options(TrainArgs, "args", skip=RECOVERY_SKIPS, defaults={"steps": 100},
+                  helps={"steps": "Optimizer steps of recovery (each trains the picked subnet once).",
+                         "distill": "Distil from the max subnet of the super-adapter as recovery found it (one more "
+                                    "forward per micro-batch).",
+                         "weight_decay": "Must stay 0: the adapter outside the subnet is left as it was.",
+                         "seed": "Seeds the data order and dropout (the records and their split are the training run's)."})
+def recover_command(
+    args: TrainArgs,
+    run_dir: Annotated[Path, typer.Argument(help="A search's run directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the recovered adapter, its log and the export.")],
+    pick: Annotated[str, typer.Option(help="knee | heuristic | max | min | 'row N' | 'max-accuracy-under-macs X'.")] = "knee",
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help=(
+        "Export of the recovered subnet: pruned (default for Mode B), peft (default for Mode A), merged or config."))] = None,
+    task: Annotated[list[Path], typer.Option(help=(
+        "Training task file(s); default: those of the run that trained the adapter (its train_run.yaml).") )] = [],  # noqa: B006
+    max_records: Annotated[Optional[int], typer.Option(help="Seeded subset per task file (default: the training run's).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the run's model.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="Override the run's adapter.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the recovery in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace whatever --out holds.")] = False,
+) -> None:
+    """Fine-tune the adapter of one subnet of a search (only its part), then export it."""
+    from ..runs import prepare_recovery
+
+    recovery = prepare_recovery(run_dir, pick, args, out, tasks=[str(t) for t in task], max_records=max_records,
+                                fmt=format, model=model, adapter=adapter, resume=resume, overwrite=overwrite,
+                                log=console.print)
+    result = recovery.run(progress=True)
+    console.print(f"recovered {result.steps} steps in {result.seconds:.0f} s; subnet loss {result.first_loss:.4f} "
+                  f"-> {result.final_loss:.4f}")
+    console.print(f"adapter: {result.adapter_dir}; subnet: {result.out_dir / 'subnet.json'}"
+                  + (f"; export: {result.export_dir}" if result.export_dir else ""))
+
+
 # ------------------------------------------------------------------------------ compression
 @app.command("sparsify")
 @with_threads

@@ -50,6 +50,9 @@ def _modules_text(group: Group) -> str:
         return ", ".join(group.modules)
     if group.kind == "heads":
         return f"{group.attention}.{{q,k,v,o}}_proj"
+    if group.kind == "depth":
+        blocks = f"blocks {', '.join(map(str, group.layers))}" if group.layers is not None else "every block"
+        return f"{blocks} ({'kept or not, per block' if group.share == 'layer' else 'least important dropped first'})"
     if group.channels:
         return f"{group.channels} channels"
     return ", ".join([f"{m} (out)" for m in group.channels_out] + [f"{m} (in)" for m in group.channels_in])
@@ -63,10 +66,16 @@ def print_configs(space: SearchSpace, net: SuperNetwork | None) -> None:
     if net is not None:
         table.add_column("trainable params", justify="right")
         table.add_column("total params", justify="right")
-    for ref in reference_configs(space, net):
+    refs = reference_configs(space, net)
+    depth = any(ref.skipped_blocks is not None for ref in refs)
+    if depth:
+        table.add_column("blocks skipped")
+    for ref in refs:
         row = [ref.label, ref.summary]
         if ref.params is not None:
             row += [f"{ref.params.trainable:,}", f"{ref.params.total:,}"]
+        if depth:
+            row.append(", ".join(b.rpartition(".")[2] for b in ref.skipped_blocks or []) or "none")
         table.add_row(*row)
     console.print(table)
 

@@ -23,7 +23,8 @@ so a crash leaves no half-written export; an existing folder is refused):
   reordered network's merged (and pruned) model keeps the reordered channels: the same function,
   the weights' rows and columns in importance order.
 * ``pruned`` (Mode B): a physically smaller model: MLP intermediate channels and attention heads
-  removed (and decoder blocks, with ``dropped_blocks``), adapters merged. When every block keeps
+  removed, and the decoder blocks the config skips (or ``dropped_blocks`` names) left out, the others
+  renumbered, adapters merged. When every block keeps
   the same sizes, ``config.json`` is a stock config (smaller ``intermediate_size``,
   ``num_attention_heads``, ``num_key_value_heads``, with an explicit ``head_dim``) and
   ``AutoModelForCausalLM.from_pretrained`` loads it. When sizes differ per block, ``config.json``
@@ -53,13 +54,14 @@ from ..compress.adapter_modes import check_mergeable, check_peft_exportable, mer
 from ..errors import ExportError, LoraSearchWarning
 from ..io import atomic_write_json, refuse_existing, staged
 from ..models.loading import forget_dequantized_gguf
+from ..network.depth import drop_skipped_blocks
 from ..network.elastic import ElasticLoRALinear
 from ..network.peft_format import AdapterModule, write_adapter
 from ..network.permutation import unpermute_adapter
 from ..network.supernet import SuperNetwork
 from ..space import SearchSpace
 from ..version import __version__
-from .pruned import PRUNED_FILE, load_pruned, write_pruned_model
+from .pruned import PRUNED_FILE, decoder_layers, load_pruned, write_pruned_model
 
 FORMATS = ("config", "peft", "merged", "pruned")
 Provenance = Optional[Mapping[str, Any]]  # where the subnet came from: run, pick, eval_id, model, ...
@@ -101,6 +103,10 @@ def subnet_document(
     }
     if net is not None:
         document["modules"] = module_sizes(net, config)
+        if net.blocks:
+            skipped = set(net.skipped_blocks(config))
+            document["blocks"] = {"kept": [b for b in net.blocks if b not in skipped],
+                                  "skipped": [b for b in net.blocks if b in skipped]}
     return document
 
 
@@ -189,6 +195,10 @@ def _dropout(modules: Sequence[ElasticLoRALinear]) -> float:
 
 
 def _refuse_shrunk(net: SuperNetwork, fmt: str, fix: str) -> None:
+    skipped = net.skipped_blocks()
+    if skipped:
+        raise ExportError(f"--format {fmt}: the config skips {len(skipped)} decoder blocks (e.g. {skipped[0]}), which "
+                          f"{fmt} cannot express; fix: use {fix}")
     shrunk = [(n, m) for n, m in net.elastic.items() if m.active_in < m.in_features or m.active_out < m.out_features]
     if shrunk:
         name, m = shrunk[0]
@@ -231,8 +241,9 @@ def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
 
     The folder loads with ``AutoModelForCausalLM.from_pretrained`` when every block keeps the same
     sizes, with ``trust_remote_code=True`` (the DeciLM layout, modeling code in the folder) when
-    they differ, and with `load_pruned` in every case (`lorasearch.export.pruned`). ``dropped_blocks``
-    leaves those decoder blocks out and renumbers the others. When the folder is not one that
+    they differ, and with `load_pruned` in every case (`lorasearch.export.pruned`). The decoder
+    blocks the config skips (elastic depth) and those ``dropped_blocks`` names (positions in the full
+    model) are left out and the others renumbered; ``lorasearch_pruned.json`` lists them. When the folder is not one that
     stock tools (or vLLM) read, a `LoraSearchWarning` says why in one line, as the folder's README does.
     Raises `ExportError` for a space without elastic widths or heads (Mode A).
     """
@@ -240,15 +251,23 @@ def export_pruned(net: SuperNetwork, config: Mapping[str, Any], out: str | Path,
     refuse_existing(out, ExportError)
     with net.activated(config):
         model = merged_copy(net)
+        skipped = skipped_block_indices(net)
     plans = []
 
     def write(folder: Path) -> None:
-        plans.append(write_pruned_model(folder, model, net.tokenizer, dropped_blocks=dropped_blocks))
+        plans.append(write_pruned_model(folder, model, net.tokenizer, dropped_blocks=dropped_blocks,
+                                        already_dropped=skipped))
 
     path = _write_export(out, net, config, provenance, objectives, write)
     if plans and plans[0].note:
         warnings.warn(LoraSearchWarning(f"--format pruned: {path}: {plans[0].note}"), stacklevel=2)
     return path
+
+
+def skipped_block_indices(net: SuperNetwork) -> list[int]:
+    """The positions, in the full model, of the decoder blocks the active config skips."""
+    position = {id(block): i for i, block in enumerate(decoder_layers(net.model))}
+    return sorted(position[id(net.blocks[name])] for name in net.skipped_blocks())
 
 
 def require_mode_b(space: SearchSpace) -> None:
@@ -262,7 +281,8 @@ def require_mode_b(space: SearchSpace) -> None:
 
 def merged_copy(net: SuperNetwork, device: torch.device | str = "cpu") -> nn.Module:
     """A copy of the model on ``device`` (the CPU by default) whose elastic layers are plain ``nn.Linear``
-    of the active sizes, adapters merged.
+    of the active sizes, adapters merged, without the decoder blocks the active config skips (the
+    others numbered 0..k-1).
 
     The copy is built layer by layer: each merged weight is computed where its layer lives and moved
     to ``device`` at once, and every other tensor is copied straight to ``device``, so the model's own
@@ -274,14 +294,17 @@ def merged_copy(net: SuperNetwork, device: torch.device | str = "cpu") -> nn.Mod
     if absent:
         raise ExportError(f"{absent[0]}: the base weights are offloaded (--device-map) or absent, so they cannot be "
                           "merged; fix: export with --device cpu (the run's device map is then dropped)")
-    memo: dict[int, Any] = {id(m): _plain_linear(m, device) for m in net.elastic.values()}
+    skipped = {id(m) for name in net.skipped_blocks() for m in net.blocks[name].modules()}
+    memo: dict[int, Any] = {id(m): _plain_linear(m, device) for m in net.elastic.values() if id(m) not in skipped}
     inside = {id(t) for m in net.elastic.values() for t in (*m.parameters(), *m.buffers())}
     for tensor in (*net.model.parameters(), *net.model.buffers()):
         if id(tensor) not in inside and id(tensor) not in memo:
             memo[id(tensor)] = _copy_to(tensor, device)
     # Seeding deepcopy's memo makes the copy take these tensors and the new linears in place of the
-    # originals and the elastic wrappers, so nothing of the model is copied on its own device.
+    # originals and the elastic wrappers, so nothing of the model is copied on its own device (the
+    # elastic layers of skipped blocks are copied as they are and dropped right after).
     model = copy.deepcopy(net.model, memo=memo).eval()
+    drop_skipped_blocks(model)
     forget_dequantized_gguf(model)
     return model
 

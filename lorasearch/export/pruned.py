@@ -135,6 +135,22 @@ def drop_blocks(model: nn.Module, dropped: Iterable[int]) -> tuple[int, ...]:
     return gone
 
 
+def drop_full_model_blocks(model: nn.Module, dropped: Iterable[int], already_dropped: Iterable[int]) -> tuple[int, ...]:
+    """`drop_blocks` for positions in the full model when ``model`` already lacks ``already_dropped``
+    of its blocks. Returns every block left out, by its position in the full model."""
+    gone = sorted({int(i) for i in already_dropped})
+    if not gone:
+        return drop_blocks(model, dropped)
+    kept = [i for i in range(len(decoder_layers(model)) + len(gone)) if i not in gone]
+    wanted = {int(i) for i in dropped}
+    outside = sorted(wanted - set(kept) - set(gone))
+    if outside:
+        raise ExportError(f"--format pruned: cannot leave out blocks {outside} of a model with {len(kept) + len(gone)} "
+                          f"blocks; fix: indices in 0..{len(kept) + len(gone) - 1}")
+    here = drop_blocks(model, [kept.index(i) for i in wanted if i in kept])
+    return tuple(sorted({*gone, *(kept[j] for j in here)}))
+
+
 def block_shapes(model: nn.Module) -> list[BlockShape] | None:
     """Each block's heads, key/value heads and MLP width, or None when a linear's shape fits no block shape."""
     head_dim = _head_dim(model.config)
@@ -374,14 +390,16 @@ def plan_layout(model: nn.Module, dropped: tuple[int, ...] = ()) -> PrunedLayout
 
 
 def write_pruned_model(folder: str | Path, model: nn.Module, tokenizer: Any = None, *,
-                       dropped_blocks: Iterable[int] = ()) -> PrunedLayout:
+                       dropped_blocks: Iterable[int] = (), already_dropped: Iterable[int] = ()) -> PrunedLayout:
     """Write a physically pruned plain model (``nn.Linear`` layers of any sizes) into ``folder``.
 
-    ``model`` is changed in place (blocks dropped, config set); pass a copy. Returns the layout
-    chosen; its ``note`` says in one line why the folder is not a stock or vLLM-readable one.
+    ``model`` is changed in place (blocks dropped, config set); pass a copy. ``already_dropped``
+    names the positions, in the full model, of blocks ``model`` no longer holds (skipped by elastic
+    depth); ``dropped_blocks`` are positions in the full model too. Returns the layout chosen; its
+    ``note`` says in one line why the folder is not a stock or vLLM-readable one.
     """
     folder = Path(folder)
-    dropped = drop_blocks(model, dropped_blocks)
+    dropped = drop_full_model_blocks(model, dropped_blocks, already_dropped)
     plan = plan_layout(model, dropped)
     if plan.layout == "decilm":
         _write_decilm(folder, model, tokenizer, list(plan.blocks or ()))

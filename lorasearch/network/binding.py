@@ -2,7 +2,8 @@
 
 `bind(space, model)` finds the decoder layers, expands every module pattern, and checks that
 each pattern matches, that choices fit the modules (rank <= min(in, out), widths <= channels,
-heads in whole key/value groups) and that no module dimension is driven by two genes.
+heads in whole key/value groups, blocks kept <= blocks) and that no module dimension is driven by
+two genes. A depth gene drives the ``block`` dimension of decoder blocks: 1 runs the block, 0 skips it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from typing import Sequence
+
 from torch import nn
 
 from ..errors import SpaceError, where
 from ..space import Gene, Group, SearchSpace
+from .depth import default_block_order
 from .elastic import ElasticLoRALinear
 
 _HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -24,18 +28,25 @@ _HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclass(frozen=True)
 class Slot:
-    """One dimension (``rank``, ``in`` or ``out``) of one module, set from a gene's value.
+    """One dimension (``rank``, ``in``, ``out`` or ``block``) of one module, set from a gene's value.
 
     The active size is ``round(value * per_unit)``: 1 for ranks and channel counts, the full size
-    for width fractions, the head size for attention heads.
+    for width fractions, the head size for attention heads. For a decoder block (``block``) it is 1
+    (run) or 0 (skip): the block runs when its ``position`` in the importance order (0 = most
+    important) is below the number of blocks kept, ``round(value * per_unit)``.
     """
 
     module: str
     dim: str
     per_unit: float
+    position: int = 0
 
     def size(self, value: Any) -> int:
-        return max(1, int(round(float(value) * self.per_unit))) if self.dim != "rank" else int(value)
+        if self.dim == "rank":
+            return int(value)
+        if self.dim == "block":
+            return int(self.position < int(round(float(value) * self.per_unit)))
+        return max(1, int(round(float(value) * self.per_unit)))
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,9 @@ class SpaceBinding:
         rank_modules: full names of modules with elastic-rank adapters.
         fixed_modules: full names of modules with fixed-rank adapters (``adapter.targets``).
         width_modules: full names of modules whose base channels are elastic (Mode B).
-        modules: all of the above, in model order.
+        modules: the three above, in model order.
+        block_modules: full names of the decoder blocks a depth gene can skip, in model order.
+        block_order: block indices from most to least important (what depth counts drop last to first).
     """
 
     space: SearchSpace
@@ -58,6 +71,8 @@ class SpaceBinding:
     width_modules: tuple[str, ...]
     modules: tuple[str, ...]
     """Every module that gets wrapped in an `ElasticLoRALinear`, in model order."""
+    block_modules: tuple[str, ...] = ()
+    block_order: tuple[int, ...] = ()
 
     def resolve(self, config: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         """Map a config to ``module -> {dim: active size}`` (dims not named stay maximal)."""
@@ -97,35 +112,48 @@ def find_layers(space: SearchSpace, model: nn.Module) -> list[int]:
     return layers
 
 
-def bind(space: SearchSpace, model: nn.Module) -> SpaceBinding:
-    """Resolve and check ``space`` against ``model``; raise `SpaceError` on the first problem."""
+def bind(space: SearchSpace, model: nn.Module, block_order: Sequence[int] | None = None) -> SpaceBinding:
+    """Resolve and check ``space`` against ``model``; raise `SpaceError` on the first problem.
+
+    ``block_order`` (block indices, most important first) says which blocks a depth count keeps;
+    default: `lorasearch.network.depth.default_block_order`.
+    """
     if space.per_layer is not None:
         layers = find_layers(space, model)
         if layers != list(range(len(layers))):
             raise SpaceError(f"{where(space.source, 'per_layer')}layer indices {layers} are not 0..N-1; "
                              "fix: point per_layer at the decoder layers' container, e.g. model.layers.{i}")
         space = space.with_num_layers(len(layers))
-    binder = _Binder(space, linear_modules(model), dict(model.named_modules()))
+    order = tuple(block_order) if block_order is not None else tuple(default_block_order(space.num_layers or 0))
+    if sorted(order) != list(range(space.num_layers or 0)):
+        raise SpaceError(f"{where(space.source, 'per_layer')}the block order {list(order)} is not a permutation of the "
+                         f"model's {space.num_layers or 0} blocks; fix: use the adapter trained on this model")
+    binder = _Binder(space, linear_modules(model), dict(model.named_modules()), order)
     return binder.run()
 
 
 class _Binder:
-    def __init__(self, space: SearchSpace, linears: dict[str, nn.Module], all_modules: dict[str, nn.Module]):
+    def __init__(self, space: SearchSpace, linears: dict[str, nn.Module], all_modules: dict[str, nn.Module],
+                 block_order: tuple[int, ...] = ()):
         self.space = space
         self.linears = linears
         self.all_modules = all_modules
+        self.block_order = block_order
         self.owner: dict[tuple[str, str], str] = {}
 
     def run(self) -> SpaceBinding:
         slots = {gene.key: self._gene_slots(gene) for gene in self.space.genes}
         rank_modules = _ordered(s.module for ss in slots.values() for s in ss if s.dim == "rank")
-        width_modules = _ordered(s.module for ss in slots.values() for s in ss if s.dim != "rank")
+        width_modules = _ordered(s.module for ss in slots.values() for s in ss if s.dim in ("in", "out"))
+        blocks = _ordered(s.module for ss in slots.values() for s in ss if s.dim == "block")
         fixed = self._fixed_targets(set(rank_modules))
         order = {name: n for n, name in enumerate(self.linears)}
         by_model_order = lambda names: tuple(sorted(names, key=order.__getitem__))  # noqa: E731
+        modules = list(self.all_modules)
         return SpaceBinding(
             self.space, slots, by_model_order(rank_modules), by_model_order(fixed), by_model_order(width_modules),
             by_model_order(set(rank_modules) | set(fixed) | set(width_modules)),
+            tuple(sorted(blocks, key=modules.index)), self.block_order,
         )
 
     def _prefixes(self, group: Group, gene: Gene) -> list[str]:
@@ -143,8 +171,10 @@ class _Binder:
                 slots += self._rank_slots(group, prefix, patterns)
             elif group.kind == "width":
                 slots += self._width_slots(group, prefix)
-            else:
+            elif group.kind == "heads":
                 slots += self._head_slots(group, prefix)
+        if group.kind == "depth":
+            slots = self._block_slots(group, gene)
         for slot in slots:
             self._claim(slot, group, gene)
         return tuple(slots)
@@ -230,6 +260,32 @@ class _Binder:
             Slot(f"{attn_name}.v_proj", "out", head_dim / per_kv),
             Slot(f"{attn_name}.o_proj", "in", float(head_dim)),
         ]
+
+    def _block_slots(self, group: Group, gene: Gene) -> list[Slot]:
+        """One ``block`` slot per decoder block the gene drives: its own block (``share: layer``), or
+        every block of the group, each with its position among them in the importance order."""
+        field = f"groups.{group.name}.depth"
+        container = self.space.per_layer.rpartition(".")[0]
+        if not self.space.per_layer.endswith(".{i}") or not isinstance(self.all_modules.get(container), nn.ModuleList):
+            raise SpaceError(f"{where(self.space.source, 'per_layer')}{self.space.per_layer!r} does not name the items of "
+                             "the decoder's list of blocks, so whole blocks cannot be skipped; fix: use e.g. "
+                             "model.layers.{i}, or drop the depth group")
+        name = lambda i: self.space.per_layer.replace("{i}", str(i))  # noqa: E731
+        if gene.layer is not None:
+            return [Slot(name(gene.layer), "block", 1.0)]
+        blocks = self.space.layer_indices(group)
+        fractions = isinstance(group.choices[0], float)
+        if not fractions and group.choices[0] != len(blocks):
+            raise SpaceError(f"{where(self.space.source, field)}the first choice {group.choices[0]} must be the number of "
+                             f"blocks the group covers ({len(blocks)}); fix: start the list with {len(blocks)} or use "
+                             "fractions")
+        too_few = [v for v in group.choices if round(float(v) * (len(blocks) if fractions else 1)) < 1]
+        if too_few:
+            raise SpaceError(f"{where(self.space.source, field)}{too_few[0]} of {len(blocks)} blocks keeps none; "
+                             "fix: keep at least one block")
+        ranked = [i for i in self.block_order if i in set(blocks)]
+        per_unit = float(len(blocks)) if fractions else 1.0
+        return [Slot(name(i), "block", per_unit, ranked.index(i)) for i in blocks]
 
     def _fixed_targets(self, rank_modules: set[str]) -> list[str]:
         if not self.space.adapter.targets:

@@ -26,7 +26,8 @@ from ..io import atomic_write_json
 from ..models.int_checkpoint import int_checkpoint_kind
 from ..models.loading import LOW_PRECISION, LoadedModel, load_model, model_identity
 from ..space import Config, SearchSpace, space_fingerprint
-from .binding import SpaceBinding, bind, linear_modules
+from .binding import SpaceBinding, bind, find_layers, linear_modules
+from .depth import BLOCK_IMPORTANCE_FILE, BlockImportance, gate_block, read_block_importance, set_block_kept
 from .elastic import ElasticLoRALinear
 from .offload import OffloadedBlocks
 from .peft_format import CONFIG_NAME, PREFIX, AdapterFolder, AdapterModule, read_adapter, write_adapter
@@ -51,7 +52,9 @@ class SuperNetwork:
         adapter: a PEFT LoRA super-adapter folder; omitted, fresh adapters are built as the space's
             ``adapter`` section says (Kaiming A, zero B, so the model starts unchanged). When the
             folder holds a channel permutation (``lorasearch_permutation.safetensors``, written for a
-            reordered run), the base and the adapter are permuted together after loading.
+            reordered run), the base and the adapter are permuted together after loading; when it
+            holds a block importance (``lorasearch_block_importance.json``), depth genes drop blocks in
+            that order.
         tokenizer: kept for evaluators and training.
         model_spec: how the model was loaded, recorded in saved adapters and runs.
         seed: seeds the initialisation of fresh adapters, so equal seeds give equal networks.
@@ -89,11 +92,12 @@ class SuperNetwork:
         self.model_spec = model_spec or getattr(getattr(model, "config", None), "_name_or_path", None)
         folder = read_adapter(adapter) if adapter is not None else None
         other_base = _other_base(folder, self.model_spec, any_base)  # before the space meets the model
-        self.binding: SpaceBinding = bind(space, model)
+        self.adapter_path = Path(adapter) if adapter is not None else None
+        self.block_importance: BlockImportance | None = read_block_importance(adapter)
+        self.binding: SpaceBinding = self._bind(space)
         self.space: SearchSpace = self.binding.space
         self.adapters_in_base_dtype = adapters_in_base_dtype
         self.adapter_device = adapter_device
-        self.adapter_path = Path(adapter) if adapter is not None else None
         model.requires_grad_(False)
         # modules_to_save weights that replaced the base's: full parameter name -> (module, attribute)
         self.saved_parameters: dict[str, tuple[nn.Module, str]] = self._load_saved(folder) if folder else {}
@@ -108,6 +112,9 @@ class SuperNetwork:
         if other_base is not None:  # every tensor fitted this model's shapes
             warnings.warn(LoraSearchWarning(f"{folder.path / CONFIG_NAME}: trained on {other_base!r}, used on "
                                             f"{self.model_spec!r} as --force asks (the shapes match)"), stacklevel=2)
+        self.blocks: dict[str, nn.Module] = {name: model.get_submodule(name) for name in self.binding.block_modules}
+        for block in self.blocks.values():  # after the offload hooks: a skipped block loads no weights
+            gate_block(block)
         self._active: Config = self.space.max()
         self.adapter_mode: str = "dense"  # "sparse"/"qa": see lorasearch.compress.apply_adapter_mode
         self.adapter_metadata: dict[str, Any] | None = None  # saved beside the adapter when set
@@ -145,6 +152,25 @@ class SuperNetwork:
                    any_base=any_base)
 
     # ------------------------------------------------------------------------ building
+    def _bind(self, space: SearchSpace) -> SpaceBinding:
+        importance = self.block_importance
+        if importance is not None and space.depth_groups:
+            source = str(self.adapter_path / BLOCK_IMPORTANCE_FILE) if self.adapter_path else "block importance"
+            importance.check(len(find_layers(space, self.model)), source)
+        return bind(space, self.model, importance.order if importance is not None else None)
+
+    def set_block_importance(self, importance: BlockImportance) -> None:
+        """Use ``importance`` for which blocks a depth count drops (saved with the adapter); the active
+        config is applied again under the new order."""
+        previous = self.block_importance
+        self.block_importance = importance
+        try:
+            self.binding = self._bind(self.space)
+        except BaseException:
+            self.block_importance = previous
+            raise
+        self.activate(self._active)
+
     @torch.no_grad()
     def _load_saved(self, folder: AdapterFolder) -> dict[str, tuple[nn.Module, str]]:
         """Put the folder's ``modules_to_save`` weights into the base, as PEFT's wrapper replaces the
@@ -313,7 +339,14 @@ class SuperNetwork:
         for name, module in self.elastic.items():
             dims = sizes.get(name, {})
             module.set_active(dims.get("rank"), dims.get("in"), dims.get("out"))
+        for name, block in self.blocks.items():
+            set_block_kept(block, sizes[name]["block"])
         self._active = dict(config)
+
+    def skipped_blocks(self, config: Mapping[str, Any] | None = None) -> list[str]:
+        """The decoder blocks ``config`` (default: the active config) skips, by module name."""
+        sizes = self.binding.resolve(config if config is not None else self._active)
+        return [name for name in self.blocks if not sizes[name]["block"]]
 
     def reset(self) -> None:
         """Activate the maximal sub-network."""
@@ -368,12 +401,17 @@ class SuperNetwork:
             self.permutation.save(path / PERMUTATION_FILE)
         else:
             (path / PERMUTATION_FILE).unlink(missing_ok=True)
+        if self.block_importance is not None:
+            self.block_importance.save(path / BLOCK_IMPORTANCE_FILE)
+        else:
+            (path / BLOCK_IMPORTANCE_FILE).unlink(missing_ok=True)
         if self.adapter_metadata:
             atomic_write_json(path / ADAPTER_MODE_FILE, self.adapter_metadata)
         return path
 
     def fingerprint(self) -> str:
-        """A short hash of the space, the adapter tensors (every rank, every module) and any channel permutation.
+        """A short hash of the space, the adapter tensors (every rank, every module), any channel permutation
+        and the block order of a space with depth genes.
 
         Two networks with equal fingerprints score every config alike; parallel workers and
         resumed runs compare it to refuse another adapter or space than the run's.
@@ -389,6 +427,8 @@ class SuperNetwork:
         if self.permutation is not None:
             for (name, dim), index in sorted(self.permutation.indices.items()):
                 digest.update(f"{name}|{dim}".encode() + index.to(torch.int64).numpy().tobytes())
+        if self.blocks:
+            digest.update(f"blocks:{list(self.binding.block_order)}".encode())
         qa_base = (self.adapter_metadata or {}).get("qa_base")
         if qa_base is not None:  # QA-SparsePEFT on W^p or on the de-quantised base scores differently
             digest.update(f"qa_base:{qa_base}".encode())
@@ -399,6 +439,7 @@ class SuperNetwork:
         return (
             f"SuperNetwork(space={self.space.name!r}, mode={self.space.mode}, genes={len(self.space.genes)}, "
             f"elastic_modules={len(self.elastic)}, adapters={n_adapters}"
+            f"{f', elastic_blocks={len(self.blocks)}' if self.blocks else ''}"
             f"{', reordered' if self.permutation is not None else ''})"
         )
 

@@ -4,6 +4,7 @@ one module per command, so the CLI above only parses, calls one function here an
 * `settings`: `NetworkSettings`, `TaskSettings`, the one `build_network`, `build_evaluator`, `resolve_config`;
 * `network_objectives`: the registered objectives built from a network, an evaluator and a cost model;
 * `training`: a training run from settings (`prepare_training`);
+* `recovering`: fine-tune one subnet picked from a search, then export it (`prepare_recovery`);
 * `searching`: `search_network`, `SearchRun` (a search from settings; resume), `pick_under_budget`;
 * `exporting`: `export_run` (pick and export from a run directory);
 * `scoring`: one subnet's accuracy, MACs and parameters (`score_subnet`), its cost breakdown;
@@ -21,7 +22,7 @@ from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from ..version import __version__
 from .compressing import QuantizeSettings, SparsifySettings, quantize_base, sparsify_base
-from .exporting import export_run, load_results
+from .exporting import export_run, load_results, picked_subnet
 from .inspecting import (
     front_summary,
     import_space_file,
@@ -53,6 +54,7 @@ from .settings import (
     resolve_config,
     settings_dict,
 )
+from .recovering import prepare_recovery, read_recovery
 from .training import prepare_training
 
 __all__ = [
@@ -81,10 +83,13 @@ __all__ = [
     "load_task",
     "network_objectives",
     "pick_under_budget",
+    "picked_subnet",
     "plot_runs",
+    "prepare_recovery",
     "prepare_training",
     "QuantizeSettings",
     "quantize_base",
+    "read_recovery",
     "reference_configs",
     "report_run",
     "resolve_config",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,7 +24,7 @@ from ..io import refuse_existing
 from ..network.supernet import SPACE_FILE_NAME, SuperNetwork
 from ..results.pick import config_of, pick_config, pick_summary, registered_specs, row_objectives
 from ..results.run import RUN_FILE, SearchResult, load_run
-from ..space import SearchSpace
+from ..space import Config, SearchSpace
 from .settings import RECORDED_IN, NetworkSettings, build_network, located_settings, recorded_path, settings_from_dict
 
 _LAYER_KEY = re.compile(r"^[^.]+\.(\d+)(?:\.|$)")
@@ -88,6 +89,37 @@ def export_run(
     out = Path(out) if out is not None else run_dir / "exports" / f"{fmt}-{_label(row, pick)}"
     provenance = export_provenance(out, run_dir, settings, space, row, pick, net)
     return EXPORTERS[fmt](target, config, out, provenance, objectives=row_objectives(row, result.specs))
+
+
+@dataclass
+class PickedSubnet:
+    """A subnet picked from a search's run directory, with the network the run recorded."""
+
+    net: SuperNetwork
+    config: Config
+    row: pd.Series | None
+    settings: NetworkSettings
+    provenance: dict[str, Any]
+
+
+def picked_subnet(run_dir: str | Path, pick: str, out: str | Path, *, model: str | None = None,
+                  adapter: str | Path | None = None) -> PickedSubnet:
+    """Rebuild a search run's network (``model`` and ``adapter`` override ``run.yaml``'s) and pick one of its
+    subnets, as `export_run` does; an adapter rewritten since the search is refused unless ``adapter`` is given.
+    The provenance records its paths relative to ``out``, the folder the subnet's files go to."""
+    run_dir = Path(run_dir)
+    result = load_results(run_dir)
+    settings = recorded_network(result, run_dir, model=model, adapter=adapter)
+    space = _space_of(settings, None, result, run_dir)
+    if space is None:
+        raise ExportError(f"{run_dir / RUN_FILE}: run.space is not recorded; fix: pass the run of a lorasearch search")
+    if settings.model is None:
+        raise ExportError(f"{run_dir / RUN_FILE}: run.model is not recorded; fix: pass --model")
+    net = build_network(settings, space=space)
+    if adapter is None:
+        _refuse_a_changed_adapter(net, result, run_dir)
+    row, config = pick_config(result.table, pick, net.space, result.specs)
+    return PickedSubnet(net, config, row, settings, export_provenance(Path(out), run_dir, settings, space, row, pick, net))
 
 
 def _refuse_a_changed_adapter(net: SuperNetwork, result: SearchResult, run_dir: Path) -> None:

@@ -30,6 +30,8 @@ class ReferenceConfig:
     config: Config
     summary: str
     params: ParameterCounts | None
+    skipped_blocks: list[str] | None = None
+    """The decoder blocks the config skips (None without a network or without depth genes)."""
 
 
 def load_space(file: str | Path, network: NetworkSettings | None = None,
@@ -48,7 +50,8 @@ def load_space(file: str | Path, network: NetworkSettings | None = None,
 def reference_configs(space: SearchSpace, net: SuperNetwork | None = None) -> list[ReferenceConfig]:
     """The max, heuristic and min configs, with parameter counts when ``net`` is given."""
     configs = (("max", space.max()), ("heuristic", space.heuristic()), ("min", space.min()))
-    return [ReferenceConfig(label, config, config_summary(config), parameter_counts(net, config) if net else None)
+    return [ReferenceConfig(label, config, config_summary(config), parameter_counts(net, config) if net else None,
+                            net.skipped_blocks(config) if net is not None and net.blocks else None)
             for label, config in configs]
 
 

@@ -1,5 +1,5 @@
-"""A training run from plain settings: task files -> split -> (importance reordering) -> tokenised
-examples -> `NLSTrainer`."""
+"""A training run from plain settings: task files -> split -> (importance reordering, block
+importance) -> tokenised examples -> `NLSTrainer`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from ..errors import LoraSearchError, SpaceError
 from ..fingerprints import model_fingerprint, records_fingerprint
 from ..io import FolderLock, atomic_write_json, atomic_write_text, read_document
 from ..models.loading import resolve_device, resolved_model_spec, training_dtype
+from ..network.depth import BlockImportance
 from ..network.permutation import ChannelPermutation
 from ..network.supernet import SuperNetwork
 from ..space import space_fingerprint
+from ..train.block_importance import measure_block_importance, needs_block_order
 from ..train.reorder import ReorderResult, network_unit_sets, reorder_network
 from ..train.targets import encode_records
 from ..train.trainer import NLSTrainer, TrainArgs
@@ -26,6 +28,7 @@ VALIDATION_FILE = "validation.jsonl"
 TRAIN_RUN_FILE = "train_run.yaml"
 REORDER_FILE = "reorder.safetensors"  # the permutation this run applied before training (for --resume)
 REORDER_REPORT = "reorder.json"
+BLOCK_IMPORTANCE = "block_importance.json"  # the block order this run measured before training (for --resume)
 
 
 def load_training_records(tasks: Sequence[str], max_records: int | None, seed: int,
@@ -61,7 +64,9 @@ def prepare_training(
     The held-out records go to ``out/validation.jsonl`` for the search to score on. With
     ``args.reorder`` (default: on for Mode B spaces with dense adapters) the network's MLP channels and
     heads are sorted by importance on the training records first (`lorasearch.train.reorder`); a resumed
-    run reapplies the permutation it saved instead of scoring again. ``out`` is locked from before the
+    run reapplies the permutation it saved instead of scoring again. A space that counts decoder
+    blocks kept (depth) gets its block importance measured the same way, unless the starting adapter
+    records one (`lorasearch.train.block_importance`). ``out`` is locked from before the
     model loads until the training ends; a resume whose model, records or starting adapter changed is
     refused unless ``force``, as is a starting adapter trained on another base model. ``--dtype auto``
     trains in bf16 on a GPU that supports it (`lorasearch.models.loading.training_dtype`); over an fp16
@@ -104,6 +109,7 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
     elif args.reorder:
         reordered = reorder_network(net, train, samples=args.reorder_samples, seq_len=args.reorder_seq_len,
                                     batch_size=args.batch_size, seed=args.seed)
+    measured = _block_order(net, train, args, Path(out) / BLOCK_IMPORTANCE, resume and not overwrite)
     fingerprints = {
         "model": model_fingerprint(resolved_model_spec(network.model), network.gguf_file),
         "task": records_fingerprint(records),
@@ -116,12 +122,35 @@ def _prepare(network: NetworkSettings, tasks: Sequence[str], args: TrainArgs, ou
         reordered.permutation.save(saved)
         atomic_write_json(Path(out) / REORDER_REPORT, reordered.summary())
         log(reorder_line(reordered))
+    if measured is not None:
+        measured.save(Path(out) / BLOCK_IMPORTANCE)
+        log(block_line(measured))
     log(f"{len(examples)} training examples, {len(val)} held out; {net!r}")
     if resume:
         log(resumed_line(trainer.step, args.steps))
     return trainer
 
 
+def _block_order(net: SuperNetwork, train: list[Record], args: TrainArgs, saved: Path,
+                 resume: bool) -> BlockImportance | None:
+    """Give a depth-count space its block order: the starting adapter's, the one a resumed run saved, or a
+    fresh measurement (returned, to be saved once the folder is claimed)."""
+    if not needs_block_order(net) or net.block_importance is not None:
+        return None
+    if resume and saved.is_file():
+        net.set_block_importance(BlockImportance.load(saved))
+        return None
+    importance = measure_block_importance(net, train, samples=args.reorder_samples, seq_len=args.reorder_seq_len,
+                                          batch_size=args.batch_size, seed=args.seed)
+    net.set_block_importance(importance)
+    return importance
+
+
+def block_line(importance: BlockImportance) -> str:
+    """One line on the measured block order: the blocks dropped first and kept last."""
+    order = importance.order
+    return (f"block importance ({importance.info.get('metric', '?')}): least important first "
+            f"{', '.join(map(str, order[::-1][:4]))}; most important {', '.join(map(str, order[:3]))}")
 def resumed_line(step: int, steps: int) -> str:
     """What a resumed training starts from: the newest whole checkpoint's step, or the start."""
     if step == 0:

@@ -175,7 +175,7 @@ def network_unit_sets(net: SuperNetwork) -> list[UnitSet]:
     blocks = {(p.module, p.dim): p.segments[0][1] for s in sets for p in s.parts}
     keep: dict[int, set[int]] = defaultdict(set)
     for gene in net.space.genes:
-        if net.space.group(gene.group).kind == "rank":
+        if net.space.group(gene.group).kind in ("rank", "depth"):  # depth: blocks, not channels
             continue
         for slot in net.binding.slots[gene.key]:
             n = owner.get((slot.module, slot.dim))

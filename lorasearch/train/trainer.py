@@ -68,7 +68,7 @@ from ..io import (
 from ..models.preflight import PreflightReport, run_preflight
 from ..network.supernet import SuperNetwork
 from ..space import Config, SearchSpace
-from .sampling import make_sampler, resolve_sampler
+from .sampling import Sampler, make_sampler, resolve_sampler
 
 
 @dataclass
@@ -105,9 +105,9 @@ class TrainArgs:
     """Sort MLP channels and heads by importance on the training data before training, so every width keeps
     the most important ones (lorasearch train; default: on for Mode B spaces with dense adapters)."""
     reorder_samples: int = 32
-    """Calibration windows of the training texts for --reorder."""
+    """Calibration windows of the training texts for --reorder and for the block importance of depth spaces."""
     reorder_seq_len: int = 128
-    """Tokens per calibration window for --reorder."""
+    """Tokens per calibration window for --reorder and the block importance."""
     seed: int = 0
     """Seeds the adapters' initialisation, the data order, the sampled configs and dropout."""
     checkpoint_every: int = 50
@@ -254,7 +254,10 @@ class NLSTrainer:
     """Train the adapters of ``net`` on tokenised ``examples`` into ``out_dir``.
 
     ``examples`` are dicts with ``input_ids`` and ``labels`` (prompt tokens masked with -100),
-    as ``lorasearch.data.encode_for_training`` makes them.
+    as ``lorasearch.data.encode_for_training`` makes them. ``sampler`` replaces the one
+    ``args.sampler`` names (recovery trains one fixed subnet, `lorasearch.train.recovery`), and
+    ``teacher`` gives the distillation targets of a batch instead of the live max subnet (every
+    config of the step then distils, the max included).
     """
 
     def __init__(
@@ -265,9 +268,12 @@ class NLSTrainer:
         out_dir: str | Path,
         *,
         run_info: Mapping[str, Any] | None = None,
+        sampler: Sampler | None = None,
+        teacher: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
         loss_scaling: bool | None = None,
     ) -> None:
-        args = dataclasses.replace(args, sampler=resolve_sampler(args.sampler, net.space))  # run files record the real one
+        name = sampler.name if sampler is not None else resolve_sampler(args.sampler, net.space)
+        args = dataclasses.replace(args, sampler=name)  # run files record the real one
         args.check()
         if not examples:
             raise LoraSearchError("train: the dataset is empty; fix: give a task file with records")
@@ -275,7 +281,8 @@ class NLSTrainer:
         self.out_dir = Path(out_dir)
         self.run_info = {"args": dataclasses.asdict(args), "space": net.space.to_dict(), **(run_info or {})}
         self.device = net.device  # where build_network put the model (--device, --dtype)
-        self.sampler = make_sampler(args.sampler, net.space, args.sandwich_k)
+        self.sampler = sampler if sampler is not None else make_sampler(args.sampler, net.space, args.sandwich_k)
+        self.teacher = teacher
         self._max_genes = net.space.canonical(net.space.max())
         self.stats = NLSStats(net.space)
         pad = getattr(net.tokenizer, "pad_token_id", None)
@@ -471,7 +478,7 @@ class NLSTrainer:
         args, step = self.args, self.step
         torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of this step
         configs = self.sampler.step_configs(np.random.default_rng([args.seed, step]))
-        is_max = [self.net.space.canonical(c) == self._max_genes for c in configs]
+        is_max = [self.teacher is None and self.net.space.canonical(c) == self._max_genes for c in configs]
         order = sorted(range(len(configs)), key=lambda n: not is_max[n]) if args.distill else range(len(configs))
         losses, kls = [0.0] * len(configs), [0.0] * len(configs)
         for micro in range(args.grad_accum):
@@ -522,6 +529,8 @@ class NLSTrainer:
     @torch.no_grad()
     def _teacher_logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The max config's response logits on ``batch``, without gradient (the config is restored by the caller)."""
+        if self.teacher is not None:
+            return self.teacher(batch)
         self.net.activate(self.net.space.max())
         return response_logits(self.net.model, batch)[0]
 
