@@ -47,6 +47,7 @@ from lorasearch.models.loading import smollm2_gguf  # noqa: E402
 from lorasearch.results.pick import pick_config  # noqa: E402
 from lorasearch.runs import (  # noqa: E402
     NetworkSettings,
+    PrintLines,
     SearchRun,  # noqa: E402
     TaskSettings,
     build_network,
@@ -109,7 +110,7 @@ def search_plan(train_run: Path, strategy: str, budget: int, population: int, li
 
 def run_search(plan: SearchRun, out: Path) -> None:
     """Run (or resume, or replay a finished) search into ``out``."""
-    plan.run(out, resume=(out / "run.yaml").exists(), log=lambda line: print(out.name, line, flush=True))
+    plan.run(out, resume=(out / "run.yaml").exists(), callback=PrintLines(lambda line: print(out.name, line, flush=True)))
 
 
 # --------------------------------------------------------------------------------- test scoring

@@ -264,7 +264,7 @@ def run_method(problem, memo: Memo, bounds, method: str, seed: int, args) -> dic
     settings = SearchSettings(budget=budget, population=args.population, seed=seed,
                               surrogate_items=args.surrogate_items, **METHODS[method])
     start = time.perf_counter()
-    result = run_search(problem.space, objectives_for(problem, charged, bounds), settings, log=None)
+    result = run_search(problem.space, objectives_for(problem, charged, bounds), settings)
     seconds = time.perf_counter() - start
     curve = hypervolume_curve(result.table, result.specs, by="eval_id")
     assert result.item_forwards == charged.forwards, (result.item_forwards, charged.forwards)  # nothing unpaid

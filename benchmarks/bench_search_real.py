@@ -20,7 +20,7 @@ from pathlib import Path
 from common import RUNS, environment, environment_markdown, write_results
 
 from lorasearch.models.loading import smollm2_gguf
-from lorasearch.runs import NetworkSettings, SearchRun, TaskSettings
+from lorasearch.runs import NetworkSettings, PrintLines, SearchRun, TaskSettings
 from lorasearch.search.engine import SearchSettings
 
 
@@ -78,7 +78,7 @@ def main() -> int:
             lines.append(line)
             print(strategy, line, flush=True)
 
-        result, _ = plan.run(out, resume=(Path(out) / "run.yaml").exists(), log=log)
+        result, _ = plan.run(out, resume=(Path(out) / "run.yaml").exists(), callback=PrintLines(log))
         # The engine's progress lines end with its elapsed time since the search began.
         seconds = float(lines[-1].rsplit("|", 1)[-1].strip().removesuffix(" s")) if lines else float("nan")
         eval_seconds = float(result.table["seconds"].sum())

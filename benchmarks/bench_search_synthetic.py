@@ -72,7 +72,7 @@ def one_run(strategy: str, seed: int, args, out_dir=None) -> dict:
                   Objective("macs", "min", surrogate.macs, bounds=macs_bounds)]
     settings = SearchSettings(strategy=strategy, budget=args.budget, population=args.population, seed=seed)
     start = time.perf_counter()
-    result = run_search(s, objectives, settings, out_dir=out_dir, log=None)
+    result = run_search(s, objectives, settings, out_dir=out_dir)
     seconds = time.perf_counter() - start
     hv = hypervolume_curve(result.table, result.specs, by="eval_id")
     at = {n: float(hv.loc[hv["evaluations"] <= n, "hypervolume"].max()) for n in args.checkpoints}

@@ -96,7 +96,7 @@ ANALYSIS = [
         "            task=TaskSettings(task=None, evaluator=\"text\", limit=20),\n"
         "            settings=SearchSettings(strategy=strategy, budget=16, population=8, seed=0),\n"
         "        )\n"
-        "        plan.run(work / strategy, log=None)\n"
+        "        plan.run(work / strategy)\n"
         "        RUNS.append(work / strategy)\n"
         "RUNS"
     ),

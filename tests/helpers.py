@@ -168,7 +168,7 @@ def synthetic_search(out=None, strategy="nsga2", budget=40, seed=1, extra=(), **
     macs.fn, macs.unit = (lambda c, f=macs.fn: f(c) * 1e9), "MACs (unmerged)"
     extras = [e(s) for e in extra]
     settings = SearchSettings(strategy=strategy, budget=budget, population=8, seed=seed)
-    return run_search(space, [accuracy, macs, *extras], settings, out_dir=out, run_info=INFO, log=None, **kwargs)
+    return run_search(space, [accuracy, macs, *extras], settings, out_dir=out, run_info=INFO, **kwargs)
 
 
 class ItemScores:

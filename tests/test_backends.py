@@ -78,7 +78,7 @@ def one_thread():
 def local_tiny(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    result, _ = tiny_run().run(tmp_path_factory.mktemp("local") / "run", log=None)
+    result, _ = tiny_run().run(tmp_path_factory.mktemp("local") / "run")
     torch.set_num_threads(before)
     return result.table[COLUMNS]
 
@@ -119,24 +119,24 @@ class ReversedBackend(LocalBackend):
 def test_completion_order_changes_nothing_even_across_a_crash(tmp_path):
     space = make_space()
     settings = SearchSettings(budget=30, population=8, seed=4)
-    local = run_search(space, objectives(Surrogate(space)), settings, log=None).table
+    local = run_search(space, objectives(Surrogate(space)), settings).table
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        run_search(space, objectives(Surrogate(space)), settings, out_dir=out, log=None,
+        run_search(space, objectives(Surrogate(space)), settings, out_dir=out,
                    backend=ReversedBackend(objectives(Surrogate(space)), fail_after=13))
     assert len((out / "evaluations.jsonl").read_text().splitlines()) == 13  # a batch half done, back to front
-    resumed = run_search(space, objectives(Surrogate(space)), settings, out_dir=out, resume=True, log=None,
+    resumed = run_search(space, objectives(Surrogate(space)), settings, out_dir=out, resume=True,
                          backend=ReversedBackend(objectives(Surrogate(space))))
     pd.testing.assert_frame_equal(resumed.table[COLUMNS], local[COLUMNS])
 
 
 def test_processes_backend_gives_the_local_results(tmp_path, local_tiny, one_thread):
-    result, _ = tiny_run().run(tmp_path / "run", log=None, backend=BackendSettings("processes", 2))
+    result, _ = tiny_run().run(tmp_path / "run", backend=BackendSettings("processes", 2))
     pd.testing.assert_frame_equal(result.table[COLUMNS], local_tiny)
 
 
 def test_ray_backend_gives_the_local_results(tmp_path, local_tiny, ray_local, one_thread):
-    result, _ = tiny_run().run(tmp_path / "run", log=None, backend=BackendSettings("ray", 2))
+    result, _ = tiny_run().run(tmp_path / "run", backend=BackendSettings("ray", 2))
     pd.testing.assert_frame_equal(result.table[COLUMNS], local_tiny)
 
 
@@ -144,10 +144,10 @@ def test_a_killed_ray_worker_loses_no_evaluation(tmp_path, ray_local):
     from lorasearch.search.ray_backend import RayBackend
 
     space, settings = make_space(), SearchSettings(budget=24, population=6, seed=1)
-    local = run_search(space, objectives(Surrogate(space)), settings, log=None).table
+    local = run_search(space, objectives(Surrogate(space)), settings).table
     marker, out = tmp_path / "died", tmp_path / "run"
     with RayBackend(SurrogateRecipe(die_marker=str(marker)), 2) as backend:
-        result = run_search(space, objectives(Surrogate(space)), settings, out_dir=out, backend=backend, log=None)
+        result = run_search(space, objectives(Surrogate(space)), settings, out_dir=out, backend=backend)
         assert marker.exists() and backend.deaths == 1  # one worker died; a replacement took its place
     logged = (out / "evaluations.jsonl").read_text().splitlines()
     assert len(logged) == 24 and result.table["genes"].nunique() == 24
@@ -236,7 +236,7 @@ def test_bad_backend_settings(settings, expected):
 
 def test_storage_needs_an_optuna_strategy(tmp_path):
     with pytest.raises(LoraSearchError, match="the nsga2 strategy cannot share a study"):
-        replace(tiny_run(), storage=f"sqlite:///{tmp_path / 's.db'}").run(tmp_path / "r", log=None)
+        replace(tiny_run(), storage=f"sqlite:///{tmp_path / 's.db'}").run(tmp_path / "r")
 
 
 def test_a_shared_study_run_resumes_without_losing_or_repeating(tmp_path):
@@ -256,9 +256,9 @@ def test_a_shared_study_run_resumes_without_losing_or_repeating(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_search(space, [Objective("accuracy", "max", crashing, bounds=(1.0, 0.0)), objectives(s)[1]], settings,
-                   out_dir=out, optuna_storage=url, log=None)
+                   out_dir=out, optuna_storage=url)
     again = Surrogate(space)
-    result = run_search(space, objectives(again), settings, out_dir=out, resume=True, optuna_storage=url, log=None)
+    result = run_search(space, objectives(again), settings, out_dir=out, resume=True, optuna_storage=url)
     assert len(result.table) == 20 == result.table["genes"].nunique() and again.calls == 10
     assert len((out / "evaluations.jsonl").read_text().splitlines()) == 20
     study = optuna.load_study(study_name="lorasearch", storage=url)

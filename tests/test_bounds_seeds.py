@@ -37,7 +37,7 @@ def test_a_search_stores_its_widened_bounds_and_another_can_borrow_them(tmp_path
     objectives = scores.objectives()
     objectives[0].bounds = None  # derived from the max and min configs' measurements
     first = run_search(scores.space, objectives, SearchSettings(budget=16, population=8, seed=1),
-                       out_dir=tmp_path / "a", log=None)
+                       out_dir=tmp_path / "a")
     stored = yaml.safe_load((tmp_path / "a" / "run.yaml").read_text())["bounds"]
     top, bottom = first.reference("max"), first.reference("min")
     high, low = max(top, bottom, key=lambda r: r["accuracy"]), min(top, bottom, key=lambda r: r["accuracy"])
@@ -49,12 +49,12 @@ def test_a_search_stores_its_widened_bounds_and_another_can_borrow_them(tmp_path
     objectives[0].bounds = None
     second = run_search(other.space, objectives, SearchSettings(budget=16, population=8, seed=2,
                                                                 bounds_from=str(tmp_path / "a")),
-                        out_dir=tmp_path / "b", log=None)
+                        out_dir=tmp_path / "b")
     assert yaml.safe_load((tmp_path / "b" / "run.yaml").read_text())["bounds"] == stored
     assert [s.to_dict() for s in second.specs] == stored
     with pytest.raises(LoraSearchError, match="--bounds-from .* no max bounds for 'score'"):
         run_search(other.space, [Objective("score", "max", lambda c: 0.5), objectives[1]],
-                   SearchSettings(budget=8, population=4, bounds_from=str(tmp_path / "a")), log=None)
+                   SearchSettings(budget=8, population=4, bounds_from=str(tmp_path / "a")))
 
 
 def test_compared_runs_share_the_widest_bounds():

@@ -96,7 +96,7 @@ def decomposed(**extra):
 
 def test_a_decomposed_search_probes_once_seeds_screens_and_charges_every_item(tmp_path):
     scores = ItemScores(make_space(), n_items=60)
-    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(), out_dir=tmp_path / "run", log=None)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(), out_dir=tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
     probes = [r for r in log if r.get("type") == "probe"]
     assert len(probes) == len(probe_genes(scores.space)) and all(r["forwards"] == 8 for r in probes)
@@ -122,13 +122,13 @@ def test_a_decomposed_search_probes_once_seeds_screens_and_charges_every_item(tm
 def test_an_untrustworthy_surrogate_seeds_but_never_screens():
     scores = ItemScores(make_space(), n_items=60)
     scores.proxy_noise = 5.0  # probes of pure noise: no rank correlation to speak of
-    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(surrogate_min_rho=0.9), log=None)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(surrogate_min_rho=0.9))
     assert result.timings["surrogate_checks"] >= 8 and result.timings["surrogate_screened"] == 0
 
 
 def test_without_a_proxy_it_probes_the_item_scores():
     scores = ItemScores(make_space(), n_items=60)
-    result = run_search(scores.space, scores.objectives(), decomposed(budget=16), log=None)
+    result = run_search(scores.space, scores.objectives(), decomposed(budget=16))
     assert scores.proxy_calls == 0 and result.item_forwards == scores.forwards
 
 
@@ -137,7 +137,7 @@ def test_a_decomposed_search_resumes_without_probing_twice(tmp_path, learn, cras
     space = make_space()
     reference_scores = ItemScores(space, n_items=60)
     reference = run_search(space, reference_scores.objectives(proxy=True), decomposed(surrogate_learn=learn),
-                           out_dir=tmp_path / "reference", log=None)
+                           out_dir=tmp_path / "reference")
 
     class Crash(Exception):
         pass
@@ -160,10 +160,10 @@ def test_a_decomposed_search_resumes_without_probing_twice(tmp_path, learn, cras
 
     objectives[0].proxy, objectives[0].fn, objectives[0].partial = crashing_proxy, crashing_score, crashing_score
     with pytest.raises(Crash):
-        run_search(space, objectives, decomposed(surrogate_learn=learn), out_dir=tmp_path / "run", log=None)
+        run_search(space, objectives, decomposed(surrogate_learn=learn), out_dir=tmp_path / "run")
     resumed_scores = ItemScores(space, n_items=60)
     resumed = run_search(space, resumed_scores.objectives(proxy=True), decomposed(surrogate_learn=learn),
-                         out_dir=tmp_path / "run", resume=True, log=None)
+                         out_dir=tmp_path / "run", resume=True)
     cols = COLUMNS + ["probe_forwards"]
     pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
     assert crashing.proxy_calls + resumed_scores.proxy_calls == reference_scores.proxy_calls  # no probe twice
@@ -178,8 +178,7 @@ def test_pick_answers_any_budget_from_the_stored_model_marking_predicted_and_mea
     from lorasearch.runs import pick_under_budget
 
     scores = ItemScores(make_space(layers=3), n_items=60)
-    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=24), out_dir=tmp_path / "run",
-                        log=None)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=24), out_dir=tmp_path / "run")
     forwards = scores.forwards
     model = DecomposedModel.load(tmp_path / "run")
     every = list(itertools.product(*(range(len(g.choices)) for g in scores.space.genes)))
@@ -213,7 +212,7 @@ def test_deviations_that_change_no_cost_are_not_probed():
         genes = scores.space.encode(config)
         return float(sum(10 - genes[i] for i in range(len(genes)) if i not in attn))
 
-    result = run_search(scores.space, [accuracy, Objective("macs", "min", mlp_macs)], decomposed(budget=16), log=None)
+    result = run_search(scores.space, [accuracy, Objective("macs", "min", mlp_macs)], decomposed(budget=16))
     probed = {tuple(g) for g in scores.proxied}
     deviations = probe_genes(scores.space)
     assert probed == {d for d in deviations if not any(d[i] for i in attn)}
@@ -224,8 +223,7 @@ def test_the_report_counts_the_probes_in_the_items_scored(tmp_path):
     from lorasearch.report.document import report_markdown
 
     scores = ItemScores(make_space(), n_items=60)
-    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=16), out_dir=tmp_path / "run",
-                        log=None)
+    result = run_search(scores.space, scores.objectives(proxy=True), decomposed(budget=16), out_dir=tmp_path / "run")
     probes = 8 * len(probe_genes(scores.space))
     assert f"{scores.forwards:,} validation items scored ({probes:,} by the decomposed surrogate's probes)" \
         in report_markdown(result)

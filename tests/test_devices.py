@@ -376,7 +376,7 @@ def small_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "run"
     SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE)), TaskSettings(limit=8),
-              SearchSettings(budget=4, population=4, seed=0)).run(out, log=None)
+              SearchSettings(budget=4, population=4, seed=0)).run(out)
     document = yaml.safe_load((out / "run.yaml").read_text())
     document["run"]["network"]["device"] = "cuda:3"
     (out / "run.yaml").write_text(yaml.safe_dump(document, sort_keys=False))

@@ -396,7 +396,7 @@ def test_export_of_a_run_rebuilds_its_network_with_every_recorded_setting(tmp_pa
 
     plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), dtype="bf16"), TaskSettings(limit=8),
                      SearchSettings(budget=4, population=4, seed=0))
-    _, net = plan.run(tmp_path / "run", log=None)
+    _, net = plan.run(tmp_path / "run")
     assert next(net.model.parameters()).dtype == torch.bfloat16
     out = export_run(tmp_path / "run", "max", "merged")
     with safe_open(str(out / "model.safetensors"), "pt") as weights:

@@ -28,7 +28,7 @@ def test_the_paired_standard_error_is_that_of_the_per_item_differences():
 
 def test_a_flat_space_is_flagged_as_noise(capsys):
     scores = Flat(make_space(), n_items=40)
-    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0))
     warning = result.noise_warning()
     assert warning is not None and "within noise" in warning and "(paired)" in warning and "40 items" in warning
     text = report_markdown(result)
@@ -42,7 +42,7 @@ def test_a_flat_space_is_flagged_as_noise(capsys):
 
 def test_a_real_range_is_not_flagged():
     scores = ItemScores(make_space(), n_items=120, noise=0.1)
-    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0))
     assert result.noise_warning() is None
     assert result.items_of("accuracy")  # the per-item scores travel with the result
 
@@ -52,7 +52,7 @@ def test_a_run_read_back_keeps_its_item_scores(tmp_path):
 
     scores = Flat(make_space(), n_items=40)
     run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0),
-               out_dir=tmp_path / "run", log=None)
+               out_dir=tmp_path / "run")
     run = load_run(tmp_path / "run")
     assert len(run.items_of("accuracy")) == 16 and run.noise_warning() is not None
 
@@ -73,7 +73,7 @@ def test_distinct_steps_keep_only_points_more_than_two_paired_errors_apart():
 
 def test_the_report_and_summary_name_the_points_that_stand_apart(capsys):
     scores = ItemScores(make_space(), n_items=120, noise=0.1)
-    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0), log=None)
+    result = run_search(scores.space, scores.objectives(), SearchSettings(budget=16, population=8, seed=0))
     steps = result.distinct_steps()
     assert steps and set(steps) <= set(result.pareto["eval_id"].astype(int))
     from lorasearch.cli.printing import print_search_summary

@@ -54,7 +54,7 @@ def searched(tmp_path_factory):
     plan = SearchRun(NetworkSettings(model="tiny-llama", adapter=str(tmp / "nls" / "adapter")),
                      TaskSettings(task=str(tmp / "nls" / "validation.jsonl"), limit=8),
                      SearchSettings(budget=6, population=4, seed=0), objectives=["accuracy", "macs"])
-    plan.run(tmp / "search", log=None)
+    plan.run(tmp / "search")
     return tmp
 
 

@@ -90,10 +90,10 @@ def test_a_seed_gives_the_same_fresh_adapters_whatever_the_dtype():
 def test_a_bf16_run_resumes_and_exports_with_its_dtype_and_device(device, tmp_path):
     plan = SearchRun(NetworkSettings(model="tiny-llama", space=str(TINY_SPACE), dtype="bf16", device=device),
                      TaskSettings(limit=8), SearchSettings(budget=4, population=4, seed=0))
-    plan.run(tmp_path / "run", log=None)
+    plan.run(tmp_path / "run")
     resumed = run_from_file(tmp_path / "run" / "run.yaml")
     assert (resumed.network.dtype, resumed.network.device) == ("bf16", device)
-    _, net = resumed.run(tmp_path / "run", resume=True, log=None)
+    _, net = resumed.run(tmp_path / "run", resume=True)
     base = net.elastic["model.layers.0.self_attn.q_proj"]
     assert base.base_layer.weight.dtype == torch.bfloat16 and base.adapter_dtype == torch.float32
     assert net.device.type == device

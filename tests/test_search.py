@@ -17,7 +17,7 @@ from helpers import Surrogate, kill_at_lines, make_space, objectives
 
 from lorasearch import LoraSearchError, SearchSpace
 from lorasearch.results import hypervolume, pareto_mask, to_minimisation
-from lorasearch.search import Objective, SearchSettings, parse_constraint, run_search
+from lorasearch.search import Objective, PrintLines, SearchCallback, SearchSettings, parse_constraint, run_search
 from lorasearch.search.strategies import STRATEGIES
 
 
@@ -30,7 +30,7 @@ def front_values(table: pd.DataFrame) -> set[tuple[float, float]]:
 def test_every_strategy_fills_the_budget_with_distinct_configs(strategy):
     space = make_space()
     s = Surrogate(space)
-    result = run_search(space, objectives(s), SearchSettings(strategy=strategy, budget=30, population=6, seed=2), log=None)
+    result = run_search(space, objectives(s), SearchSettings(strategy=strategy, budget=30, population=6, seed=2))
     table = result.table
     assert len(table) == 30 == s.calls  # every evaluation ran once: the cache serves repeats
     assert table["genes"].nunique() == 30
@@ -52,7 +52,7 @@ def test_nsga2_proposes_only_integral_genes(monkeypatch):
 
     monkeypatch.setattr(strategies.NSGA2Strategy, "ask", spy)
     space = make_space()
-    run_search(space, objectives(Surrogate(space)), SearchSettings(budget=60, population=8), log=None)
+    run_search(space, objectives(Surrogate(space)), SearchSettings(budget=60, population=8))
     X = np.vstack(asked)
     assert len(asked) >= 7
     np.testing.assert_array_equal(X, np.round(X))
@@ -77,15 +77,15 @@ class LayeredSurrogate(Surrogate):
 def test_nsga2_finds_the_true_front_of_an_enumerable_space(seed):
     space = make_space(layers=3)  # 729 configs
     truth = run_search(space, objectives(LayeredSurrogate(space)),
-                       SearchSettings(strategy="exhaustive", budget=space.size(), population=64), log=None)
+                       SearchSettings(strategy="exhaustive", budget=space.size(), population=64))
     assert len(truth.table) == space.size() and len(front_values(truth.table)) == 16
-    found = run_search(space, objectives(LayeredSurrogate(space)), SearchSettings(budget=300, population=30, seed=seed), log=None)
+    found = run_search(space, objectives(LayeredSurrogate(space)), SearchSettings(budget=300, population=30, seed=seed))
     assert front_values(found.table) == front_values(truth.table)
 
 
 def test_same_seed_same_results_and_other_seed_differs():
     space = make_space()
-    runs = [run_search(space, objectives(Surrogate(space)), SearchSettings(budget=40, population=8, seed=seed), log=None)
+    runs = [run_search(space, objectives(Surrogate(space)), SearchSettings(budget=40, population=8, seed=seed))
             for seed in (5, 5, 6)]
     cols = ["genes", "accuracy", "macs", "generation", "source"]
     pd.testing.assert_frame_equal(runs[0].table[cols], runs[1].table[cols])
@@ -97,7 +97,7 @@ def test_constraints_keep_infeasible_points_off_the_front():
     s = Surrogate(space)
     limit = s.macs(space.heuristic())
     result = run_search(space, objectives(s), SearchSettings(budget=40, population=8),
-                        constraints=[parse_constraint(f"macs<={limit}")], log=None)
+                        constraints=[parse_constraint(f"macs<={limit}")])
     table = result.table
     assert (~table["feasible"]).any() and table["feasible"].any()
     assert (table.loc[table["is_pareto"], "macs"] <= limit).all()
@@ -108,7 +108,7 @@ def test_a_user_registered_objective_takes_part():
     space = make_space()
     s = Surrogate(space)
     ranks = Objective("rank_sum", "min", lambda c: sum(v for k, v in c.items() if k.startswith("attn")))
-    result = run_search(space, [*objectives(s), ranks], SearchSettings(budget=24, population=6), log=None)
+    result = run_search(space, [*objectives(s), ranks], SearchSettings(budget=24, population=6))
     assert "rank_sum" in result.table and result.table["rank_sum"].min() == 16 * 4
 
 
@@ -138,7 +138,7 @@ def test_run_directory_holds_the_tables_and_fixed_bounds(tmp_path):
     space = make_space()
     s = Surrogate(space)
     result = run_search(space, objectives(s), SearchSettings(budget=20, population=5), out_dir=tmp_path / "run",
-                        run_info={"task": "synthetic"}, log=None)
+                        run_info={"task": "synthetic"})
     run = tmp_path / "run"
     for name in ("run.yaml", "evaluations.jsonl", "results.csv", "pareto.csv", "hypervolume.csv"):
         assert (run / name).is_file(), name
@@ -163,42 +163,42 @@ def test_bad_settings_are_refused(tmp_path):
     space = make_space()
     objs = objectives(Surrogate(space))
     with pytest.raises(LoraSearchError, match="strategy: unknown 'annealing'"):
-        run_search(space, objs, SearchSettings(strategy="annealing"), log=None)
+        run_search(space, objs, SearchSettings(strategy="annealing"))
     with pytest.raises(LoraSearchError, match="budget: 5 is below the population 10"):
-        run_search(space, objs, SearchSettings(budget=5, population=10), log=None)
+        run_search(space, objs, SearchSettings(budget=5, population=10))
     with pytest.raises(LoraSearchError, match="constraint"):
         parse_constraint("macs < lots")
     with pytest.raises(LoraSearchError, match="exhaustive"):
         big = make_space(layers=12)
-        run_search(big, objectives(Surrogate(big)), SearchSettings(strategy="exhaustive"), log=None)
+        run_search(big, objectives(Surrogate(big)), SearchSettings(strategy="exhaustive"))
 
 
 def test_resume_against_a_changed_run_is_refused(tmp_path):
     space = make_space()
-    run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r", log=None)
+    run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r")
     with pytest.raises(LoraSearchError, match=r"search.population: 5 there, 4 now"):
         run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=4),
-                   out_dir=tmp_path / "r", resume=True, log=None)
+                   out_dir=tmp_path / "r", resume=True)
     with pytest.raises(LoraSearchError, match=r"--budget 8 is below the run's budget 10; fix"):
         run_search(space, objectives(Surrogate(space)), SearchSettings(budget=8, population=5),
-                   out_dir=tmp_path / "r", resume=True, log=None)
+                   out_dir=tmp_path / "r", resume=True)
     with pytest.raises(LoraSearchError, match="already holds a search"):
-        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r", log=None)
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r")
 
 
 def test_a_resume_with_a_larger_budget_extends_the_run_to_what_a_longer_run_finds(tmp_path):
     space = make_space()
     first = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=13, population=5),
-                       out_dir=tmp_path / "r", log=None)
+                       out_dir=tmp_path / "r")
     assert len(first.table) == 13
     extended = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5),
-                          out_dir=tmp_path / "r", resume=True, log=None)
-    longer = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5), log=None)
+                          out_dir=tmp_path / "r", resume=True)
+    longer = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5))
     cols = ["eval_id", "genes", "accuracy", "macs", "generation", "is_pareto"]
     pd.testing.assert_frame_equal(extended.table[cols], longer.table[cols])
     assert yaml.safe_load((tmp_path / "r" / "run.yaml").read_text())["search"]["budget"] == 31
     again = run_search(space, objectives(Surrogate(space)), SearchSettings(budget=31, population=5),
-                       out_dir=tmp_path / "r", resume=True, log=None)  # the stored budget is now 31
+                       out_dir=tmp_path / "r", resume=True)  # the stored budget is now 31
     assert len(again.table) == 31
 
 
@@ -207,7 +207,7 @@ def test_unwritable_or_full_output_gives_one_clear_line(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(LoraSearchError, match=r"cannot write .*fix: choose another --out"):
-        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=blocker / "run", log=None)
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=blocker / "run")
 
     from lorasearch.search import rundir
 
@@ -216,7 +216,7 @@ def test_unwritable_or_full_output_gives_one_clear_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir, "append_jsonl", full)
     with pytest.raises(LoraSearchError, match="the disk is full"):
-        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r", log=None)
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5), out_dir=tmp_path / "r")
 
 
 SLOW_SEARCH = textwrap.dedent("""
@@ -229,7 +229,7 @@ SLOW_SEARCH = textwrap.dedent("""
     slow = objectives(s)
     inner = slow[0].fn
     slow[0].fn = lambda c: (time.sleep(0.05), inner(c))[1]
-    run_search(space, slow, SearchSettings(budget=40, population=8, seed=3), out_dir={out!r}, resume={resume}, log=None)
+    run_search(space, slow, SearchSettings(budget=40, population=8, seed=3), out_dir={out!r}, resume={resume})
 """)
 
 
@@ -237,7 +237,7 @@ SLOW_SEARCH = textwrap.dedent("""
 def test_resume_after_kill_9_repeats_nothing_and_ends_on_the_same_front(tmp_path):
     space = make_space()
     settings = SearchSettings(budget=40, population=8, seed=3)
-    reference = run_search(space, objectives(Surrogate(space)), settings, log=None)
+    reference = run_search(space, objectives(Surrogate(space)), settings)
 
     out = tmp_path / "killed"
     script = SLOW_SEARCH.format(tests=os.path.dirname(__file__), out=str(out), resume=False)
@@ -248,9 +248,42 @@ def test_resume_after_kill_9_repeats_nothing_and_ends_on_the_same_front(tmp_path
     assert 13 <= done_before < 40
 
     s = Surrogate(space)
-    resumed = run_search(space, objectives(s), settings, out_dir=out, resume=True, log=None)
+    resumed = run_search(space, objectives(s), settings, out_dir=out, resume=True)
     assert s.calls == 40 - done_before  # nothing finished is repeated
     genes = [json.loads(line)["genes"] for line in log.read_text().splitlines()]
     assert len(genes) == 40 == len({tuple(g) for g in genes})
     cols = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_pareto"]
     pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
+
+
+class Recorder(SearchCallback):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.records: list[dict] = []
+
+    def on_message(self, line: str) -> None:
+        self.messages.append(line)
+
+    def on_evaluation(self, record, line: str) -> None:
+        assert line.startswith(f"evaluation {record['eval_id']} [")
+        self.records.append(dict(record))
+
+
+def test_a_callback_hears_every_evaluation_and_generation_and_the_default_is_silent(tmp_path, capsys):
+    space = make_space()
+    settings = SearchSettings(budget=12, population=4, seed=1)
+    heard = Recorder()
+    result = run_search(space, objectives(Surrogate(space)), settings, out_dir=tmp_path / "r", callback=heard)
+    assert [r["eval_id"] for r in heard.records] == list(result.table["eval_id"])
+    assert [r["objectives"]["accuracy"] for r in heard.records] == list(result.table["accuracy"])
+    generations = [m for m in heard.messages if m.startswith("gen ")]
+    assert len(generations) == result.table["generation"].nunique()
+    logged = (tmp_path / "r" / "progress.log").read_text().splitlines()
+    assert len(logged) == 12 and all(line.endswith("in all") for line in logged)
+
+    run_search(space, objectives(Surrogate(space)), settings)
+    assert capsys.readouterr().out == ""
+    printed: list[str] = []
+    run_search(space, objectives(Surrogate(space)), settings, callback=PrintLines(printed.append, printed.append))
+    assert sum(line.startswith("gen ") for line in printed) == len(generations)
+    assert sum(line.startswith("evaluation ") for line in printed) == 12

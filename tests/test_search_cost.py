@@ -22,7 +22,7 @@ COLUMNS = ["eval_id", "genes", "accuracy", "macs", "generation", "source", "is_p
 
 def search(scores: ItemScores, **settings):
     base = {"budget": 40, "population": 8, "seed": 3}
-    return run_search(scores.space, scores.objectives(), SearchSettings(**{**base, **settings}), log=None)
+    return run_search(scores.space, scores.objectives(), SearchSettings(**{**base, **settings}))
 
 
 def test_every_evaluation_records_the_items_it_scored():
@@ -133,7 +133,7 @@ RACED_SEARCH = textwrap.dedent("""
 
     scores = Slow(make_space(), log={log!r})
     run_search(scores.space, scores.objectives(), SearchSettings(budget=30, population=6, seed=5, racing=True,
-               race_alpha=0.3, race_min_discordant=4), out_dir={out!r}, log=None)
+               race_alpha=0.3, race_min_discordant=4), out_dir={out!r})
 """)
 
 
@@ -141,7 +141,7 @@ RACED_SEARCH = textwrap.dedent("""
 def test_a_raced_search_resumes_after_kill_9_scoring_no_finished_chunk_again(tmp_path):
     space = make_space()
     settings = SearchSettings(budget=30, population=6, seed=5, racing=True, race_alpha=0.3, race_min_discordant=4)
-    reference = run_search(space, ItemScores(space).objectives(), settings, log=None)
+    reference = run_search(space, ItemScores(space).objectives(), settings)
     out, log = tmp_path / "run", tmp_path / "items.log"
     script = RACED_SEARCH.format(tests=str(ROOT / "tests"), log=str(log), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -149,8 +149,7 @@ def test_a_raced_search_resumes_after_kill_9_scoring_no_finished_chunk_again(tmp
     kill_at_lines(proc, evaluations, 15)
     lines = [json.loads(line) for line in evaluations.read_text().splitlines() if line.strip()]
     assert any(r.get("type") == "chunk" for r in lines)
-    resumed = run_search(space, ItemScores(space, log=str(log)).objectives(), settings, out_dir=out, resume=True,
-                         log=None)
+    resumed = run_search(space, ItemScores(space, log=str(log)).objectives(), settings, out_dir=out, resume=True)
     cols = COLUMNS + ["accuracy_items"]
     pd.testing.assert_frame_equal(resumed.table[cols], reference.table[cols])
     # Every item was scored once, except those of the chunk in flight at the kill (never logged).
@@ -173,7 +172,7 @@ def test_a_surrogate_screens_offspring_and_spends_little_time_doing_it():
 def test_a_surrogate_search_resumes_to_the_same_table(tmp_path):
     space = make_space()
     settings = SearchSettings(budget=32, population=8, seed=1, surrogate=True, racing=True, race_alpha=0.3, race_min_discordant=4)
-    reference = run_search(space, ItemScores(space).objectives(), settings, log=None)
+    reference = run_search(space, ItemScores(space).objectives(), settings)
     first = SearchSettings(**{**settings.__dict__, "budget": 32})
     objectives = ItemScores(space).objectives()
 
@@ -192,8 +191,8 @@ def test_a_surrogate_search_resumes_to_the_same_table(tmp_path):
 
     accuracy.partial, accuracy.fn = crashing, (lambda c: crashing(c, None))
     with pytest.raises(Crash):
-        run_search(space, objectives, first, out_dir=tmp_path / "run", log=None)
-    resumed = run_search(space, ItemScores(space).objectives(), settings, out_dir=tmp_path / "run", resume=True, log=None)
+        run_search(space, objectives, first, out_dir=tmp_path / "run")
+    resumed = run_search(space, ItemScores(space).objectives(), settings, out_dir=tmp_path / "run", resume=True)
     pd.testing.assert_frame_equal(resumed.table[COLUMNS], reference.table[COLUMNS])
 
 
@@ -216,7 +215,7 @@ def test_racing_needs_an_item_wise_score():
 
     space = make_space()
     with pytest.raises(LoraSearchError, match="--racing: no objective has an item-wise score"):
-        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5, racing=True), log=None)
+        run_search(space, objectives(Surrogate(space)), SearchSettings(budget=10, population=5, racing=True))
 
 
 def test_plots_and_the_report_show_the_cost_in_items(tmp_path):
@@ -226,7 +225,7 @@ def test_plots_and_the_report_show_the_cost_in_items(tmp_path):
     scores = ItemScores(make_space(), n_items=120, noise=0.1)
     result = run_search(scores.space, scores.objectives(),
                         SearchSettings(budget=40, population=8, seed=3, racing=True, race_alpha=0.3, race_min_discordant=4),
-                        out_dir=tmp_path / "run", log=None)
+                        out_dir=tmp_path / "run")
     info = hypervolume_info(result, x="item_forwards")
     assert info.x[-1] == scores.forwards and info.x_label.startswith("validation items")
     assert (np.diff(info.x) >= 0).all()

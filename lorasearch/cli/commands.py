@@ -17,6 +17,7 @@ from ..errors import LoraSearchError
 from ..runs import (
     BackendSettings,
     NetworkSettings,
+    PrintLines,
     QuantizeSettings,
     SearchSettings,
     SparsifySettings,
@@ -371,7 +372,7 @@ def search_command(
     # Without a terminal (a job, a pipe), a line per evaluation as well as per generation.
     progress = None if sys.stderr.isatty() else (lambda line: print(line, file=sys.stderr, flush=True))
     with resumable(out / "run.yaml", ["search", "--resume", str(out)]):
-        result, _ = plan.run(out, resume=resume is not None, log=console.print, backend=where, progress=progress,
+        result, _ = plan.run(out, resume=resume is not None, callback=PrintLines(console.print, progress), backend=where,
                              force=force)
     print_search_summary(result)
 

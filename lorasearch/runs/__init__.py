@@ -14,10 +14,11 @@ one module per command, so the CLI above only parses, calls one function here an
 
 The library below knows nothing of this layer; the CLI above is a thin layer over it. The other
 settings dataclasses the CLI derives options from (`TrainArgs`, `SearchSettings`,
-`BackendSettings`) are re-exported here.
+`BackendSettings`) and the search's printing callback (`PrintLines`) are re-exported here.
 """
 
 from ..search.backends import BackendSettings
+from ..search.callbacks import PrintLines, SearchCallback
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from ..version import __version__
@@ -66,6 +67,7 @@ __all__ = [
     "NetworkSettings",
     "ObjectiveContext",
     "SearchRun",
+    "SearchCallback",
     "SearchSettings",
     "SparsifySettings",
     "TaskSettings",
@@ -83,6 +85,7 @@ __all__ = [
     "load_task",
     "network_objectives",
     "pick_under_budget",
+    "PrintLines",
     "picked_subnet",
     "plot_runs",
     "prepare_recovery",

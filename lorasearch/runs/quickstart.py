@@ -29,6 +29,7 @@ from ..models.loading import DEFAULT_MODEL, resolved_model_spec, smollm2_gguf
 from ..report.document import write_report
 from ..report.figures import plot_run
 from ..results.pick import gmacs_text, pick_config, pick_summary, row_objectives
+from ..search.callbacks import PrintLines
 from ..search.engine import SearchSettings
 from ..train.trainer import TrainArgs
 from .searching import SearchRun
@@ -103,7 +104,7 @@ def run_quickstart(model: str = DEFAULT_MODEL, out: Path = Path("runs/quickstart
         settings=SearchSettings(strategy="nsga2", budget=plan.budget, population=plan.population),
         deployment="merged",  # what the pruned model of a Mode B subnet costs
     )
-    result, net = search.run(out / "search", log=console.print, built=trainer.net)  # the trained network, not loaded again
+    result, net = search.run(out / "search", callback=PrintLines(console.print), built=trainer.net)  # the trained network, not loaded again
 
     console.rule("4. plots and report")
     for path in plot_run(out / "search"):

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..compress.adapter_modes import resolve_mode
 from ..cost import REFERENCES
@@ -23,6 +23,7 @@ from ..network.supernet import SuperNetwork
 from ..results.pick import config_of, parse_amount
 from ..results.run import RUN_FILE, SearchResult, load_run, read_run_document
 from ..search.backends import BackendSettings, EvaluationBackend, make_backend
+from ..search.callbacks import SearchCallback
 from ..search.decomposed import DecomposedModel
 from ..search.engine import RETIRED_SETTINGS, SearchSettings, run_search
 from ..search.objectives import Constraint, Objective, parse_constraint
@@ -59,7 +60,7 @@ def search_network(
     out_dir: str | Path | None = None,
     run_info: Mapping[str, Any] | None = None,
     resume: bool = False,
-    log: Callable[[str], None] | None = print,
+    callback: SearchCallback | None = None,
     backend: EvaluationBackend | None = None,
     **engine_kw: Any,
 ) -> SearchResult:
@@ -78,7 +79,7 @@ def search_network(
             counts, such as ops of modules the closed form does not model; a module it counts otherwise
             is a warning).
         extra_objectives: user objectives by name (any callable ``config -> float``).
-        out_dir, run_info, resume, log: see `lorasearch.search.run_search`.
+        out_dir, run_info, resume, callback: see `lorasearch.search.run_search`.
         backend: an `EvaluationBackend` (default: evaluate here); ``ProcessBackend`` and
             ``RayBackend`` evaluate on workers that rebuild the network from a `NetworkRecipe`.
         engine_kw: e.g. ``optuna_storage`` (a study shared with other processes).
@@ -90,7 +91,7 @@ def search_network(
     info = {"seq_len": seq_len, "deployment": deployment, "cost_reference": cost_reference, **dict(run_info or {})}
     return run_search(
         net.space, chosen, settings or SearchSettings(), constraints=parsed, metrics=metrics,
-        out_dir=out_dir, run_info=info, resume=resume, log=log, backend=backend, **engine_kw,
+        out_dir=out_dir, run_info=info, resume=resume, callback=callback, backend=backend, **engine_kw,
     )
 
 
@@ -217,21 +218,21 @@ class SearchRun:
             "evaluator": evaluator_fingerprint(evaluator),
         }
 
-    def run(self, out: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = print,
-            backend: BackendSettings | None = None, progress: Callable[[str], None] | None = None,
-            force: bool = False, built: SuperNetwork | None = None) -> tuple[SearchResult, SuperNetwork]:
+    def run(self, out: str | Path, *, resume: bool = False, callback: SearchCallback | None = None,
+            backend: BackendSettings | None = None, force: bool = False,
+            built: SuperNetwork | None = None) -> tuple[SearchResult, SuperNetwork]:
         """Build the network and evaluator, then search into ``out``; returns (result, network), the
         network being shapes only (`driver_network`) when a parallel backend did the evaluating.
 
         ``backend`` says where evaluations run (default: here); it never changes the results.
-        ``log`` gets a line per generation, ``progress`` one per evaluation (``out/progress.log``
-        gets them too). ``out`` is locked from before the model loads to the end (a second process
-        is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
+        ``callback`` (a `SearchCallback`; default silent, `PrintLines` prints) hears of each
+        generation and evaluation (``out/progress.log`` gets every evaluation's line too). ``out`` is
+        locked from before the model loads to the end (a second process is refused). ``force`` resumes even when the adapter, model, task or evaluator changed since
         the run began, and accepts an adapter trained on another base model than the run's. ``built`` is
         the network these settings build, built already (the quickstart's freshly trained one, whose
         fingerprint equals that of its saved adapter loaded again), so the model is not loaded twice.
         Before the search, the evaluator's largest batch runs once on the device
-        (`preflight_evaluation`; each worker does the same), and ``log`` gets its time and memory.
+        (`preflight_evaluation`; each worker does the same), and the callback gets its time and memory.
         """
         backend = backend or BackendSettings()
         backend.check()
@@ -244,17 +245,16 @@ class SearchRun:
         if self.storage:
             check_shareable(self.settings.strategy)
         with FolderLock(out):
-            return self._run(out, resume, log, backend, progress, force, built)
+            return self._run(out, resume, callback or SearchCallback(), backend, force, built)
 
-    def _run(self, out: str | Path, resume: bool, log: Callable[[str], None] | None, backend: BackendSettings,
-             progress: Callable[[str], None] | None, force: bool,
-             built: SuperNetwork | None) -> tuple[SearchResult, SuperNetwork]:
+    def _run(self, out: str | Path, resume: bool, callback: SearchCallback, backend: BackendSettings,
+             force: bool, built: SuperNetwork | None) -> tuple[SearchResult, SuperNetwork]:
         net = built if built is not None else self.driver_network(backend, any_base=force)
         records = load_task(self.task)
         evaluator = build_evaluator(net, self.task, records)
         report = preflight_evaluation(net, evaluator)
-        if report is not None and log is not None:
-            log(report.line())
+        if report is not None:
+            callback.on_message(report.line())
         fingerprint = net.fingerprint()
         with contextlib.ExitStack() as stack:
             workers = None
@@ -265,7 +265,7 @@ class SearchRun:
                 net, evaluator, objectives=self.objectives, constraints=self.constraints, settings=self.settings,
                 seq_len=self.seq_len, deployment=self.deployment, cost_reference=self.cost_reference,
                 out_dir=out, run_info=self.run_info(out),
-                resume=resume, log=log, backend=workers, optuna_storage=self.storage, progress=progress,
+                resume=resume, callback=callback, backend=workers, optuna_storage=self.storage,
                 fingerprints=self.fingerprints(fingerprint, evaluator, records), force=force,
             )
         return result, net

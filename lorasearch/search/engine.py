@@ -41,6 +41,7 @@ from ..results.run import SearchResult, item_scores_of
 from ..results.table import ObjectiveSpec, hypervolume_curve, results_table, to_minimisation
 from ..space import SearchSpace, space_fingerprint
 from .backends import EvaluationBackend, LocalBackend
+from .callbacks import SearchCallback
 from .bounds import borrowed_specs, derive_specs, needs_references
 from .decomposed import DecomposedModel, deviation_costs, seed_genes, worth_probing
 from .objectives import (
@@ -165,8 +166,7 @@ class SearchEngine:
         run_info: Mapping[str, Any] | None = None,
         resume: bool = False,
         backend: EvaluationBackend | None = None,
-        log: Callable[[str], None] | None = print,
-        progress: Callable[[str], None] | None = None,
+        callback: SearchCallback | None = None,
         optuna_storage: str | None = None,
         fingerprints: Mapping[str, str | None] | None = None,
         force: bool = False,
@@ -179,8 +179,7 @@ class SearchEngine:
             if c.metric not in measured:
                 raise LoraSearchError(f"constraint {c}: {c.metric!r} is not measured; fix: add it to the objectives or metrics")
         self.backend = backend or LocalBackend(list(objectives) + list(metrics))
-        self.log = log or (lambda line: None)
-        self.progress = progress
+        self.callback = callback or SearchCallback()
         self.rundir = RunDirectory(out_dir) if out_dir is not None else None
         self.records: list[dict[str, Any]] = []
         self.cache: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -385,8 +384,8 @@ class SearchEngine:
                                 "items": list(m.items[:k]), "forwards": int(m.scored)}
             if self.rundir is not None:
                 self.rundir.append(self.probes[key])
-            if self.progress is not None and (i + 1) % 20 == 0:
-                self.progress(f"surrogate probes: {len(probes) - len(todo) + i + 1} of {len(probes)}")
+            if (i + 1) % 20 == 0:
+                self.callback.on_progress(f"surrogate probes: {len(probes) - len(todo) + i + 1} of {len(probes)}")
         self.decomposed = DecomposedModel.fit(
             self.space, objective.name, objective.direction, {key: self.probes[key]["items"] for key in probes},
             costs, proxy=objective.proxy is not None, min_rho=self.settings.surrogate_min_rho)
@@ -404,7 +403,7 @@ class SearchEngine:
                                           initial=[(np.asarray(g), "surrogate") for g in seeds])
         self._save_decomposed()
         self._fit_seconds = time.perf_counter() - start
-        self.log(f"surrogate: {len(probes) - 1} probes of {len(costs) - 1} single-gene deviations (those that "
+        self.callback.on_message(f"surrogate: {len(probes) - 1} probes of {len(costs) - 1} single-gene deviations (those that "
                  f"change a cost) on {k} items, {spent:,} item forwards, {'proxy' if objective.proxy else 'item'} scores")
 
     def _update_decomposed(self) -> None:
@@ -532,9 +531,7 @@ class SearchEngine:
         self._progress(record)
 
     def _progress(self, record: Mapping[str, Any]) -> None:
-        """One line per finished evaluation: to progress.log, and to ``progress`` when given."""
-        if self.rundir is None and self.progress is None:
-            return
+        """One line per finished evaluation: to progress.log and to the callback."""
         values = record["objectives"]
         parts = []
         for o in self.objectives:
@@ -549,8 +546,7 @@ class SearchEngine:
                 f"{record['seconds']:.1f} s, {time.perf_counter() - self.start_time:.0f} s in all")
         if self.rundir is not None:
             self.rundir.progress(line)
-        if self.progress is not None:
-            self.progress(line)
+        self.callback.on_evaluation(record, line)
 
     def _F(self, genes: Sequence[np.ndarray]) -> np.ndarray:
         rows = [self.cache[tuple(int(v) for v in g)]["objectives"] for g in genes]
@@ -577,7 +573,7 @@ class SearchEngine:
         items = f" | items {forwards:,}" if forwards else ""
         stopped = int(table[PARTIAL].sum()) if PARTIAL in table else 0
         raced = f" ({stopped} stopped early)" if self.raced is not None else ""
-        self.log(
+        self.callback.on_message(
             f"gen {generation:>3} | evals {self.evaluated}/{self.settings.budget}{raced} | front {len(front)} | "
             f"HV {hv:.4f}{best}{items}{self._surrogate_note()} | {time.perf_counter() - self.start_time:.1f} s"
         )
@@ -630,9 +626,9 @@ def run_search(
         run_info: what reproduces the run (model, adapter, space, task ...), stored in run.yaml.
         resume: continue the run in ``out_dir``; refused when run.yaml differs.
         backend: how batches of configs are evaluated (default: in this process).
-        log: called with one line per generation (default ``print``; None for silence).
-        progress: called with one line per finished evaluation (a run directory's progress.log gets
-            them anyway).
+        callback: a `SearchCallback` told of each generation, evaluation and step of long work
+            (default: silent; `PrintLines` prints; a run directory's progress.log gets every
+            evaluation's line anyway).
         optuna_storage: a study shared with other search processes (tpe, optuna-nsga2).
         fingerprints: hashes of what the results depend on (``{"adapter": ..., "task": ...}``),
             stored in run.yaml; a resume whose fingerprints differ is refused.
