@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 import statistics
@@ -567,6 +568,8 @@ def parse_depth_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--recover-targets", nargs="+", choices=list(TARGETS), default=["1.3x"],
                    help="recover stage: the picks recovered (each plainly and with distillation)")
+    p.add_argument("--recover-lr", type=float, default=RECOVERY_LR,
+                   help=f"recover stage: the learning rate (default {RECOVERY_LR}; another one is kept beside it)")
     p.add_argument("--test-targets", nargs="+", choices=["heuristic", *TARGETS], default=["heuristic", *TARGETS],
                    help="test stage: the subnets scored besides LoRA (default all)")
     for name, default in DEPTH_FULL.items():
@@ -665,8 +668,13 @@ def depth_picks(args: argparse.Namespace, arm: str) -> dict[str, dict]:
     return picks
 
 
-def recovery_dir(args: argparse.Namespace, arm: str, label: str, distill: bool) -> Path:
-    return args.runs / f"recover-{arm}-{label}{'-kd' if distill else ''}"
+def recovery_dir(args: argparse.Namespace, arm: str, label: str, distill: bool, lr: float = RECOVERY_LR) -> Path:
+    return args.runs / f"recover-{arm}-{label}{'-kd' if distill else ''}{lr_suffix(lr, '-lr')}"
+
+
+def lr_suffix(lr: float, prefix: str) -> str:
+    """Runs and rows at the default recovery learning rate keep their plain names."""
+    return "" if lr == RECOVERY_LR else f"{prefix}{lr:g}"
 
 
 def depth_recover(args: argparse.Namespace, arm: str) -> None:
@@ -674,10 +682,10 @@ def depth_recover(args: argparse.Namespace, arm: str) -> None:
         if label not in args.recover_targets:
             continue
         for distill in (False, True):
-            out = recovery_dir(args, arm, label, distill)
+            out = recovery_dir(args, arm, label, distill, args.recover_lr)
             if (out / "recovery.json").is_file():
                 continue
-            targs = TrainArgs(steps=args.recover_steps, batch_size=8, lr=RECOVERY_LR, seed=0, checkpoint_every=25,
+            targs = TrainArgs(steps=args.recover_steps, batch_size=8, lr=args.recover_lr, seed=0, checkpoint_every=25,
                               distill=distill)
             recovery = prepare_recovery(args.runs / f"search-{arm}", f"row {pick['eval_id']}", targs, out, fmt="config",
                                         resume=(out / "train_run.yaml").is_file())
@@ -709,12 +717,13 @@ def depth_rows(args: argparse.Namespace) -> dict[Path, dict[str, dict]]:
             common = {"arm": arm, "target": label, "eval_id": pick["eval_id"], "val_accuracy": pick["val_accuracy"]}
             rows[f"{arm} {label} searched"] = {"config": pick["config"], "steps": args.steps, "variant": "searched",
                                                **common}
-            for variant, distill in VARIANTS.items():
-                folder = recovery_dir(args, arm, label, bool(distill))
+            for (variant, distill), lr in itertools.product(VARIANTS.items(), dict.fromkeys([RECOVERY_LR, args.recover_lr])):
+                folder = recovery_dir(args, arm, label, bool(distill), lr)
                 if distill is None or not (folder / "recovery.json").is_file():
                     continue
-                plans.setdefault(folder / "adapter", {})[f"{arm} {label} {variant}"] = {
-                    "config": pick["config"], "steps": total, "variant": variant, **common}
+                named = variant + lr_suffix(lr, " lr ")
+                plans.setdefault(folder / "adapter", {})[f"{arm} {label} {named}"] = {
+                    "config": pick["config"], "steps": total, "variant": named, **common}
     return plans
 
 
@@ -871,7 +880,8 @@ def depth_report(args: argparse.Namespace, seconds: float) -> None:
              f"{args.budget}, population {args.population}, on {args.search_items} search-set items drawn from the "
              "training files outside every training subset; merged MACs at 128 tokens. Picks: the most accurate "
              f"searched subnet at <= max MACs / {', '.join(f'{r} ({k})' for k, r in TARGETS.items())}. Recovery: "
-             f"{args.recover_steps} steps of that subnet alone (batch 8, lr {RECOVERY_LR}), plain or distilled from "
+             f"{args.recover_steps} steps of that subnet alone (batch 8, lr {RECOVERY_LR}, or the lr the row names), "
+             "plain or distilled from "
              "the max subnet (weight 0.5), compared with LoRA trained for the same total steps.", "",
              f"Accuracy: option-text, pooled over {args.test_limit} seeded test items per task of {', '.join(TEST)}; "
              "paired: mean difference to LoRA over the same items ± its paired s.e. Speed-up: merged LoRA's median "
