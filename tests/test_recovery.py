@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,6 +22,7 @@ from lorasearch.runs import (
     SearchSettings,
     TaskSettings,
     TrainArgs,
+    build_evaluator,
     build_network,
     prepare_recovery,
     prepare_training,
@@ -108,6 +111,18 @@ def test_recovery_lowers_the_subnets_loss_and_leaves_the_rest_bit_for_bit(search
     assert loaded.config.num_hidden_layers == 4 - len(skipped)
     summary = read_recovery(tmp_path / "rec")
     assert summary["pick"] == "min" and summary["steps"] == 12 and summary["config"] == config
+    # Scored before and after on the search's own items: before as the search measured it, after as a
+    # fresh evaluator on the rebuilt network measures it, the difference paired over the items.
+    validation, items = summary["validation"], TaskSettings(task=str(searched / "nls" / "validation.jsonl"), limit=8)
+    table = pd.read_csv(searched / "search" / "results.csv")
+    searched_row = table[table["config"].map(json.loads) == config]
+    assert validation["before"] == pytest.approx(float(searched_row["accuracy"].iloc[0]))
+    after = build_evaluator(rebuilt, items)(config)
+    assert validation["after"] == pytest.approx(after.score) and validation["items"] == 8
+    d = np.asarray(after.item_scores) - np.asarray(result.before.item_scores)
+    assert validation["difference"] == pytest.approx(d.mean())
+    assert validation["stderr"] == pytest.approx(d.std(ddof=1) / np.sqrt(8))
+    assert result.validation_line().startswith(f"validation accuracy {validation['before']:.3f} -> ")
     assert json.loads((tmp_path / "rec" / "subnet.json").read_text())["config"] == config
     assert yaml.safe_load((tmp_path / "rec" / "train_run.yaml").read_text())["args"]["sampler"] == "subnet"
 
@@ -131,9 +146,13 @@ def test_the_teacher_is_the_max_subnet_as_recovery_found_it(searched, tmp_path):
 def test_the_cli_recovers_a_pick_and_writes_the_export(searched, tmp_path, capsys):
     run_cli("recover", searched / "search", "--pick", "max-accuracy-under-macs 1e12", "--steps", "2",
             "--batch-size", "4", "--out", tmp_path / "cli", "--format", "config", "--threads", "1")
-    assert "recovered 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "recovered 2 steps" in out and "validation accuracy " in out and "items the search picked on" in out
     summary = read_recovery(tmp_path / "cli")
     assert summary["export"] is None and (tmp_path / "cli" / "subnet.json").is_file()
+    run_cli("recover", searched / "search", "--pick", "min", "--steps", "1", "--batch-size", "4", "--no-evaluate",
+            "--out", tmp_path / "quiet", "--format", "config", "--threads", "1")
+    assert "validation" not in capsys.readouterr().out and read_recovery(tmp_path / "quiet")["validation"] is None
 
 
 def test_weight_decay_and_an_adapter_without_training_data_are_refused(searched, tmp_path):

@@ -237,16 +237,20 @@ def recover_command(
     adapter: Annotated[Optional[Path], typer.Option(help="Override the run's adapter.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the recovery in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace whatever --out holds.")] = False,
+    evaluate: Annotated[bool, typer.Option(help=(
+        "Score the subnet on the search's validation items before and after (two evaluations)."))] = True,
 ) -> None:
     """Fine-tune the adapter of one subnet of a search (only its part), then export it."""
     from ..runs import prepare_recovery
 
     recovery = prepare_recovery(run_dir, pick, args, out, tasks=[str(t) for t in task], max_records=max_records,
                                 fmt=format, model=model, adapter=adapter, resume=resume, overwrite=overwrite,
-                                log=console.print)
+                                evaluate=evaluate, log=console.print)
     result = recovery.run(progress=True)
     console.print(f"recovered {result.steps} steps in {result.seconds:.0f} s; subnet loss {result.first_loss:.4f} "
                   f"-> {result.final_loss:.4f}")
+    if result.validation_line():
+        console.print(result.validation_line())
     console.print(f"adapter: {result.adapter_dir}; subnet: {result.out_dir / 'subnet.json'}"
                   + (f"; export: {result.export_dir}" if result.export_dir else ""))
 
