@@ -688,7 +688,8 @@ def depth_recover(args: argparse.Namespace, arm: str) -> None:
             targs = TrainArgs(steps=args.recover_steps, batch_size=8, lr=args.recover_lr, seed=0, checkpoint_every=25,
                               distill=distill)
             recovery = prepare_recovery(args.runs / f"search-{arm}", f"row {pick['eval_id']}", targs, out, fmt="config",
-                                        resume=(out / "train_run.yaml").is_file())
+                                        resume=(out / "train_run.yaml").is_file(),
+                                        evaluate=False)  # scored on the test items below instead
             result = recovery.run(progress=sys.stderr.isatty())
             atomic_write_json(out / "bench_train.json", {"steps": result.steps, "seconds": result.seconds})
             print(f"{out.name}: loss {result.first_loss:.3f} -> {result.final_loss:.3f} in {result.seconds:.0f} s",
