@@ -381,7 +381,9 @@ def test_training_a_depth_space_measures_the_block_order_once_and_a_resume_reuse
 def test_space_show_lists_the_blocks_each_reference_config_skips(tmp_path, capsys, monkeypatch):
     from helpers import run_cli
 
-    monkeypatch.setenv("COLUMNS", "200")
+    from lorasearch.cli.app import console
+
+    monkeypatch.setattr(console, "_width", 200)  # the console's width is fixed when it is created (COLUMNS then)
     space = depth_space("llama", widths=False).save(tmp_path / "space.yaml")
     run_cli("space", "show", space, "--model", "tiny-llama")
     out = capsys.readouterr().out
