@@ -44,8 +44,11 @@ TRAIN = ["--model", "tiny-llama", "--space", ROOT / "search_spaces" / "llama-she
 def started(*args: object) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # A shell's background job (`pytest ... &`) ignores SIGINT, and so would the child: give it the
+    # default disposition a terminal's foreground process has, so that Python raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-c", SLOW_CHILD, *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stopped(proc: subprocess.Popen, log: Path, lines: int, sig: int) -> tuple[int, str]:
