@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from common import write_results
 from torch import nn
 
 from lorasearch import SearchSpace, SuperNetwork
 from lorasearch.cost import CostModel
 from lorasearch.export.exporters import PRUNED_FILE, export_merged, export_pruned, load_pruned
-from lorasearch.io import atomic_write_json, atomic_write_text
 from lorasearch.models.loading import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.eval_threads)
         evaluate(models, net.tokenizer, args)
     result = report(models, timings, macs, env, args, time.perf_counter() - began)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out.with_suffix(".json"), result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    write_results(args.out.name, result, markdown(result), args.out.parent)
     print(markdown(result))
     return 0
 
@@ -404,9 +402,7 @@ def per_layer_main(args: argparse.Namespace) -> None:
             print(f"batch {b}: " + ", ".join(f"{n} {1e3 * statistics.median(t):.0f} ms"
                                              for n, t in timings[b].items()), flush=True)
     result = per_layer_report(models, timings, macs, widths, layout, env, args, time.perf_counter() - began)
-    args.per_layer_out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.per_layer_out.with_suffix(".json"), result)
-    atomic_write_text(args.per_layer_out.with_suffix(".md"), per_layer_markdown(result))
+    write_results(args.per_layer_out.name, result, per_layer_markdown(result), args.per_layer_out.parent)
     print(per_layer_markdown(result))
 
 
@@ -492,8 +488,7 @@ def render(path: Path) -> int:
     result = json.loads(path.read_text())
     batches = [int(k.removeprefix("speedup_b")) for k in result["rows"][0] if k.startswith("speedup_b")]
     result["verdict"] = verdict(result["rows"], max(batches), int(result["settings"]["seq_len"]))
-    atomic_write_json(path, result)
-    atomic_write_text(path.with_suffix(".md"), markdown(result))
+    write_results(path.stem, result, markdown(result), path.parent)
     print(markdown(result))
     return 0
 
