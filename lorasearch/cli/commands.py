@@ -249,8 +249,8 @@ def recover_command(
     result = recovery.run(progress=True)
     console.print(f"recovered {result.steps} steps in {result.seconds:.0f} s; subnet loss {result.first_loss:.4f} "
                   f"-> {result.final_loss:.4f}")
-    if result.validation_line():
-        console.print(result.validation_line())
+    if line := result.validation_line():
+        console.print(line)
     console.print(f"adapter: {result.adapter_dir}; subnet: {result.out_dir / 'subnet.json'}"
                   + (f"; export: {result.export_dir}" if result.export_dir else ""))
 
